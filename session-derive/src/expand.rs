@@ -1,0 +1,252 @@
+//! The generated code: accessors, `SessionData`, and per-field type checks.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::DeriveInput;
+
+use crate::{
+    ast::{self, Container, Field},
+    check,
+    ctxt::Ctxt,
+};
+
+pub fn derive(input: &DeriveInput) -> TokenStream {
+    let mut cx = Ctxt::default();
+    let container = ast::container(&mut cx, input);
+    if let Some(container) = &container {
+        check::container(&mut cx, container);
+    }
+    let Some(error) = cx.into_error() else {
+        let container = container.expect("no errors means the struct was modelled");
+        return expand(&container);
+    };
+    let errors = error.to_compile_error();
+    // A minimal impl keeps one mistake from cascading into "SessionData is
+    // not implemented" at every handler; it is only possible for a plain struct.
+    let fallback = container
+        .filter(|container| container.generics.params.is_empty())
+        .map(|container| fallback(&container));
+    quote! { #errors #fallback }
+}
+
+fn fallback(container: &Container<'_>) -> TokenStream {
+    let ident = container.ident;
+    quote! {
+        const _: () = {
+            impl ::axum_typed_session::__private::SessionData for #ident {
+                type Accessors = ::axum_typed_session::__private::Handle<Self>;
+                const SCHEMA: ::axum_typed_session::__private::Schema = ::axum_typed_session::__private::Schema {
+                    table: "",
+                    struct_name: "",
+                    columns: &[],
+                };
+                fn encode_column(&self, _: usize) -> ::core::result::Result<
+                    ::axum_typed_session::__private::Value<'_>,
+                    ::axum_typed_session::__private::EncodeError,
+                > {
+                    ::core::unreachable!()
+                }
+                fn decode_columns(
+                    _: &mut dyn ::axum_typed_session::__private::ColumnSource,
+                ) -> ::core::result::Result<Self, ::axum_typed_session::__private::DecodeError> {
+                    ::core::unreachable!()
+                }
+                fn duplicate(&self) -> Self {
+                    ::core::unreachable!()
+                }
+                fn copy_fields(&self, _: &mut Self, _: ::axum_typed_session::__private::DirtyFields) {}
+            }
+        };
+    }
+}
+
+fn expand(container: &Container<'_>) -> TokenStream {
+    let ident = container.ident;
+    let vis = container.vis;
+    let struct_name = ident.to_string();
+    let table = &container.table.value;
+    // Inside `const _`, so no user code can see (or clash with) this name;
+    // it only has to avoid shadowing a type a field names.
+    let accessors = format_ident!("__AxumTypedSession{}Accessors", ident);
+
+    let column_defs = container.fields.iter().map(column_def);
+    let methods = container
+        .fields
+        .iter()
+        .enumerate()
+        .map(|(index, field)| accessor_methods(field, index, vis));
+    let encode_arms = container.fields.iter().enumerate().map(|(index, field)| {
+        let member = field.ident;
+        let value = if field.json.is_some() {
+            quote! { __private::encode_json_field(&self.#member, &Self::SCHEMA, #index) }
+        } else {
+            quote! { ::core::result::Result::Ok(__private::Column::to_value(&self.#member)) }
+        };
+        // The last field takes every index at or past it, so the match is
+        // total without an arm that could silently write a wrong value.
+        if index + 1 == container.fields.len() {
+            quote! { _ => #value, }
+        } else {
+            quote! { #index => #value, }
+        }
+    });
+    let decode_fields = container.fields.iter().enumerate().map(|(index, field)| {
+        let member = field.ident;
+        let ty = field.ty;
+        let decode = if field.json.is_some() {
+            quote! { __private::decode_json_field::<#ty>(source, &Self::SCHEMA, #index)? }
+        } else {
+            quote! { __private::decode_field::<#ty>(source, &Self::SCHEMA, #index)? }
+        };
+        quote! { #member: #decode, }
+    });
+    let duplicate_fields = container.fields.iter().map(|field| {
+        let member = field.ident;
+        let ty = field.ty;
+        quote_spanned! {field.ty_span()=> #member: <#ty as ::core::clone::Clone>::clone(&self.#member), }
+    });
+    let copy_fields = container.fields.iter().enumerate().map(|(index, field)| {
+        let member = field.ident;
+        quote! {
+            if fields.contains(#index) {
+                target.#member = ::core::clone::Clone::clone(&self.#member);
+            }
+        }
+    });
+    let type_checks = container.fields.iter().map(type_check);
+
+    quote! {
+        const _: () = {
+            use ::axum_typed_session::__private;
+
+            #[doc = concat!("Accessors of [`Session<", stringify!(#ident), ">`](::axum_typed_session::Session).")]
+            #vis struct #accessors(__private::Handle<#ident>);
+
+            impl ::core::convert::From<__private::Handle<#ident>> for #accessors {
+                fn from(handle: __private::Handle<#ident>) -> Self {
+                    Self(handle)
+                }
+            }
+
+            impl ::core::convert::AsRef<__private::Handle<#ident>> for #accessors {
+                fn as_ref(&self) -> &__private::Handle<#ident> {
+                    &self.0
+                }
+            }
+
+            impl #accessors {
+                #(#methods)*
+            }
+
+            impl __private::SessionData for #ident {
+                type Accessors = #accessors;
+
+                const SCHEMA: __private::Schema = __private::Schema {
+                    table: #table,
+                    struct_name: #struct_name,
+                    columns: &[#(#column_defs),*],
+                };
+
+                fn encode_column(
+                    &self,
+                    index: usize,
+                ) -> ::core::result::Result<__private::Value<'_>, __private::EncodeError> {
+                    match index {
+                        #(#encode_arms)*
+                    }
+                }
+
+                fn decode_columns(
+                    source: &mut dyn __private::ColumnSource,
+                ) -> ::core::result::Result<Self, __private::DecodeError> {
+                    ::core::result::Result::Ok(Self {
+                        #(#decode_fields)*
+                    })
+                }
+
+                fn duplicate(&self) -> Self {
+                    Self {
+                        #(#duplicate_fields)*
+                    }
+                }
+
+                fn copy_fields(&self, target: &mut Self, fields: __private::DirtyFields) {
+                    #(#copy_fields)*
+                }
+            }
+
+            #(#type_checks)*
+        };
+    }
+}
+
+fn column_def(field: &Field<'_>) -> TokenStream {
+    let name = &field.column.value;
+    let field_name = &field.name;
+    let ty = field.ty;
+    let (sql_type, nullable) = if field.json.is_some() {
+        (quote! { __private::SqlType::Json }, quote! { false })
+    } else {
+        (
+            quote! { <#ty as __private::Column>::SQL_TYPE },
+            quote! { <#ty as __private::Column>::NULLABLE },
+        )
+    };
+    quote! {
+        __private::ColumnDef {
+            name: #name,
+            field: #field_name,
+            sql_type: #sql_type,
+            nullable: #nullable,
+        }
+    }
+}
+
+fn accessor_methods(field: &Field<'_>, index: usize, vis: &syn::Visibility) -> TokenStream {
+    let member = field.ident;
+    let ty = field.ty;
+    let name = &field.name;
+    let setter = format_ident!("set_{}", name, span = member.span());
+    let updater = format_ident!("update_{}", name, span = member.span());
+    let get_doc = format!("The `{name}` field.");
+    let set_doc = format!(
+        "Sets `{name}`; only its column is written. Last writer wins: for a change that depends on the current value use [`{updater}`](Self::{updater})."
+    );
+    let update_doc = format!(
+        "Changes `{name}` in place, as a compare-and-swap: if another request wrote the session first, the closure is replayed on the fresh value (so it is `FnMut` and may run more than once)."
+    );
+    quote! {
+        #[doc = #get_doc]
+        #vis fn #member(&self) -> #ty {
+            self.0.read(|data| ::core::clone::Clone::clone(&data.#member))
+        }
+
+        #[doc = #set_doc]
+        #vis fn #setter(&self, value: #ty) {
+            self.0.set(#index, value, |data| &mut data.#member)
+        }
+
+        #[doc = #update_doc]
+        #vis fn #updater(&self, change: impl ::core::ops::FnMut(&mut #ty) + ::core::marker::Send + 'static) {
+            self.0.update_field(#index, change, |data| &mut data.#member)
+        }
+    }
+}
+
+/// Compile-time checks under the field type's span, so the error points at
+/// the field: a column exists on every enabled backend, or the type is serde.
+fn type_check(field: &Field<'_>) -> TokenStream {
+    let ty = field.ty;
+    let span = field.ty_span();
+    if field.json.is_some() {
+        quote_spanned! {span=>
+            const _: () = __private::backend_support::json::<#ty>();
+        }
+    } else {
+        quote_spanned! {span=>
+            const _: () = __private::backend_support::postgres::<#ty>();
+            const _: () = __private::backend_support::mysql::<#ty>();
+            const _: () = __private::backend_support::sqlite::<#ty>();
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Sessions in the process's memory, kept as the typed structs themselves.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use chrono::{DateTime, Utc};
+
+use super::{Record, SessionStore, Update};
+use crate::{data::SessionData, error::StoreError, token::SessionId};
+
+/// Independent locks, so concurrent requests of different sessions rarely wait.
+const SHARDS: usize = 16;
+
+/// A store in the process's memory: non-persistent mode.
+///
+/// Sessions are the typed structs themselves, never serialized; they are lost
+/// when the process exits and are not shared between instances. Clones share
+/// the same sessions.
+///
+/// ```
+/// use axum_typed_session::{MemoryStore, Session, SessionConfig, SessionLayer};
+///
+/// #[derive(Session, Default)]
+/// struct Visit {
+///     count: i64,
+/// }
+///
+/// let store = MemoryStore::<Visit>::new();
+/// let app: axum::Router = axum::Router::new().layer(SessionLayer::new(store, SessionConfig::default()));
+/// ```
+pub struct MemoryStore<T> {
+    shards: Arc<[RwLock<HashMap<SessionId, Record<T>>>; SHARDS]>,
+}
+
+impl<T> Clone for MemoryStore<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shards: self.shards.clone(),
+        }
+    }
+}
+
+impl<T> Default for MemoryStore<T> {
+    fn default() -> Self {
+        Self {
+            shards: Arc::new(std::array::from_fn(|_| RwLock::new(HashMap::new()))),
+        }
+    }
+}
+
+impl<T> MemoryStore<T> {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many sessions are held, expired ones not yet purged included.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|shard| read(shard).len()).sum()
+    }
+
+    /// Whether no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard(&self, id: &SessionId) -> &RwLock<HashMap<SessionId, Record<T>>> {
+        // The id is a SHA-256 digest: any byte is uniformly distributed.
+        &self.shards[usize::from(id.as_bytes()[0]) % SHARDS]
+    }
+}
+
+fn read<V>(lock: &RwLock<V>) -> std::sync::RwLockReadGuard<'_, V> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<V>(lock: &RwLock<V>) -> std::sync::RwLockWriteGuard<'_, V> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<T: SessionData> SessionStore<T> for MemoryStore<T> {
+    async fn load(
+        &self,
+        id: &SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        let shard = read(self.shard(id));
+        Ok(shard
+            .get(id)
+            .filter(|record| record.expires_at > now)
+            .map(|record| Record {
+                id: record.id,
+                data: record.data.duplicate(),
+                version: record.version,
+                expires_at: record.expires_at,
+                created_at: record.created_at,
+            }))
+    }
+
+    async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
+        let copy = Record {
+            id: record.id,
+            data: record.data.duplicate(),
+            version: record.version,
+            expires_at: record.expires_at,
+            created_at: record.created_at,
+        };
+        write(self.shard(&record.id)).insert(record.id, copy);
+        Ok(())
+    }
+
+    async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
+        let mut shard = write(self.shard(id));
+        let Some(record) = shard.get_mut(id) else {
+            return Ok(false);
+        };
+        let live = record.expires_at > update.now;
+        let current = update
+            .expected_version
+            .is_none_or(|version| version == record.version);
+        if !live || !current {
+            return Ok(false);
+        }
+        data.copy_fields(&mut record.data, update.dirty);
+        record.version += 1;
+        record.expires_at = update.expires_at;
+        if let Some(new_id) = update.new_id
+            && let Some(mut moved) = shard.remove(id)
+        {
+            drop(shard);
+            moved.id = new_id;
+            write(self.shard(&new_id)).insert(new_id, moved);
+        }
+        Ok(true)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        write(self.shard(id)).remove(id);
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        for shard in self.shards.iter() {
+            let mut shard = write(shard);
+            let before = shard.len();
+            shard.retain(|_, record| record.expires_at > now);
+            purged += (before - shard.len()) as u64;
+        }
+        Ok(purged)
+    }
+}

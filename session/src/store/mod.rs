@@ -1,0 +1,81 @@
+//! Where sessions live: the [`SessionStore`] trait and its implementations.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    data::{DirtyFields, SessionData},
+    error::StoreError,
+    token::SessionId,
+};
+
+pub mod memory;
+#[cfg(feature = "_sql")]
+pub mod sql;
+
+/// A stored session: its data and the library's columns.
+#[derive(Debug)]
+pub struct Record<T> {
+    /// The primary key.
+    pub id: SessionId,
+    /// The session struct.
+    pub data: T,
+    /// Bumped by every write; compare-and-swap writes check it.
+    pub version: i64,
+    /// After this instant the row is invisible and purged.
+    pub expires_at: DateTime<Utc>,
+    /// When the row was inserted.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One UPDATE of a stored session.
+#[derive(Clone, Copy, Debug)]
+pub struct Update {
+    /// The fields to write; no other column is touched.
+    pub dirty: DirtyFields,
+    /// `Some(v)`: write only if the row is still at version `v`
+    /// (compare-and-swap); `None`: last writer wins for these columns.
+    pub expected_version: Option<i64>,
+    /// The new expiry.
+    pub expires_at: DateTime<Utc>,
+    /// Move the row to this id in the same statement (`renew`).
+    pub new_id: Option<SessionId>,
+    /// The current time: an expired row is never written (nor revived).
+    pub now: DateTime<Utc>,
+}
+
+/// Storage for one session struct `T`.
+///
+/// Every method is one statement (one round trip) on the SQL stores. None
+/// of them ever creates a row except [`insert`](Self::insert), so a write
+/// that races a `destroy` or `renew` cannot bring the old session back.
+pub trait SessionStore<T: SessionData>: Clone + Send + Sync + 'static {
+    /// The live (unexpired) session with this id.
+    fn load(
+        &self,
+        id: &SessionId,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<Record<T>>, StoreError>> + Send;
+
+    /// Stores a new session.
+    fn insert(&self, record: &Record<T>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Writes the dirty fields of `data`, bumps `version` and sets the expiry.
+    /// `Ok(false)`: no live row matched (gone, expired, or a newer version).
+    fn update(
+        &self,
+        id: &SessionId,
+        data: &T,
+        update: Update,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes a session; deleting a missing one is not an error.
+    fn delete(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes expired sessions, returns how many.
+    fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}

@@ -1,0 +1,405 @@
+//! Stores on SQL databases through sqlx: one table per session struct, one
+//! column per field.
+//!
+//! [`SqlStore`] holds what is common: the statements (built once per struct,
+//! UPDATEs once per set of dirty columns), the write protocol and `migrate()`.
+//! Each [`Backend`] module holds all of one dialect's differences: quoting,
+//! placeholders, column types, binding and decoding.
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    future::Future,
+    marker::PhantomData,
+    sync::{Arc, RwLock},
+};
+
+use chrono::{DateTime, Utc};
+use sqlx::{Database, Pool};
+
+use super::{Record, SessionStore, Update};
+use crate::{
+    data::{DirtyFields, SessionData},
+    error::StoreError,
+    schema::{LIBRARY_COLUMNS, Schema},
+    token::SessionId,
+    value::{SqlType, Value},
+};
+
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// Rows deleted per statement by [`SqlStore::purge_expired`], so a large
+/// backlog never holds locks for long.
+pub(crate) const PURGE_BATCH: i64 = 1000;
+
+type Arguments<B> = <<B as Backend>::Database as Database>::Arguments;
+type Row<B> = <<B as Backend>::Database as Database>::Row;
+
+/// One SQL dialect: everything that differs between databases, in one place.
+///
+/// Implemented by [`Sqlite`](sqlite::Sqlite), [`Postgres`](postgres::Postgres)
+/// and [`MySql`](mysql::MySql); not meant to be implemented outside this crate.
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// The sqlx database.
+    type Database: Database;
+    /// For messages.
+    const NAME: &'static str;
+    /// Quotes identifiers.
+    const QUOTE: char;
+
+    /// Appends the placeholder of the `index`-th parameter (1-based).
+    fn push_placeholder(sql: &mut String, index: usize, ty: Option<SqlType>);
+    /// Appends a column in a SELECT list (a cast where decoding needs one).
+    fn push_select(sql: &mut String, quoted: &str, ty: SqlType) {
+        let _ = ty;
+        sql.push_str(quoted);
+    }
+    /// The column type of a field's SQL type.
+    fn column_type(ty: SqlType) -> &'static str;
+    /// The column type of `id`.
+    const ID_TYPE: &'static str;
+    /// The column type of `expires_at` and `created_at`.
+    const TIME_TYPE: &'static str;
+    /// Statements that create the table and its index.
+    fn create_table(schema: &Schema, columns: &str) -> Vec<String>;
+    /// A statement deleting up to [`PURGE_BATCH`] expired rows; binds `now`, then the batch size.
+    fn purge_statement(table: &str) -> String;
+
+    /// Binds a field value.
+    fn bind(args: &mut Arguments<Self>, value: Value<'_>) -> Result<(), sqlx::error::BoxDynError>;
+    /// Binds a session id.
+    fn bind_id(args: &mut Arguments<Self>, id: &SessionId) -> Result<(), sqlx::error::BoxDynError>;
+    /// Binds a library timestamp.
+    fn bind_time(
+        args: &mut Arguments<Self>,
+        time: DateTime<Utc>,
+    ) -> Result<(), sqlx::error::BoxDynError>;
+    /// Binds an integer (version, batch size).
+    fn bind_i64(args: &mut Arguments<Self>, value: i64) -> Result<(), sqlx::error::BoxDynError>;
+
+    /// Decodes a field column.
+    fn decode(row: &Row<Self>, index: usize, ty: SqlType) -> Result<Value<'static>, sqlx::Error>;
+    /// Decodes a library timestamp column.
+    fn decode_time(row: &Row<Self>, index: usize) -> Result<DateTime<Utc>, sqlx::Error>;
+    /// Decodes an integer column.
+    fn decode_i64(row: &Row<Self>, index: usize) -> Result<i64, sqlx::Error>;
+
+    /// Runs a statement, returns the number of rows it affected.
+    fn execute<'a>(
+        pool: &'a Pool<Self::Database>,
+        sql: Arc<str>,
+        args: Arguments<Self>,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+    /// Runs a query that returns at most one row.
+    fn fetch_optional<'a>(
+        pool: &'a Pool<Self::Database>,
+        sql: Arc<str>,
+        args: Arguments<Self>,
+    ) -> impl Future<Output = Result<Option<Row<Self>>, sqlx::Error>> + Send + 'a;
+}
+
+/// A session store on a SQL database; use the aliases
+/// [`SqliteStore`](crate::SqliteStore), [`PgStore`](crate::PgStore) and
+/// [`MySqlStore`](crate::MySqlStore).
+pub struct SqlStore<B: Backend, T> {
+    inner: Arc<Inner<B>>,
+    _data: PhantomData<fn() -> T>,
+}
+
+impl<B: Backend, T> Clone for SqlStore<B, T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            _data: PhantomData,
+        }
+    }
+}
+
+struct Inner<B: Backend> {
+    pool: Pool<B::Database>,
+    schema: Schema,
+    load: Arc<str>,
+    insert: Arc<str>,
+    delete: Arc<str>,
+    purge: Arc<str>,
+    /// UPDATE statements by (dirty fields, compare-and-swap, renew): a
+    /// handful per app, each built once and then prepared once per connection.
+    updates: RwLock<HashMap<(u64, bool, bool), Arc<str>>>,
+}
+
+/// Adds the parameter placeholders and binds as statements are built.
+struct Params<B> {
+    next: usize,
+    _backend: PhantomData<B>,
+}
+
+impl<B: Backend> Params<B> {
+    fn new() -> Self {
+        Self {
+            next: 1,
+            _backend: PhantomData,
+        }
+    }
+
+    fn push(&mut self, sql: &mut String, ty: Option<SqlType>) {
+        B::push_placeholder(sql, self.next, ty);
+        self.next += 1;
+    }
+}
+
+fn quote<B: Backend>(name: &str) -> String {
+    format!("{q}{name}{q}", q = B::QUOTE)
+}
+
+impl<B: Backend, T: SessionData> SqlStore<B, T> {
+    /// A store on an existing pool. Call [`migrate`](Self::migrate) (or run
+    /// [`create_table_sql`](Self::create_table_sql) yourself) before serving.
+    pub fn new(pool: Pool<B::Database>) -> Self {
+        let schema = T::SCHEMA;
+        let table = quote::<B>(schema.table);
+
+        let mut load = format!(
+            "SELECT {}, {}, {}",
+            quote::<B>("version"),
+            quote::<B>("created_at"),
+            quote::<B>("expires_at")
+        );
+        for column in schema.columns {
+            load.push_str(", ");
+            B::push_select(&mut load, &quote::<B>(column.name), column.sql_type);
+        }
+        let mut params = Params::<B>::new();
+        let _ = write!(load, " FROM {table} WHERE {} = ", quote::<B>("id"));
+        params.push(&mut load, None);
+        let _ = write!(load, " AND {} > ", quote::<B>("expires_at"));
+        params.push(&mut load, None);
+
+        let mut insert = format!("INSERT INTO {table} (");
+        for (position, name) in LIBRARY_COLUMNS.iter().enumerate() {
+            if position > 0 {
+                insert.push_str(", ");
+            }
+            insert.push_str(&quote::<B>(name));
+        }
+        for column in schema.columns {
+            let _ = write!(insert, ", {}", quote::<B>(column.name));
+        }
+        insert.push_str(") VALUES (");
+        let mut params = Params::<B>::new();
+        for position in 0..LIBRARY_COLUMNS.len() + schema.columns.len() {
+            if position > 0 {
+                insert.push_str(", ");
+            }
+            let ty = position
+                .checked_sub(LIBRARY_COLUMNS.len())
+                .map(|field| schema.columns[field].sql_type);
+            params.push(&mut insert, ty);
+        }
+        insert.push(')');
+
+        let mut delete = format!("DELETE FROM {table} WHERE {} = ", quote::<B>("id"));
+        Params::<B>::new().push(&mut delete, None);
+
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                schema,
+                load: load.into(),
+                insert: insert.into(),
+                delete: delete.into(),
+                purge: B::purge_statement(&table).into(),
+                updates: RwLock::new(HashMap::new()),
+            }),
+            _data: PhantomData,
+        }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Pool<B::Database> {
+        &self.inner.pool
+    }
+
+    /// The DDL that creates this struct's table and its `expires_at` index,
+    /// for people who run their own migrations.
+    pub fn create_table_sql() -> Vec<String> {
+        let schema = T::SCHEMA;
+        let mut columns = String::new();
+        let _ = write!(
+            columns,
+            "{} {} NOT NULL PRIMARY KEY, {} {} NOT NULL, {} BIGINT NOT NULL, {} {} NOT NULL",
+            quote::<B>("id"),
+            B::ID_TYPE,
+            quote::<B>("expires_at"),
+            B::TIME_TYPE,
+            quote::<B>("version"),
+            quote::<B>("created_at"),
+            B::TIME_TYPE,
+        );
+        for column in schema.columns {
+            let _ = write!(
+                columns,
+                ", {} {}{}",
+                quote::<B>(column.name),
+                B::column_type(column.sql_type),
+                if column.nullable { "" } else { " NOT NULL" }
+            );
+        }
+        B::create_table(&schema, &columns)
+    }
+
+    /// Creates the table and its index if they do not exist.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        for statement in Self::create_table_sql() {
+            B::execute(&self.inner.pool, statement.into(), Default::default()).await?;
+        }
+        Ok(())
+    }
+
+    fn update_statement(
+        &self,
+        dirty: DirtyFields,
+        compare_and_swap: bool,
+        renew: bool,
+    ) -> Arc<str> {
+        let key = (dirty.bits(), compare_and_swap, renew);
+        if let Some(sql) = self
+            .inner
+            .updates
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return sql.clone();
+        }
+        let schema = &self.inner.schema;
+        let mut sql = format!("UPDATE {} SET ", quote::<B>(schema.table));
+        let mut params = Params::<B>::new();
+        for index in dirty.iter() {
+            let column = schema.column(index);
+            let _ = write!(sql, "{} = ", quote::<B>(column.name));
+            params.push(&mut sql, Some(column.sql_type));
+            sql.push_str(", ");
+        }
+        let _ = write!(
+            sql,
+            "{v} = {v} + 1, {} = ",
+            quote::<B>("expires_at"),
+            v = quote::<B>("version")
+        );
+        params.push(&mut sql, None);
+        if renew {
+            let _ = write!(sql, ", {} = ", quote::<B>("id"));
+            params.push(&mut sql, None);
+        }
+        let _ = write!(sql, " WHERE {} = ", quote::<B>("id"));
+        params.push(&mut sql, None);
+        let _ = write!(sql, " AND {} > ", quote::<B>("expires_at"));
+        params.push(&mut sql, None);
+        if compare_and_swap {
+            let _ = write!(sql, " AND {} = ", quote::<B>("version"));
+            params.push(&mut sql, None);
+        }
+        let sql: Arc<str> = sql.into();
+        self.inner
+            .updates
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, sql.clone());
+        sql
+    }
+}
+
+/// Turns a bind failure into the error a store reports.
+fn bound(result: Result<(), sqlx::error::BoxDynError>) -> Result<(), StoreError> {
+    result.map_err(|error| StoreError::Database(sqlx::Error::Encode(error)))
+}
+
+impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
+    async fn load(
+        &self,
+        id: &SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        let mut args = Arguments::<B>::default();
+        bound(B::bind_id(&mut args, id))?;
+        bound(B::bind_time(&mut args, now))?;
+        let Some(row) = B::fetch_optional(&self.inner.pool, self.inner.load.clone(), args).await?
+        else {
+            return Ok(None);
+        };
+        let columns = T::SCHEMA.columns;
+        let mut values = Vec::with_capacity(columns.len());
+        for (offset, column) in columns.iter().enumerate() {
+            values.push(B::decode(&row, 3 + offset, column.sql_type)?);
+        }
+        let data = T::decode_columns(&mut values.into_iter())?;
+        Ok(Some(Record {
+            id: *id,
+            data,
+            version: B::decode_i64(&row, 0)?,
+            created_at: B::decode_time(&row, 1)?,
+            expires_at: B::decode_time(&row, 2)?,
+        }))
+    }
+
+    async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
+        let mut args = Arguments::<B>::default();
+        bound(B::bind_id(&mut args, &record.id))?;
+        bound(B::bind_time(&mut args, record.expires_at))?;
+        bound(B::bind_i64(&mut args, record.version))?;
+        bound(B::bind_time(&mut args, record.created_at))?;
+        for index in 0..T::SCHEMA.columns.len() {
+            bound(B::bind(&mut args, record.data.encode_column(index)?))?;
+        }
+        B::execute(&self.inner.pool, self.inner.insert.clone(), args).await?;
+        Ok(())
+    }
+
+    async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
+        let sql = self.update_statement(
+            update.dirty,
+            update.expected_version.is_some(),
+            update.new_id.is_some(),
+        );
+        let mut args = Arguments::<B>::default();
+        for index in update.dirty.iter() {
+            bound(B::bind(&mut args, data.encode_column(index)?))?;
+        }
+        bound(B::bind_time(&mut args, update.expires_at))?;
+        if let Some(new_id) = &update.new_id {
+            bound(B::bind_id(&mut args, new_id))?;
+        }
+        bound(B::bind_id(&mut args, id))?;
+        bound(B::bind_time(&mut args, update.now))?;
+        if let Some(version) = update.expected_version {
+            bound(B::bind_i64(&mut args, version))?;
+        }
+        Ok(B::execute(&self.inner.pool, sql, args).await? > 0)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        let mut args = Arguments::<B>::default();
+        bound(B::bind_id(&mut args, id))?;
+        B::execute(&self.inner.pool, self.inner.delete.clone(), args).await?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        loop {
+            let mut args = Arguments::<B>::default();
+            bound(B::bind_time(&mut args, now))?;
+            bound(B::bind_i64(&mut args, PURGE_BATCH))?;
+            let deleted = B::execute(&self.inner.pool, self.inner.purge.clone(), args).await?;
+            purged += deleted;
+            if deleted < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The MySQL / MariaDB dialect.
+//!
+//! Library timestamps are `DATETIME(6)` in UTC (sqlx binds `DateTime<Utc>` as
+//! its UTC wall time), so the connection's time zone never matters.
+
+use std::{borrow::Cow, sync::Arc};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use sqlx::{
+    Arguments as _, AssertSqlSafe, Pool, Row as _,
+    error::BoxDynError,
+    mysql::{MySqlArguments, MySqlPoolOptions, MySqlRow},
+};
+use uuid::Uuid;
+
+use super::{Backend, SqlStore};
+use crate::{
+    data::SessionData,
+    error::StoreError,
+    schema::Schema,
+    token::SessionId,
+    value::{SqlType, Value},
+};
+
+/// The MySQL / MariaDB backend of [`SqlStore`].
+#[derive(Debug)]
+pub enum MySql {}
+
+impl<T: SessionData> SqlStore<MySql, T> {
+    /// Opens a pool with sqlx's defaults.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
+    /// use axum_typed_session::{MySqlStore, Session};
+    ///
+    /// #[derive(Session, Default)]
+    /// struct Visit {
+    ///     count: i64,
+    /// }
+    ///
+    /// let store = MySqlStore::<Visit>::connect("mysql://root@127.0.0.1/test").await?;
+    /// store.migrate().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Ok(Self::new(MySqlPoolOptions::new().connect(url).await?))
+    }
+}
+
+impl Backend for MySql {
+    type Database = sqlx::MySql;
+    const NAME: &'static str = "MySQL";
+    const QUOTE: char = '`';
+    const ID_TYPE: &'static str = "BINARY(32)";
+    const TIME_TYPE: &'static str = "DATETIME(6)";
+
+    fn push_placeholder(sql: &mut String, _index: usize, _ty: Option<SqlType>) {
+        sql.push('?');
+    }
+
+    fn column_type(ty: SqlType) -> &'static str {
+        match ty {
+            SqlType::Bool => "BOOLEAN",
+            SqlType::I16 => "SMALLINT",
+            SqlType::I32 => "INT",
+            SqlType::I64 => "BIGINT",
+            SqlType::U64 => "BIGINT UNSIGNED",
+            SqlType::F32 => "FLOAT",
+            SqlType::F64 => "DOUBLE",
+            // LONG*: a session value must never be cut at 64 KiB.
+            SqlType::Text => "LONGTEXT",
+            SqlType::Bytes => "LONGBLOB",
+            SqlType::Json => "JSON",
+            SqlType::Timestamp | SqlType::DateTime => "DATETIME(6)",
+            SqlType::Date => "DATE",
+            SqlType::Uuid => "BINARY(16)",
+        }
+    }
+
+    fn create_table(schema: &Schema, columns: &str) -> Vec<String> {
+        // MySQL has no CREATE INDEX IF NOT EXISTS: the index is part of the table.
+        vec![format!(
+            "CREATE TABLE IF NOT EXISTS `{}` ({columns}, INDEX `{}_expires_at` (`expires_at`))",
+            schema.table, schema.table
+        )]
+    }
+
+    fn purge_statement(table: &str) -> String {
+        format!("DELETE FROM {table} WHERE `expires_at` <= ? LIMIT ?")
+    }
+
+    fn bind(args: &mut MySqlArguments, value: Value<'_>) -> Result<(), BoxDynError> {
+        match value {
+            Value::Null(_) => args.add(Option::<i64>::None),
+            Value::Bool(v) => args.add(v),
+            Value::I16(v) => args.add(v),
+            Value::I32(v) => args.add(v),
+            Value::I64(v) => args.add(v),
+            Value::U64(v) => args.add(v),
+            Value::F32(v) => args.add(v),
+            Value::F64(v) => args.add(v),
+            Value::Text(v) | Value::Json(v) => args.add(&*v),
+            Value::Bytes(v) => args.add(&*v),
+            Value::Timestamp(v) => args.add(v),
+            Value::DateTime(v) => args.add(v),
+            Value::Date(v) => args.add(v),
+            Value::Uuid(v) => args.add(v),
+        }
+    }
+
+    fn bind_id(args: &mut MySqlArguments, id: &SessionId) -> Result<(), BoxDynError> {
+        args.add(&id.as_bytes()[..])
+    }
+
+    fn bind_time(args: &mut MySqlArguments, time: DateTime<Utc>) -> Result<(), BoxDynError> {
+        args.add(time)
+    }
+
+    fn bind_i64(args: &mut MySqlArguments, value: i64) -> Result<(), BoxDynError> {
+        args.add(value)
+    }
+
+    fn decode(row: &MySqlRow, index: usize, ty: SqlType) -> Result<Value<'static>, sqlx::Error> {
+        fn get<T>(
+            row: &MySqlRow,
+            index: usize,
+            wrap: impl FnOnce(T) -> Value<'static>,
+            ty: SqlType,
+        ) -> Result<Value<'static>, sqlx::Error>
+        where
+            T: for<'r> sqlx::Decode<'r, sqlx::MySql> + sqlx::Type<sqlx::MySql>,
+        {
+            Ok(row
+                .try_get::<Option<T>, _>(index)?
+                .map_or(Value::Null(ty), wrap))
+        }
+        match ty {
+            SqlType::Bool => get(row, index, Value::Bool, ty),
+            SqlType::I16 => get(row, index, Value::I16, ty),
+            SqlType::I32 => get(row, index, Value::I32, ty),
+            SqlType::I64 => get(row, index, Value::I64, ty),
+            SqlType::U64 => get(row, index, Value::U64, ty),
+            SqlType::F32 => get(row, index, Value::F32, ty),
+            SqlType::F64 => get(row, index, Value::F64, ty),
+            SqlType::Text => get(row, index, |v: String| Value::Text(Cow::Owned(v)), ty),
+            SqlType::Json => {
+                // MySQL reports JSON columns as JSON, MariaDB as LONGTEXT: both are text.
+                let text: Option<String> = row.try_get_unchecked(index)?;
+                Ok(text.map_or(Value::Null(ty), |v| Value::Json(Cow::Owned(v))))
+            }
+            SqlType::Bytes => get(row, index, |v: Vec<u8>| Value::Bytes(Cow::Owned(v)), ty),
+            SqlType::Timestamp => get(row, index, Value::Timestamp, ty),
+            SqlType::DateTime => get::<NaiveDateTime>(row, index, Value::DateTime, ty),
+            SqlType::Date => get::<NaiveDate>(row, index, Value::Date, ty),
+            SqlType::Uuid => get::<Uuid>(row, index, Value::Uuid, ty),
+        }
+    }
+
+    fn decode_time(row: &MySqlRow, index: usize) -> Result<DateTime<Utc>, sqlx::Error> {
+        row.try_get(index)
+    }
+
+    fn decode_i64(row: &MySqlRow, index: usize) -> Result<i64, sqlx::Error> {
+        row.try_get(index)
+    }
+
+    async fn execute(
+        pool: &Pool<sqlx::MySql>,
+        sql: Arc<str>,
+        args: MySqlArguments,
+    ) -> Result<u64, sqlx::Error> {
+        let result = sqlx::query_with(AssertSqlSafe(sql), args)
+            .execute(pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn fetch_optional(
+        pool: &Pool<sqlx::MySql>,
+        sql: Arc<str>,
+        args: MySqlArguments,
+    ) -> Result<Option<MySqlRow>, sqlx::Error> {
+        sqlx::query_with(AssertSqlSafe(sql), args)
+            .fetch_optional(pool)
+            .await
+    }
+}

@@ -1,0 +1,218 @@
+//! The PostgreSQL dialect.
+//!
+//! JSON fields are `JSONB` columns: written as text with a `::jsonb` cast and
+//! read back with `::text`, so serde (not the driver) owns the format.
+
+use std::{borrow::Cow, sync::Arc};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use sqlx::{
+    Arguments as _, AssertSqlSafe, Pool, Row as _,
+    error::BoxDynError,
+    postgres::{PgArguments, PgPoolOptions, PgRow},
+};
+use uuid::Uuid;
+
+use super::{Backend, SqlStore};
+use crate::{
+    data::SessionData,
+    error::StoreError,
+    schema::Schema,
+    token::SessionId,
+    value::{SqlType, Value},
+};
+
+/// The PostgreSQL backend of [`SqlStore`].
+#[derive(Debug)]
+pub enum Postgres {}
+
+impl<T: SessionData> SqlStore<Postgres, T> {
+    /// Opens a pool with sqlx's defaults.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
+    /// use axum_typed_session::{PgStore, Session};
+    ///
+    /// #[derive(Session, Default)]
+    /// struct Visit {
+    ///     count: i64,
+    /// }
+    ///
+    /// let store = PgStore::<Visit>::connect("postgres://postgres@127.0.0.1/test").await?;
+    /// store.migrate().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Ok(Self::new(PgPoolOptions::new().connect(url).await?))
+    }
+}
+
+impl Backend for Postgres {
+    type Database = sqlx::Postgres;
+    const NAME: &'static str = "PostgreSQL";
+    const QUOTE: char = '"';
+    const ID_TYPE: &'static str = "BYTEA";
+    const TIME_TYPE: &'static str = "TIMESTAMPTZ";
+
+    fn push_placeholder(sql: &mut String, index: usize, ty: Option<SqlType>) {
+        sql.push('$');
+        sql.push_str(&index.to_string());
+        if ty == Some(SqlType::Json) {
+            sql.push_str("::jsonb");
+        }
+    }
+
+    fn push_select(sql: &mut String, quoted: &str, ty: SqlType) {
+        sql.push_str(quoted);
+        if ty == SqlType::Json {
+            sql.push_str("::text");
+        }
+    }
+
+    fn column_type(ty: SqlType) -> &'static str {
+        match ty {
+            SqlType::Bool => "BOOLEAN",
+            SqlType::I16 => "SMALLINT",
+            SqlType::I32 => "INTEGER",
+            // No lossless column exists; the derive rejects u64 on PostgreSQL.
+            SqlType::I64 | SqlType::U64 => "BIGINT",
+            SqlType::F32 => "REAL",
+            SqlType::F64 => "DOUBLE PRECISION",
+            SqlType::Text => "TEXT",
+            SqlType::Bytes => "BYTEA",
+            SqlType::Json => "JSONB",
+            SqlType::Timestamp => "TIMESTAMPTZ",
+            SqlType::DateTime => "TIMESTAMP",
+            SqlType::Date => "DATE",
+            SqlType::Uuid => "UUID",
+        }
+    }
+
+    fn create_table(schema: &Schema, columns: &str) -> Vec<String> {
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS \"{}\" ({columns})",
+                schema.table
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS \"{t}_expires_at\" ON \"{t}\" (\"expires_at\")",
+                t = schema.table
+            ),
+        ]
+    }
+
+    fn purge_statement(table: &str) -> String {
+        format!(
+            "DELETE FROM {table} WHERE \"id\" IN (SELECT \"id\" FROM {table} WHERE \"expires_at\" <= $1 LIMIT $2)"
+        )
+    }
+
+    fn bind(args: &mut PgArguments, value: Value<'_>) -> Result<(), BoxDynError> {
+        match value {
+            Value::Null(ty) => bind_null(args, ty),
+            Value::Bool(v) => args.add(v),
+            Value::I16(v) => args.add(v),
+            Value::I32(v) => args.add(v),
+            Value::I64(v) => args.add(v),
+            Value::U64(v) => args.add(i64::try_from(v)?),
+            Value::F32(v) => args.add(v),
+            Value::F64(v) => args.add(v),
+            Value::Text(v) | Value::Json(v) => args.add(&*v),
+            Value::Bytes(v) => args.add(&*v),
+            Value::Timestamp(v) => args.add(v),
+            Value::DateTime(v) => args.add(v),
+            Value::Date(v) => args.add(v),
+            Value::Uuid(v) => args.add(v),
+        }
+    }
+
+    fn bind_id(args: &mut PgArguments, id: &SessionId) -> Result<(), BoxDynError> {
+        args.add(&id.as_bytes()[..])
+    }
+
+    fn bind_time(args: &mut PgArguments, time: DateTime<Utc>) -> Result<(), BoxDynError> {
+        args.add(time)
+    }
+
+    fn bind_i64(args: &mut PgArguments, value: i64) -> Result<(), BoxDynError> {
+        args.add(value)
+    }
+
+    fn decode(row: &PgRow, index: usize, ty: SqlType) -> Result<Value<'static>, sqlx::Error> {
+        fn get<T>(
+            row: &PgRow,
+            index: usize,
+            wrap: impl FnOnce(T) -> Value<'static>,
+            ty: SqlType,
+        ) -> Result<Value<'static>, sqlx::Error>
+        where
+            T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+        {
+            Ok(row
+                .try_get::<Option<T>, _>(index)?
+                .map_or(Value::Null(ty), wrap))
+        }
+        match ty {
+            SqlType::Bool => get(row, index, Value::Bool, ty),
+            SqlType::I16 => get(row, index, Value::I16, ty),
+            SqlType::I32 => get(row, index, Value::I32, ty),
+            SqlType::I64 | SqlType::U64 => get(row, index, Value::I64, ty),
+            SqlType::F32 => get(row, index, Value::F32, ty),
+            SqlType::F64 => get(row, index, Value::F64, ty),
+            SqlType::Text => get(row, index, |v: String| Value::Text(Cow::Owned(v)), ty),
+            SqlType::Json => get(row, index, |v: String| Value::Json(Cow::Owned(v)), ty),
+            SqlType::Bytes => get(row, index, |v: Vec<u8>| Value::Bytes(Cow::Owned(v)), ty),
+            SqlType::Timestamp => get(row, index, Value::Timestamp, ty),
+            SqlType::DateTime => get::<NaiveDateTime>(row, index, Value::DateTime, ty),
+            SqlType::Date => get::<NaiveDate>(row, index, Value::Date, ty),
+            SqlType::Uuid => get::<Uuid>(row, index, Value::Uuid, ty),
+        }
+    }
+
+    fn decode_time(row: &PgRow, index: usize) -> Result<DateTime<Utc>, sqlx::Error> {
+        row.try_get(index)
+    }
+
+    fn decode_i64(row: &PgRow, index: usize) -> Result<i64, sqlx::Error> {
+        row.try_get(index)
+    }
+
+    async fn execute(
+        pool: &Pool<sqlx::Postgres>,
+        sql: Arc<str>,
+        args: PgArguments,
+    ) -> Result<u64, sqlx::Error> {
+        let result = sqlx::query_with(AssertSqlSafe(sql), args)
+            .execute(pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn fetch_optional(
+        pool: &Pool<sqlx::Postgres>,
+        sql: Arc<str>,
+        args: PgArguments,
+    ) -> Result<Option<PgRow>, sqlx::Error> {
+        sqlx::query_with(AssertSqlSafe(sql), args)
+            .fetch_optional(pool)
+            .await
+    }
+}
+
+/// PostgreSQL checks a parameter's type even when it is NULL.
+fn bind_null(args: &mut PgArguments, ty: SqlType) -> Result<(), BoxDynError> {
+    match ty {
+        SqlType::Bool => args.add(None::<bool>),
+        SqlType::I16 => args.add(None::<i16>),
+        SqlType::I32 => args.add(None::<i32>),
+        SqlType::I64 | SqlType::U64 => args.add(None::<i64>),
+        SqlType::F32 => args.add(None::<f32>),
+        SqlType::F64 => args.add(None::<f64>),
+        SqlType::Text | SqlType::Json => args.add(None::<String>),
+        SqlType::Bytes => args.add(None::<Vec<u8>>),
+        SqlType::Timestamp => args.add(None::<DateTime<Utc>>),
+        SqlType::DateTime => args.add(None::<NaiveDateTime>),
+        SqlType::Date => args.add(None::<NaiveDate>),
+        SqlType::Uuid => args.add(None::<Uuid>),
+    }
+}

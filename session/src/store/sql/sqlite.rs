@@ -1,0 +1,206 @@
+//! The SQLite dialect.
+//!
+//! Library timestamps are `INTEGER` milliseconds since the Unix epoch, so
+//! expiry comparisons are integer comparisons on the index.
+
+use std::{borrow::Cow, str::FromStr, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::{
+    Arguments as _, AssertSqlSafe, Pool, Row as _,
+    error::BoxDynError,
+    sqlite::{
+        SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+        SqliteSynchronous,
+    },
+};
+
+use super::{Backend, SqlStore};
+use crate::{
+    data::SessionData,
+    error::StoreError,
+    schema::Schema,
+    token::SessionId,
+    value::{SqlType, Value},
+};
+
+/// The SQLite backend of [`SqlStore`].
+#[derive(Debug)]
+pub enum Sqlite {}
+
+/// How long a connection waits for another writer before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl<T: SessionData> SqlStore<Sqlite, T> {
+    /// Opens a pool with the settings a session table wants: WAL (readers
+    /// never wait for the writer), `synchronous = NORMAL` (durable across
+    /// process crashes; a power loss may lose the last commits, the usual
+    /// trade-off for WAL) and a busy timeout of [`BUSY_TIMEOUT`] so that
+    /// concurrent writers queue instead of failing with "database is locked".
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
+    /// use axum_typed_session::{Session, SqliteStore};
+    ///
+    /// #[derive(Session, Default)]
+    /// struct Visit {
+    ///     count: i64,
+    /// }
+    ///
+    /// let store = SqliteStore::<Visit>::connect("sqlite://sessions.db?mode=rwc").await?;
+    /// store.migrate().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new().connect_with(options).await?;
+        Ok(Self::new(pool))
+    }
+}
+
+fn millis(time: DateTime<Utc>) -> i64 {
+    time.timestamp_millis()
+}
+
+impl Backend for Sqlite {
+    type Database = sqlx::Sqlite;
+    const NAME: &'static str = "SQLite";
+    const QUOTE: char = '"';
+    const ID_TYPE: &'static str = "BLOB";
+    const TIME_TYPE: &'static str = "INTEGER";
+
+    fn push_placeholder(sql: &mut String, _index: usize, _ty: Option<SqlType>) {
+        sql.push('?');
+    }
+
+    fn column_type(ty: SqlType) -> &'static str {
+        match ty {
+            SqlType::Bool => "BOOLEAN",
+            SqlType::I16 | SqlType::I32 | SqlType::I64 | SqlType::U64 => "INTEGER",
+            SqlType::F32 | SqlType::F64 => "REAL",
+            SqlType::Text | SqlType::Json => "TEXT",
+            SqlType::Timestamp | SqlType::DateTime | SqlType::Date => "TEXT",
+            SqlType::Bytes | SqlType::Uuid => "BLOB",
+        }
+    }
+
+    fn create_table(schema: &Schema, columns: &str) -> Vec<String> {
+        vec![
+            // WITHOUT ROWID: the random 32-byte key is the clustered index.
+            format!(
+                "CREATE TABLE IF NOT EXISTS \"{}\" ({columns}) WITHOUT ROWID",
+                schema.table
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS \"{t}_expires_at\" ON \"{t}\" (\"expires_at\")",
+                t = schema.table
+            ),
+        ]
+    }
+
+    fn purge_statement(table: &str) -> String {
+        format!(
+            "DELETE FROM {table} WHERE \"id\" IN (SELECT \"id\" FROM {table} WHERE \"expires_at\" <= ? LIMIT ?)"
+        )
+    }
+
+    fn bind(args: &mut SqliteArguments, value: Value<'_>) -> Result<(), BoxDynError> {
+        match value {
+            Value::Null(_) => args.add(Option::<i64>::None),
+            Value::Bool(v) => args.add(v),
+            Value::I16(v) => args.add(v),
+            Value::I32(v) => args.add(v),
+            Value::I64(v) => args.add(v),
+            Value::U64(v) => args.add(i64::try_from(v)?),
+            Value::F32(v) => args.add(v),
+            Value::F64(v) => args.add(v),
+            Value::Text(v) | Value::Json(v) => args.add(v.into_owned()),
+            Value::Bytes(v) => args.add(v.into_owned()),
+            Value::Timestamp(v) => args.add(v),
+            Value::DateTime(v) => args.add(v),
+            Value::Date(v) => args.add(v),
+            Value::Uuid(v) => args.add(v),
+        }
+    }
+
+    fn bind_id(args: &mut SqliteArguments, id: &SessionId) -> Result<(), BoxDynError> {
+        args.add(id.as_bytes().to_vec())
+    }
+
+    fn bind_time(args: &mut SqliteArguments, time: DateTime<Utc>) -> Result<(), BoxDynError> {
+        args.add(millis(time))
+    }
+
+    fn bind_i64(args: &mut SqliteArguments, value: i64) -> Result<(), BoxDynError> {
+        args.add(value)
+    }
+
+    fn decode(row: &SqliteRow, index: usize, ty: SqlType) -> Result<Value<'static>, sqlx::Error> {
+        // A NULL in any column is read first, whatever the declared type.
+        if row
+            .try_get_raw(index)
+            .map(|raw| sqlx::ValueRef::is_null(&raw))?
+        {
+            return Ok(Value::Null(ty));
+        }
+        Ok(match ty {
+            SqlType::Bool => Value::Bool(row.try_get(index)?),
+            SqlType::I16 => Value::I16(row.try_get(index)?),
+            SqlType::I32 => Value::I32(row.try_get(index)?),
+            SqlType::I64 => Value::I64(row.try_get(index)?),
+            SqlType::U64 => {
+                Value::U64(u64::try_from(row.try_get::<i64, _>(index)?).map_err(|e| {
+                    sqlx::Error::ColumnDecode {
+                        index: index.to_string(),
+                        source: Box::new(e),
+                    }
+                })?)
+            }
+            SqlType::F32 => Value::F32(row.try_get(index)?),
+            SqlType::F64 => Value::F64(row.try_get(index)?),
+            SqlType::Text => Value::Text(Cow::Owned(row.try_get(index)?)),
+            SqlType::Json => Value::Json(Cow::Owned(row.try_get(index)?)),
+            SqlType::Bytes => Value::Bytes(Cow::Owned(row.try_get(index)?)),
+            SqlType::Timestamp => Value::Timestamp(row.try_get(index)?),
+            SqlType::DateTime => Value::DateTime(row.try_get(index)?),
+            SqlType::Date => Value::Date(row.try_get(index)?),
+            SqlType::Uuid => Value::Uuid(row.try_get(index)?),
+        })
+    }
+
+    fn decode_time(row: &SqliteRow, index: usize) -> Result<DateTime<Utc>, sqlx::Error> {
+        let millis: i64 = row.try_get(index)?;
+        DateTime::from_timestamp_millis(millis).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: index.to_string(),
+            source: format!("{millis} is not a valid timestamp in milliseconds").into(),
+        })
+    }
+
+    fn decode_i64(row: &SqliteRow, index: usize) -> Result<i64, sqlx::Error> {
+        row.try_get(index)
+    }
+
+    async fn execute(
+        pool: &Pool<sqlx::Sqlite>,
+        sql: Arc<str>,
+        args: SqliteArguments,
+    ) -> Result<u64, sqlx::Error> {
+        let result = sqlx::query_with(AssertSqlSafe(sql), args)
+            .execute(pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn fetch_optional(
+        pool: &Pool<sqlx::Sqlite>,
+        sql: Arc<str>,
+        args: SqliteArguments,
+    ) -> Result<Option<SqliteRow>, sqlx::Error> {
+        sqlx::query_with(AssertSqlSafe(sql), args)
+            .fetch_optional(pool)
+            .await
+    }
+}
