@@ -26,9 +26,15 @@ use crate::{
     token::{SessionId, SessionToken},
 };
 
-/// How many times a compare-and-swap write is replayed on fresh data before
-/// the request fails with [`StoreError::Conflict`].
-pub const MAX_WRITE_ATTEMPTS: u32 = 16;
+/// How many times a compare-and-swap write is tried (replaying the request's
+/// changes on fresh data each time) before the request fails with
+/// [`StoreError::Conflict`]. Between tries a request waits a random time of up
+/// to [`MAX_CONFLICT_BACKOFF`] that doubles per try, so a burst of writers to one
+/// session spreads out instead of colliding again in lockstep.
+pub const MAX_WRITE_ATTEMPTS: u32 = 32;
+
+/// The longest wait between two compare-and-swap tries.
+pub const MAX_CONFLICT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Adds typed sessions of `T`, kept in store `S`, to an axum router.
 ///
@@ -176,6 +182,12 @@ where
     }
 }
 
+/// Full jitter: uniform in `[0, min(MAX_CONFLICT_BACKOFF, 1 ms × 2^attempt))`.
+fn conflict_backoff(attempt: u32) -> std::time::Duration {
+    let cap = MAX_CONFLICT_BACKOFF.min(std::time::Duration::from_millis(1u64 << attempt.min(16)));
+    cap.mul_f64(rand::random::<f64>())
+}
+
 /// What the response must tell the client about its cookie.
 enum CookieChange {
     None,
@@ -277,12 +289,13 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
             }
             // Another request wrote first: replay this request's changes on
             // the fresh row, or stop if the session is gone.
-            let Some(fresh) = self.store.load(&stored.id, now).await? else {
-                break;
-            };
             if attempts == MAX_WRITE_ATTEMPTS {
                 return Err(StoreError::Conflict { attempts });
             }
+            tokio::time::sleep(conflict_backoff(attempts)).await;
+            let Some(fresh) = self.store.load(&stored.id, now).await? else {
+                break;
+            };
             let mut replayed = fresh.data.duplicate();
             for change in &mut changes.log {
                 change(&mut replayed);

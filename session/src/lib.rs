@@ -66,7 +66,7 @@ pub use config::{SameSite, SessionConfig};
 pub use data::{ColumnSource, DecodeError, DirtyFields, EncodeError, SessionData};
 pub use error::{SessionError, StoreError};
 pub use extract::Session;
-pub use layer::{MAX_WRITE_ATTEMPTS, SessionLayer, SessionService};
+pub use layer::{MAX_CONFLICT_BACKOFF, MAX_WRITE_ATTEMPTS, SessionLayer, SessionService};
 pub use store::{Record, SessionStore, Update, memory::MemoryStore};
 pub use token::{SessionId, SessionToken};
 

@@ -1,1 +1,509 @@
+//! Harness of the conformance suite: one isolated store per test on each
+//! real database, a client that keeps its cookie, and a store wrapper that
+//! counts round trips.
+//!
+//! Databases are found at `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` (defaults:
+//! the local servers). Under `CI=true` an unreachable database fails the
+//! test; otherwise the test writes a loud `SKIPPED` line and passes.
 
+use std::{
+    io::Write as _,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, body::Body};
+use axum_typed_session::{
+    MemoryStore, MySqlStore, PgStore, Record, SessionData, SessionId, SessionStore, SqliteStore,
+    StoreError, Update,
+};
+use chrono::{DateTime, Utc};
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt as _;
+use sqlx::{
+    Executor as _, mysql::MySqlPoolOptions, postgres::PgPoolOptions, sqlite::SqlitePoolOptions,
+};
+use tower::ServiceExt as _;
+
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// Reports a database that cannot be reached: a failure in CI, a loud skip elsewhere.
+fn unreachable(database: &str, url: &str, error: &dyn std::fmt::Display) {
+    if in_ci() {
+        panic!("{database} at {url} is unreachable and CI=true requires it: {error}");
+    }
+    // Written to the real stderr, past the test harness's capture, so a
+    // skipped check is never silent.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {}: {database} at {url} is unreachable ({error}); start it or set CI=true to make this fail",
+        std::thread::current().name().unwrap_or("test"),
+    );
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A name unique to this process and call: each test gets its own schema.
+fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    )
+}
+
+/// One database to run the conformance cases on.
+pub trait Backend: Send + Sync + Sized + 'static {
+    type Store<T: SessionData>: SessionStore<T>;
+    const NAME: &'static str;
+
+    /// A new, empty, migrated store for `T`, or `None` if the database is
+    /// unreachable outside CI (already reported).
+    fn open<T: SessionData>() -> impl std::future::Future<Output = Option<Fixture<Self, T>>> + Send;
+}
+
+/// A store plus what a test needs to look behind it.
+pub struct Fixture<B: Backend, T: SessionData> {
+    pub store: B::Store<T>,
+    raw: Raw,
+}
+
+/// Direct access to the database under a store, for checks and sabotage.
+enum Raw {
+    Memory(Arc<dyn Fn() -> usize + Send + Sync>),
+    Sqlite(sqlx::SqlitePool, std::path::PathBuf),
+    Postgres(sqlx::PgPool, String),
+    MySql(sqlx::MySqlPool, String),
+}
+
+impl<B: Backend, T: SessionData> Fixture<B, T> {
+    /// Rows in the session table.
+    pub async fn count_rows(&self) -> i64 {
+        let table = T::SCHEMA.table;
+        match &self.raw {
+            Raw::Memory(len) => len() as i64,
+            Raw::Sqlite(pool, _) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM \"{table}\""
+            )))
+            .fetch_one(pool)
+            .await
+            .expect("count rows"),
+            Raw::Postgres(pool, _) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM \"{table}\""
+            )))
+            .fetch_one(pool)
+            .await
+            .expect("count rows"),
+            Raw::MySql(pool, _) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM `{table}`"
+            )))
+            .fetch_one(pool)
+            .await
+            .expect("count rows"),
+        }
+    }
+
+    /// Runs a statement directly (SQL stores only); `None` for memory.
+    pub async fn execute(&self, sql: &str) -> Option<()> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match &self.raw {
+            Raw::Memory(_) => return None,
+            Raw::Sqlite(pool, _) => pool.execute(sql).await.map(drop),
+            Raw::Postgres(pool, _) => pool.execute(sql).await.map(drop),
+            Raw::MySql(pool, _) => pool.execute(sql).await.map(drop),
+        }
+        .expect("raw statement");
+        Some(())
+    }
+
+    /// Moves the session table away (the database "goes away" for it);
+    /// `None` for the memory store, which cannot fail.
+    pub async fn break_table(&self) -> Option<()> {
+        let table = T::SCHEMA.table;
+        match &self.raw {
+            Raw::MySql(..) => {
+                self.execute(&format!("RENAME TABLE `{table}` TO `{table}_away`"))
+                    .await
+            }
+            _ => {
+                self.execute(&format!(
+                    "ALTER TABLE \"{table}\" RENAME TO \"{table}_away\""
+                ))
+                .await
+            }
+        }
+    }
+
+    /// Undoes [`break_table`](Self::break_table).
+    pub async fn restore_table(&self) -> Option<()> {
+        let table = T::SCHEMA.table;
+        match &self.raw {
+            Raw::MySql(..) => {
+                self.execute(&format!("RENAME TABLE `{table}_away` TO `{table}`"))
+                    .await
+            }
+            _ => {
+                self.execute(&format!(
+                    "ALTER TABLE \"{table}_away\" RENAME TO \"{table}\""
+                ))
+                .await
+            }
+        }
+    }
+
+    /// Drops the test's schema or database.
+    pub async fn cleanup(self) {
+        match &self.raw {
+            Raw::Postgres(pool, schema) => {
+                let _ = pool
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP SCHEMA \"{schema}\" CASCADE"
+                    )))
+                    .await;
+            }
+            Raw::MySql(pool, database) => {
+                let _ = pool
+                    .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{database}`")))
+                    .await;
+            }
+            Raw::Sqlite(pool, path) => {
+                pool.close().await;
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Raw::Memory(_) => {}
+        }
+    }
+}
+
+pub enum Memory {}
+pub enum Sqlite {}
+pub enum Postgres {}
+pub enum MySql {}
+
+impl Backend for Memory {
+    type Store<T: SessionData> = MemoryStore<T>;
+    const NAME: &'static str = "memory";
+
+    async fn open<T: SessionData>() -> Option<Fixture<Self, T>> {
+        let store = MemoryStore::<T>::new();
+        let counted = store.clone();
+        Some(Fixture {
+            store,
+            raw: Raw::Memory(Arc::new(move || counted.len())),
+        })
+    }
+}
+
+impl Backend for Sqlite {
+    type Store<T: SessionData> = SqliteStore<T>;
+    const NAME: &'static str = "SQLite";
+
+    async fn open<T: SessionData>() -> Option<Fixture<Self, T>> {
+        let path = std::env::temp_dir().join(format!("{}.db", unique_name("axum_typed_session")));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let store = SqliteStore::<T>::connect(&url)
+            .await
+            .expect("open SQLite file");
+        store.migrate().await.expect("migrate SQLite");
+        let raw = SqlitePoolOptions::new()
+            .connect(&url)
+            .await
+            .expect("second SQLite pool");
+        Some(Fixture {
+            store,
+            raw: Raw::Sqlite(raw, path),
+        })
+    }
+}
+
+async fn connect_or_skip<F, P>(database: &str, url: &str, connect: F) -> Option<P>
+where
+    F: std::future::Future<Output = Result<P, sqlx::Error>>,
+{
+    match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok(pool)) => Some(pool),
+        Ok(Err(error)) => {
+            unreachable(database, url, &error);
+            None
+        }
+        Err(elapsed) => {
+            unreachable(database, url, &elapsed);
+            None
+        }
+    }
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into())
+}
+
+pub fn mysql_url() -> String {
+    std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| DEFAULT_MYSQL_URL.into())
+}
+
+/// A pool on a new schema of the test PostgreSQL database, and the schema's name.
+pub async fn postgres_pool() -> Option<(sqlx::PgPool, sqlx::PgPool, String)> {
+    let url = postgres_url();
+    let admin = connect_or_skip(
+        "PostgreSQL",
+        &url,
+        PgPoolOptions::new().max_connections(2).connect(&url),
+    )
+    .await?;
+    let schema = unique_name("ats");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .await
+        .expect("create schema");
+    let options: sqlx::postgres::PgConnectOptions = url.parse().expect("PostgreSQL URL");
+    let options = options.options([("search_path", schema.as_str())]);
+    let pool = PgPoolOptions::new()
+        .connect_with(options)
+        .await
+        .expect("pool on schema");
+    Some((pool, admin, schema))
+}
+
+/// A pool on a new database of the test MariaDB server, and the database's name.
+pub async fn mysql_pool() -> Option<(sqlx::MySqlPool, sqlx::MySqlPool, String)> {
+    let url = mysql_url();
+    let admin = connect_or_skip(
+        "MariaDB",
+        &url,
+        MySqlPoolOptions::new().max_connections(2).connect(&url),
+    )
+    .await?;
+    let database = unique_name("ats");
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{database}`")))
+        .await
+        .expect("create database");
+    let options: sqlx::mysql::MySqlConnectOptions = url.parse().expect("MySQL URL");
+    let pool = MySqlPoolOptions::new()
+        .connect_with(options.database(&database))
+        .await
+        .expect("pool on database");
+    Some((pool, admin, database))
+}
+
+impl Backend for Postgres {
+    type Store<T: SessionData> = PgStore<T>;
+    const NAME: &'static str = "PostgreSQL";
+
+    async fn open<T: SessionData>() -> Option<Fixture<Self, T>> {
+        let (pool, admin, schema) = postgres_pool().await?;
+        let store = PgStore::<T>::new(pool.clone());
+        store.migrate().await.expect("migrate PostgreSQL");
+        drop(admin);
+        Some(Fixture {
+            store,
+            raw: Raw::Postgres(pool, schema),
+        })
+    }
+}
+
+impl Backend for MySql {
+    type Store<T: SessionData> = MySqlStore<T>;
+    const NAME: &'static str = "MariaDB";
+
+    async fn open<T: SessionData>() -> Option<Fixture<Self, T>> {
+        let (pool, admin, database) = mysql_pool().await?;
+        let store = MySqlStore::<T>::new(pool.clone());
+        store.migrate().await.expect("migrate MariaDB");
+        drop(admin);
+        Some(Fixture {
+            store,
+            raw: Raw::MySql(pool, database),
+        })
+    }
+}
+
+/// Counts the calls (each one round trip on the SQL stores) made to a real store.
+#[derive(Clone)]
+pub struct Counting<S> {
+    pub inner: S,
+    pub calls: Arc<Calls>,
+}
+
+#[derive(Default, Debug)]
+pub struct Calls {
+    pub load: AtomicUsize,
+    pub insert: AtomicUsize,
+    pub update: AtomicUsize,
+    pub delete: AtomicUsize,
+}
+
+impl Calls {
+    /// (load, insert, update, delete) since the last call, and resets them.
+    pub fn take(&self) -> (usize, usize, usize, usize) {
+        (
+            self.load.swap(0, Ordering::SeqCst),
+            self.insert.swap(0, Ordering::SeqCst),
+            self.update.swap(0, Ordering::SeqCst),
+            self.delete.swap(0, Ordering::SeqCst),
+        )
+    }
+}
+
+impl<S> Counting<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            calls: Arc::default(),
+        }
+    }
+}
+
+impl<T: SessionData, S: SessionStore<T>> SessionStore<T> for Counting<S> {
+    async fn load(
+        &self,
+        id: &SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        self.calls.load.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(id, now).await
+    }
+
+    async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
+        self.calls.insert.fetch_add(1, Ordering::SeqCst);
+        self.inner.insert(record).await
+    }
+
+    async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
+        self.calls.update.fetch_add(1, Ordering::SeqCst);
+        self.inner.update(id, data, update).await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        self.calls.delete.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(id).await
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.purge_expired(now).await
+    }
+}
+
+/// A response, as a test looks at it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: String,
+    /// The `Set-Cookie` headers.
+    pub cookies: Vec<String>,
+}
+
+impl Reply {
+    /// The value the response set for cookie `name`, if any.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies.iter().find_map(|cookie| {
+            let (pair, _) = cookie.split_once(';').unwrap_or((cookie, ""));
+            let (key, value) = pair.split_once('=')?;
+            (key == name).then(|| value.to_owned())
+        })
+    }
+}
+
+/// Sends one request to the app, with an optional raw `Cookie` header.
+pub async fn send(app: &Router, method: &str, path: &str, cookie: Option<&str>) -> Reply {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let cookies = response
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|value| value.to_str().expect("ASCII cookie").to_owned())
+        .collect();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    Reply {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        cookies,
+    }
+}
+
+/// A browser with one cookie jar for one cookie name.
+#[derive(Clone)]
+pub struct Client {
+    pub app: Router,
+    pub cookie_name: String,
+    pub token: Option<String>,
+}
+
+impl Client {
+    pub fn new(app: Router, cookie_name: &str) -> Self {
+        Self {
+            app,
+            cookie_name: cookie_name.to_owned(),
+            token: None,
+        }
+    }
+
+    pub fn cookie_header(&self) -> Option<String> {
+        self.token
+            .as_ref()
+            .map(|token| format!("{}={token}", self.cookie_name))
+    }
+
+    /// Sends a request with the jar's cookie and keeps what the response sets.
+    pub async fn send(&mut self, method: &str, path: &str) -> Reply {
+        let reply = send(&self.app, method, path, self.cookie_header().as_deref()).await;
+        if let Some(value) = reply.cookie(&self.cookie_name) {
+            self.token = (!value.is_empty()).then_some(value);
+        }
+        reply
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.send("GET", path).await
+    }
+
+    pub async fn post(&mut self, path: &str) -> Reply {
+        self.send("POST", path).await
+    }
+}
+
+/// Runs `case` against one backend, cleaning up its database afterwards.
+#[macro_export]
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        $crate::conformance!(@backend memory, $crate::Memory, $($case),*);
+        $crate::conformance!(@backend sqlite, $crate::Sqlite, $($case),*);
+        $crate::conformance!(@backend postgres, $crate::Postgres, $($case),*);
+        $crate::conformance!(@backend mysql, $crate::MySql, $($case),*);
+    };
+    (@backend $module:ident, $backend:ty, $($case:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case::<$backend>().await;
+                }
+            )*
+        }
+    };
+}
