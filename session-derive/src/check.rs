@@ -152,12 +152,16 @@ fn fields(cx: &mut Ctxt, container: &Container<'_>) {
             ));
         }
 
-        if SESSION_METHODS.contains(&field.name.as_str()) {
+        // A reserved column already got its error; a second one about the
+        // same name would only repeat it.
+        let reserved_column = LIBRARY_COLUMNS.contains(&field.name.as_str());
+        if SESSION_METHODS.contains(&field.name.as_str()) && !reserved_column {
             cx.error_spanned_by(
                 field.ident,
                 format!(
-                    "a field named `{}` would be hidden by `Session::{}()`: rename the field and keep the column with `#[session(rename = \"{}\")]`",
-                    field.name, field.name, field.name
+                    "a field named `{name}` would be hidden by `Session::{name}()`: rename the field \
+                     (e.g. `last_{name}`) and keep the column with `#[session(rename = \"{name}\")]`",
+                    name = field.name
                 ),
             );
         }

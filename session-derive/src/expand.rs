@@ -60,6 +60,11 @@ fn fallback(container: &Container<'_>) -> TokenStream {
     }
 }
 
+/// The constant holding field `index`'s codec.
+fn codec(index: usize) -> syn::Ident {
+    format_ident!("__AXUM_TYPED_SESSION_FIELD_{}", index)
+}
+
 fn expand(container: &Container<'_>) -> TokenStream {
     let ident = container.ident;
     let vis = container.vis;
@@ -69,19 +74,13 @@ fn expand(container: &Container<'_>) -> TokenStream {
     // it only has to avoid shadowing a type a field names.
     let accessors = format_ident!("__AxumTypedSession{}Accessors", ident);
 
-    let column_defs = container.fields.iter().map(column_def);
-    let methods = container
-        .fields
-        .iter()
-        .enumerate()
-        .map(|(index, field)| accessor_methods(field, index, vis));
+    let codecs = container.fields.iter().enumerate().map(|(index, field)| field_codec(field, index));
+    let column_defs = container.fields.iter().enumerate().map(|(index, field)| column_def(field, index));
+    let methods = container.fields.iter().enumerate().map(|(index, field)| accessor_methods(field, index, vis));
     let encode_arms = container.fields.iter().enumerate().map(|(index, field)| {
         let member = field.ident;
-        let value = if field.json.is_some() {
-            quote! { __private::encode_json_field(&self.#member, &Self::SCHEMA, #index) }
-        } else {
-            quote! { ::core::result::Result::Ok(__private::Column::to_value(&self.#member)) }
-        };
+        let codec = codec(index);
+        let value = quote! { __private::encode_field(&#codec, &self.#member, &Self::SCHEMA, #index) };
         // The last field takes every index at or past it, so the match is
         // total without an arm that could silently write a wrong value.
         if index + 1 == container.fields.len() {
@@ -92,32 +91,29 @@ fn expand(container: &Container<'_>) -> TokenStream {
     });
     let decode_fields = container.fields.iter().enumerate().map(|(index, field)| {
         let member = field.ident;
-        let ty = field.ty;
-        let decode = if field.json.is_some() {
-            quote! { __private::decode_json_field::<#ty>(source, &Self::SCHEMA, #index)? }
-        } else {
-            quote! { __private::decode_field::<#ty>(source, &Self::SCHEMA, #index)? }
-        };
-        quote! { #member: #decode, }
+        let codec = codec(index);
+        quote! { #member: __private::decode_field(&#codec, source, &Self::SCHEMA, #index)?, }
     });
-    let duplicate_fields = container.fields.iter().map(|field| {
+    let duplicate_fields = container.fields.iter().enumerate().map(|(index, field)| {
         let member = field.ident;
-        let ty = field.ty;
-        quote_spanned! {field.ty_span()=> #member: <#ty as ::core::clone::Clone>::clone(&self.#member), }
+        let codec = codec(index);
+        quote! { #member: (#codec.clone)(&self.#member), }
     });
     let copy_fields = container.fields.iter().enumerate().map(|(index, field)| {
         let member = field.ident;
+        let codec = codec(index);
         quote! {
             if fields.contains(#index) {
-                target.#member = ::core::clone::Clone::clone(&self.#member);
+                target.#member = (#codec.clone)(&self.#member);
             }
         }
     });
-    let type_checks = container.fields.iter().map(type_check);
 
     quote! {
         const _: () = {
             use ::axum_typed_session::__private;
+
+            #(#codecs)*
 
             #[doc = concat!("Accessors of [`Session<", stringify!(#ident), ">`](::axum_typed_session::Session).")]
             #vis struct #accessors(__private::Handle<#ident>);
@@ -174,30 +170,35 @@ fn expand(container: &Container<'_>) -> TokenStream {
                     #(#copy_fields)*
                 }
             }
-
-            #(#type_checks)*
         };
     }
 }
 
-fn column_def(field: &Field<'_>) -> TokenStream {
+/// The one place that requires the field type's traits, under its span: a
+/// type that does not fit is a single error pointing at the field.
+fn field_codec(field: &Field<'_>, index: usize) -> TokenStream {
+    let ty = field.ty;
+    let codec = codec(index);
+    let constructor = if field.json.is_some() {
+        quote_spanned! {field.ty_span()=> json }
+    } else {
+        quote_spanned! {field.ty_span()=> column }
+    };
+    quote_spanned! {field.ty_span()=>
+        const #codec: __private::FieldCodec<#ty> = __private::FieldCodec::<#ty>::#constructor();
+    }
+}
+
+fn column_def(field: &Field<'_>, index: usize) -> TokenStream {
     let name = &field.column.value;
     let field_name = &field.name;
-    let ty = field.ty;
-    let (sql_type, nullable) = if field.json.is_some() {
-        (quote! { __private::SqlType::Json }, quote! { false })
-    } else {
-        (
-            quote! { <#ty as __private::Column>::SQL_TYPE },
-            quote! { <#ty as __private::Column>::NULLABLE },
-        )
-    };
+    let codec = codec(index);
     quote! {
         __private::ColumnDef {
             name: #name,
             field: #field_name,
-            sql_type: #sql_type,
-            nullable: #nullable,
+            sql_type: #codec.sql_type,
+            nullable: #codec.nullable,
         }
     }
 }
@@ -206,6 +207,7 @@ fn accessor_methods(field: &Field<'_>, index: usize, vis: &syn::Visibility) -> T
     let member = field.ident;
     let ty = field.ty;
     let name = &field.name;
+    let codec = codec(index);
     let setter = format_ident!("set_{}", name, span = member.span());
     let updater = format_ident!("update_{}", name, span = member.span());
     let get_doc = format!("The `{name}` field.");
@@ -218,35 +220,17 @@ fn accessor_methods(field: &Field<'_>, index: usize, vis: &syn::Visibility) -> T
     quote! {
         #[doc = #get_doc]
         #vis fn #member(&self) -> #ty {
-            self.0.read(|data| ::core::clone::Clone::clone(&data.#member))
+            self.0.read(|data| (#codec.clone)(&data.#member))
         }
 
         #[doc = #set_doc]
         #vis fn #setter(&self, value: #ty) {
-            self.0.set(#index, value, |data| &mut data.#member)
+            self.0.set(#index, value, |data| &mut data.#member, #codec.clone)
         }
 
         #[doc = #update_doc]
         #vis fn #updater(&self, change: impl ::core::ops::FnMut(&mut #ty) + ::core::marker::Send + 'static) {
             self.0.update_field(#index, change, |data| &mut data.#member)
-        }
-    }
-}
-
-/// Compile-time checks under the field type's span, so the error points at
-/// the field: a column exists on every enabled backend, or the type is serde.
-fn type_check(field: &Field<'_>) -> TokenStream {
-    let ty = field.ty;
-    let span = field.ty_span();
-    if field.json.is_some() {
-        quote_spanned! {span=>
-            const _: () = __private::backend_support::json::<#ty>();
-        }
-    } else {
-        quote_spanned! {span=>
-            const _: () = __private::backend_support::postgres::<#ty>();
-            const _: () = __private::backend_support::mysql::<#ty>();
-            const _: () = __private::backend_support::sqlite::<#ty>();
         }
     }
 }

@@ -3,7 +3,7 @@
 use crate::{
     extract::Handle,
     schema::Schema,
-    value::{Column, Value, ValueError},
+    value::{Column, SqlType, StorableColumn, Value, ValueError},
 };
 
 /// The fields of a session struct that a request changed, by position.
@@ -98,31 +98,86 @@ impl<I: Iterator<Item = Value<'static>>> ColumnSource for I {
     }
 }
 
+/// How the generated code handles one field of type `F`: its column type and
+/// the functions that encode, decode and clone it.
+///
+/// The derive builds one per field, as a constant under the span of the
+/// field's type, through [`column`](Self::column) or [`json`](Self::json): the
+/// only places where the field type's traits are required. Everything else
+/// goes through these function pointers, so a type that does not fit is
+/// reported once, at the field.
+#[doc(hidden)]
+pub struct FieldCodec<F> {
+    /// The column's SQL type.
+    pub sql_type: SqlType,
+    /// Whether the column is nullable.
+    pub nullable: bool,
+    /// Field to column value.
+    pub encode: for<'a> fn(&'a F) -> Result<Value<'a>, serde_json::Error>,
+    /// Column value to field.
+    pub decode: fn(Value<'static>) -> Result<F, ValueError>,
+    /// Field clone.
+    pub clone: fn(&F) -> F,
+}
+
+impl<F> FieldCodec<F> {
+    /// A field stored in its own SQL type.
+    pub const fn column() -> Self
+    where
+        F: StorableColumn,
+    {
+        fn encode<F: Column>(field: &F) -> Result<Value<'_>, serde_json::Error> {
+            Ok(field.to_value())
+        }
+        Self {
+            sql_type: F::SQL_TYPE,
+            nullable: F::NULLABLE,
+            encode: encode::<F>,
+            decode: F::from_value,
+            clone: F::clone,
+        }
+    }
+
+    /// A `#[session(json)]` field.
+    pub const fn json() -> Self
+    where
+        F: JsonField,
+    {
+        fn encode<F: JsonField>(field: &F) -> Result<Value<'static>, serde_json::Error> {
+            crate::value::json::to_value(field)
+        }
+        Self {
+            sql_type: SqlType::Json,
+            nullable: false,
+            encode: encode::<F>,
+            decode: crate::value::json::from_value::<F>,
+            clone: F::clone,
+        }
+    }
+}
+
+/// Encodes field `index` (called by generated code).
+#[doc(hidden)]
+pub fn encode_field<'a, F>(
+    codec: &FieldCodec<F>,
+    field: &'a F,
+    schema: &Schema,
+    index: usize,
+) -> Result<Value<'a>, EncodeError> {
+    (codec.encode)(field).map_err(|source| EncodeError {
+        struct_name: schema.struct_name,
+        field: schema.column(index).field,
+        source,
+    })
+}
+
 /// Decodes the next column into field `index` (called by generated code).
 #[doc(hidden)]
-pub fn decode_field<F: Column>(
+pub fn decode_field<F>(
+    codec: &FieldCodec<F>,
     source: &mut dyn ColumnSource,
     schema: &Schema,
     index: usize,
-) -> Result<F, DecodeError> {
-    decode_with(source, schema, index, F::from_value)
-}
-
-/// Decodes the next column into `#[session(json)]` field `index` (called by generated code).
-#[doc(hidden)]
-pub fn decode_json_field<F: JsonField>(
-    source: &mut dyn ColumnSource,
-    schema: &Schema,
-    index: usize,
-) -> Result<F, DecodeError> {
-    decode_with(source, schema, index, crate::value::json::from_value)
-}
-
-fn decode_with<F>(
-    source: &mut dyn ColumnSource,
-    schema: &Schema,
-    index: usize,
-    convert: fn(Value<'static>) -> Result<F, ValueError>,
 ) -> Result<F, DecodeError> {
     let column = schema.column(index);
     let error = |source| DecodeError {
@@ -131,24 +186,8 @@ fn decode_with<F>(
         field: column.field,
         source,
     };
-    let value = source
-        .next_value()
-        .ok_or_else(|| error(ValueError::MissingColumn))?;
-    convert(value).map_err(error)
-}
-
-/// Encodes `#[session(json)]` field `index` (called by generated code).
-#[doc(hidden)]
-pub fn encode_json_field<F: JsonField>(
-    field: &F,
-    schema: &Schema,
-    index: usize,
-) -> Result<Value<'static>, EncodeError> {
-    crate::value::json::to_value(field).map_err(|source| EncodeError {
-        struct_name: schema.struct_name,
-        field: schema.column(index).field,
-        source,
-    })
+    let value = source.next_value().ok_or_else(|| error(ValueError::MissingColumn))?;
+    (codec.decode)(value).map_err(error)
 }
 
 /// A struct that `#[derive(Session)]` turned into a session.

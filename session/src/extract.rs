@@ -187,18 +187,19 @@ impl<T: SessionData> Handle<T> {
     }
 
     /// Sets field `index` (generated setters). Last writer wins for that column.
-    pub fn set<F: Clone + Send + 'static>(
+    pub fn set<F: Send + 'static>(
         &self,
         index: usize,
         value: F,
         field: fn(&mut T) -> &mut F,
+        clone: fn(&F) -> F,
     ) {
         self.with_changes(|changes, data| {
-            *field(data) = value.clone();
+            *field(data) = clone(&value);
             changes.dirty.insert(index);
             changes
                 .log
-                .push(Box::new(move |data| *field(data) = value.clone()));
+                .push(Box::new(move |data| *field(data) = clone(&value)));
         });
     }
 

@@ -84,11 +84,11 @@ pub type MySqlStore<T> = store::sql::SqlStore<store::sql::mysql::MySql, T>;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::data::{
-        ColumnSource, DecodeError, DirtyFields, EncodeError, SessionData, decode_field,
-        decode_json_field, encode_json_field,
+        ColumnSource, DecodeError, DirtyFields, EncodeError, FieldCodec, SessionData, decode_field,
+        encode_field,
     };
     pub use crate::extract::Handle;
     pub use crate::schema::{ColumnDef, Schema};
-    pub use crate::value::{Column, SqlType, Value, backend_support};
+    pub use crate::value::{SqlType, Value};
     pub use core;
 }

@@ -309,85 +309,26 @@ pub mod json {
     }
 }
 
-/// Compile-time checks that a field type has a column on each enabled backend.
+/// A column type that every enabled backend stores losslessly.
 ///
-/// The derive calls these under the span of the field's type, so an
-/// unsupported type is reported at the field. A backend that is not enabled
-/// accepts every type.
-pub mod backend_support {
-    use super::Column;
+/// The derive requires it of every field without `#[session(json)]`, under the
+/// span of the field's type, so an unsupported type is one error at the field.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no SQL column on the enabled backends",
+    label = "no column type for `{Self}`",
+    note = "column types: bool, i8, i16, i32, i64, u8, u16, u32, f32, f64, String, Vec<u8>, chrono::DateTime<Utc>, chrono::NaiveDateTime, chrono::NaiveDate, uuid::Uuid, and Option of one of those",
+    note = "`u64` has a column on MySQL only: PostgreSQL and SQLite integers are signed 64-bit, so with the `postgres` or `sqlite` feature use `i64`",
+    note = "to store any other type, derive serde's `Serialize` and `Deserialize` for it and mark the field `#[session(json)]`"
+)]
+pub trait StorableColumn: Column + Clone {}
 
-    /// A column type PostgreSQL can store losslessly.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` has no column type on PostgreSQL",
-        label = "PostgreSQL cannot store `{Self}` losslessly",
-        note = "PostgreSQL has no unsigned 64-bit integer: use `i64`, or mark the field `#[session(json)]`"
-    )]
-    pub trait PostgresColumn {}
-    /// A column type MySQL/MariaDB can store losslessly.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` has no column type on MySQL/MariaDB",
-        label = "MySQL cannot store `{Self}`",
-        note = "mark the field `#[session(json)]` to store it as JSON"
-    )]
-    pub trait MySqlColumn {}
-    /// A column type SQLite can store losslessly.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` has no column type on SQLite",
-        label = "SQLite cannot store `{Self}` losslessly",
-        note = "SQLite integers are signed 64-bit: use `i64`, or mark the field `#[session(json)]`"
-    )]
-    pub trait SqliteColumn {}
-
-    macro_rules! supported_everywhere {
-        ($($t:ty),*) => {$(
-            impl PostgresColumn for $t {}
-            impl MySqlColumn for $t {}
-            impl SqliteColumn for $t {}
-        )*};
-    }
-    supported_everywhere!(
-        bool,
-        i8,
-        i16,
-        i32,
-        i64,
-        u8,
-        u16,
-        u32,
-        f32,
-        f64,
-        String,
-        Vec<u8>,
-        chrono::DateTime<chrono::Utc>,
-        chrono::NaiveDateTime,
-        chrono::NaiveDate,
-        uuid::Uuid
-    );
-    impl MySqlColumn for u64 {}
-    impl<T: PostgresColumn> PostgresColumn for Option<T> {}
-    impl<T: MySqlColumn> MySqlColumn for Option<T> {}
-    impl<T: SqliteColumn> SqliteColumn for Option<T> {}
-
-    /// Asserts at compile time that `T` is storable on PostgreSQL (when enabled).
-    #[cfg(feature = "postgres")]
-    pub const fn postgres<T: Column + PostgresColumn>() {}
-    /// Asserts at compile time that `T` is storable on PostgreSQL (when enabled).
-    #[cfg(not(feature = "postgres"))]
-    pub const fn postgres<T: Column>() {}
-    /// Asserts at compile time that `T` is storable on MySQL (when enabled).
-    #[cfg(feature = "mysql")]
-    pub const fn mysql<T: Column + MySqlColumn>() {}
-    /// Asserts at compile time that `T` is storable on MySQL (when enabled).
-    #[cfg(not(feature = "mysql"))]
-    pub const fn mysql<T: Column>() {}
-    /// Asserts at compile time that `T` is storable on SQLite (when enabled).
-    #[cfg(feature = "sqlite")]
-    pub const fn sqlite<T: Column + SqliteColumn>() {}
-    /// Asserts at compile time that `T` is storable on SQLite (when enabled).
-    #[cfg(not(feature = "sqlite"))]
-    pub const fn sqlite<T: Column>() {}
-
-    /// Asserts at compile time that a `#[session(json)]` field is serde.
-    pub const fn json<T: crate::data::JsonField>() {}
+macro_rules! storable_everywhere {
+    ($($t:ty),*) => {$( impl StorableColumn for $t {} )*};
 }
+storable_everywhere!(
+    bool, i8, i16, i32, i64, u8, u16, u32, f32, f64, String, Vec<u8>,
+    DateTime<Utc>, NaiveDateTime, NaiveDate, Uuid
+);
+#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+impl StorableColumn for u64 {}
+impl<T: StorableColumn + NonNullColumn> StorableColumn for Option<T> {}

@@ -231,7 +231,7 @@ async fn connect_or_skip<F, P>(database: &str, url: &str, connect: F) -> Option<
 where
     F: std::future::Future<Output = Result<P, sqlx::Error>>,
 {
-    match tokio::time::timeout(Duration::from_secs(10), connect).await {
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
         Ok(Ok(pool)) => Some(pool),
         Ok(Err(error)) => {
             unreachable(database, url, &error);
@@ -258,7 +258,7 @@ pub async fn postgres_pool() -> Option<(sqlx::PgPool, sqlx::PgPool, String)> {
     let admin = connect_or_skip(
         "PostgreSQL",
         &url,
-        PgPoolOptions::new().max_connections(2).connect(&url),
+        PgPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(3)).connect(&url),
     )
     .await?;
     let schema = unique_name("ats");
@@ -281,7 +281,7 @@ pub async fn mysql_pool() -> Option<(sqlx::MySqlPool, sqlx::MySqlPool, String)> 
     let admin = connect_or_skip(
         "MariaDB",
         &url,
-        MySqlPoolOptions::new().max_connections(2).connect(&url),
+        MySqlPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(3)).connect(&url),
     )
     .await?;
     let database = unique_name("ats");

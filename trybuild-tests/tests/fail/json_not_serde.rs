@@ -1,0 +1,14 @@
+use axum_typed_session::Session;
+
+#[derive(Default, Clone)]
+struct Cart {
+    items: Vec<u32>,
+}
+
+#[derive(Session, Default)]
+struct Visit {
+    #[session(json)]
+    cart: Cart,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use axum_typed_session::Session;
+
+#[derive(Session, Default)]
+struct Visit {}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use axum_typed_session::Session;
+
+#[derive(Session, Default)]
+struct Visit {
+    count: usize,
+}
+
+fn main() {}
