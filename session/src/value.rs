@@ -177,6 +177,11 @@ pub trait Column: Sized {
 
 /// A [`Column`] that is not itself nullable, so that `Option<T>` of it is
 /// unambiguous (`Option<Option<T>>` would lose `Some(None)`).
+#[diagnostic::on_unimplemented(
+    message = "`Option<{Self}>` cannot be stored: `{Self}` is already nullable",
+    label = "SQL NULL cannot tell `None` from `Some(None)`",
+    note = "use a single `Option`, or mark the field `#[session(json)]` to keep both levels"
+)]
 pub trait NonNullColumn: Column {}
 
 fn mismatch<T>(expected: SqlType, found: &Value<'_>) -> Result<T, ValueError> {
