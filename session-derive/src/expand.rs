@@ -74,13 +74,26 @@ fn expand(container: &Container<'_>) -> TokenStream {
     // it only has to avoid shadowing a type a field names.
     let accessors = format_ident!("__AxumTypedSession{}Accessors", ident);
 
-    let codecs = container.fields.iter().enumerate().map(|(index, field)| field_codec(field, index));
-    let column_defs = container.fields.iter().enumerate().map(|(index, field)| column_def(field, index));
-    let methods = container.fields.iter().enumerate().map(|(index, field)| accessor_methods(field, index, vis));
+    let codecs = container
+        .fields
+        .iter()
+        .enumerate()
+        .map(|(index, field)| field_codec(field, index));
+    let column_defs = container
+        .fields
+        .iter()
+        .enumerate()
+        .map(|(index, field)| column_def(field, index));
+    let methods = container
+        .fields
+        .iter()
+        .enumerate()
+        .map(|(index, field)| accessor_methods(field, index, vis));
     let encode_arms = container.fields.iter().enumerate().map(|(index, field)| {
         let member = field.ident;
         let codec = codec(index);
-        let value = quote! { __private::encode_field(&#codec, &self.#member, &Self::SCHEMA, #index) };
+        let value =
+            quote! { __private::encode_field(&#codec, &self.#member, &Self::SCHEMA, #index) };
         // The last field takes every index at or past it, so the match is
         // total without an arm that could silently write a wrong value.
         if index + 1 == container.fields.len() {

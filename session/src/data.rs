@@ -186,7 +186,9 @@ pub fn decode_field<F>(
         field: column.field,
         source,
     };
-    let value = source.next_value().ok_or_else(|| error(ValueError::MissingColumn))?;
+    let value = source
+        .next_value()
+        .ok_or_else(|| error(ValueError::MissingColumn))?;
     (codec.decode)(value).map_err(error)
 }
 

@@ -21,15 +21,16 @@ use crate::{
 /// One recorded change, replayed on fresh data after a write conflict.
 type Change<T> = Box<dyn FnMut(&mut T) + Send>;
 
+/// What loading a session yields, boxed for the one dynamic call.
+pub(crate) type LoadFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<Option<Record<T>>, StoreError>> + Send + 'a>>;
+
 /// Loads a session for the extractor without naming the store's type.
 ///
 /// This is the one dynamic call per request that touches the session: the
 /// extractor only knows `T`, the layer knows the store.
 pub(crate) trait Loader<T: SessionData>: Send + Sync {
-    fn load<'a>(
-        &'a self,
-        id: &'a SessionId,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<Record<T>>, StoreError>> + Send + 'a>>;
+    fn load<'a>(&'a self, id: &'a SessionId) -> LoadFuture<'a, T>;
 }
 
 /// What a request did to its session, as seen by the layer afterwards.

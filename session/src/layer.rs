@@ -21,7 +21,7 @@ use crate::{
     cookie::SessionCookie,
     data::SessionData,
     error::{SessionError, StoreError},
-    extract::{Loader, PendingSession, State, changed_fields},
+    extract::{LoadFuture, Loader, PendingSession, State, changed_fields},
     store::{Record, SessionStore, Update},
     token::{SessionId, SessionToken},
 };
@@ -95,10 +95,7 @@ impl<T: SessionData, S: SessionStore<T>> SessionLayer<T, S> {
 }
 
 impl<T: SessionData, S: SessionStore<T>> Loader<T> for LayerShared<T, S> {
-    fn load<'a>(
-        &'a self,
-        id: &'a SessionId,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<Record<T>>, StoreError>> + Send + 'a>> {
+    fn load<'a>(&'a self, id: &'a SessionId) -> LoadFuture<'a, T> {
         Box::pin(self.store.load(id, Utc::now()))
     }
 }

@@ -331,8 +331,22 @@ macro_rules! storable_everywhere {
     ($($t:ty),*) => {$( impl StorableColumn for $t {} )*};
 }
 storable_everywhere!(
-    bool, i8, i16, i32, i64, u8, u16, u32, f32, f64, String, Vec<u8>,
-    DateTime<Utc>, NaiveDateTime, NaiveDate, Uuid
+    bool,
+    i8,
+    i16,
+    i32,
+    i64,
+    u8,
+    u16,
+    u32,
+    f32,
+    f64,
+    String,
+    Vec<u8>,
+    DateTime<Utc>,
+    NaiveDateTime,
+    NaiveDate,
+    Uuid
 );
 #[cfg(not(any(feature = "postgres", feature = "sqlite")))]
 impl StorableColumn for u64 {}

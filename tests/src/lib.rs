@@ -258,7 +258,10 @@ pub async fn postgres_pool() -> Option<(sqlx::PgPool, sqlx::PgPool, String)> {
     let admin = connect_or_skip(
         "PostgreSQL",
         &url,
-        PgPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(3)).connect(&url),
+        PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&url),
     )
     .await?;
     let schema = unique_name("ats");
@@ -281,7 +284,10 @@ pub async fn mysql_pool() -> Option<(sqlx::MySqlPool, sqlx::MySqlPool, String)> 
     let admin = connect_or_skip(
         "MariaDB",
         &url,
-        MySqlPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(3)).connect(&url),
+        MySqlPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&url),
     )
     .await?;
     let database = unique_name("ats");

@@ -31,8 +31,10 @@ const SHARDS: usize = 16;
 /// let app: axum::Router = axum::Router::new().layer(SessionLayer::new(store, SessionConfig::default()));
 /// ```
 pub struct MemoryStore<T> {
-    shards: Arc<[RwLock<HashMap<SessionId, Record<T>>>; SHARDS]>,
+    shards: Arc<[Shard<T>; SHARDS]>,
 }
+
+type Shard<T> = RwLock<HashMap<SessionId, Record<T>>>;
 
 impl<T> Clone for MemoryStore<T> {
     fn clone(&self) -> Self {
@@ -66,7 +68,7 @@ impl<T> MemoryStore<T> {
         self.len() == 0
     }
 
-    fn shard(&self, id: &SessionId) -> &RwLock<HashMap<SessionId, Record<T>>> {
+    fn shard(&self, id: &SessionId) -> &Shard<T> {
         // The id is a SHA-256 digest: any byte is uniformly distributed.
         &self.shards[usize::from(id.as_bytes()[0]) % SHARDS]
     }
