@@ -66,9 +66,23 @@ pub trait Backend: Send + Sync + Sized + 'static {
     type Store<T: SessionData>: SessionStore<T>;
     const NAME: &'static str;
 
-    /// A new, empty, migrated store for `T`, or `None` if the database is
-    /// unreachable outside CI (already reported).
-    fn open<T: SessionData>() -> impl std::future::Future<Output = Option<Fixture<Self, T>>> + Send;
+    /// A new, empty database (schema, file) with a store for `T` on it, not
+    /// migrated; `None` if the database is unreachable outside CI (already reported).
+    fn open_unmigrated<T: SessionData>()
+    -> impl std::future::Future<Output = Option<Fixture<Self, T>>> + Send;
+
+    /// A store for another struct on the same database.
+    fn store_on<U: SessionData>(raw: &Raw) -> Self::Store<U>;
+
+    /// Like [`open_unmigrated`](Self::open_unmigrated), then `migrate()`d.
+    fn open<T: SessionData>() -> impl std::future::Future<Output = Option<Fixture<Self, T>>> + Send
+    {
+        async {
+            let fixture = Self::open_unmigrated::<T>().await?;
+            fixture.migrate().await.expect("migrate");
+            Some(fixture)
+        }
+    }
 }
 
 /// A store plus what a test needs to look behind it.
@@ -78,7 +92,7 @@ pub struct Fixture<B: Backend, T: SessionData> {
 }
 
 /// Direct access to the database under a store, for checks and sabotage.
-enum Raw {
+pub enum Raw {
     Memory(Arc<dyn Fn() -> usize + Send + Sync>),
     Sqlite(sqlx::SqlitePool, std::path::PathBuf),
     Postgres(sqlx::PgPool, String),
@@ -86,6 +100,71 @@ enum Raw {
 }
 
 impl<B: Backend, T: SessionData> Fixture<B, T> {
+    /// A fixture for another struct on the same database (cleaned up by this one).
+    pub fn other<U: SessionData>(&self) -> Fixture<B, U> {
+        let raw = match &self.raw {
+            Raw::Memory(len) => Raw::Memory(len.clone()),
+            Raw::Sqlite(pool, path) => Raw::Sqlite(pool.clone(), path.clone()),
+            Raw::Postgres(pool, schema) => Raw::Postgres(pool.clone(), schema.clone()),
+            Raw::MySql(pool, database) => Raw::MySql(pool.clone(), database.clone()),
+        };
+        Fixture {
+            store: B::store_on::<U>(&self.raw),
+            raw,
+        }
+    }
+
+    /// `migrate()` on the SQL stores; nothing to do in memory.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.raw {
+            Raw::Memory(_) => Ok(()),
+            Raw::Sqlite(pool, _) => SqliteStore::<T>::new(pool.clone()).migrate().await,
+            Raw::Postgres(pool, _) => PgStore::<T>::new(pool.clone()).migrate().await,
+            Raw::MySql(pool, _) => MySqlStore::<T>::new(pool.clone()).migrate().await,
+        }
+    }
+
+    /// Rows of a query, every column read as text (NULL as `None`).
+    pub async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        fn text<R: sqlx::Row>(row: &R) -> Vec<Option<String>>
+        where
+            for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            usize: sqlx::ColumnIndex<R>,
+        {
+            (0..row.columns().len())
+                .map(|i| {
+                    row.try_get_unchecked::<Option<String>, _>(i)
+                        .expect("text column")
+                })
+                .collect()
+        }
+        match &self.raw {
+            Raw::Memory(_) => Vec::new(),
+            Raw::Sqlite(pool, _) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await
+                .expect("query")
+                .iter()
+                .map(text)
+                .collect(),
+            Raw::Postgres(pool, _) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await
+                .expect("query")
+                .iter()
+                .map(text)
+                .collect(),
+            Raw::MySql(pool, _) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await
+                .expect("query")
+                .iter()
+                .map(text)
+                .collect(),
+        }
+    }
+
     /// Rows in the session table.
     pub async fn count_rows(&self) -> i64 {
         let table = T::SCHEMA.table;
@@ -195,7 +274,11 @@ impl Backend for Memory {
     type Store<T: SessionData> = MemoryStore<T>;
     const NAME: &'static str = "memory";
 
-    async fn open<T: SessionData>() -> Option<Fixture<Self, T>> {
+    fn store_on<U: SessionData>(_: &Raw) -> MemoryStore<U> {
+        MemoryStore::new()
+    }
+
+    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
         let store = MemoryStore::<T>::new();
         let counted = store.clone();
         Some(Fixture {
@@ -209,7 +292,14 @@ impl Backend for Sqlite {
     type Store<T: SessionData> = SqliteStore<T>;
     const NAME: &'static str = "SQLite";
 
-    async fn open<T: SessionData>() -> Option<Fixture<Self, T>> {
+    fn store_on<U: SessionData>(raw: &Raw) -> SqliteStore<U> {
+        match raw {
+            Raw::Sqlite(pool, _) => SqliteStore::new(pool.clone()),
+            _ => unreachable!("an SQLite fixture holds an SQLite pool"),
+        }
+    }
+
+    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
         let path = std::env::temp_dir().join(format!("{}.db", unique_name("axum_typed_session")));
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let store = SqliteStore::<T>::connect(&url)
@@ -307,10 +397,16 @@ impl Backend for Postgres {
     type Store<T: SessionData> = PgStore<T>;
     const NAME: &'static str = "PostgreSQL";
 
-    async fn open<T: SessionData>() -> Option<Fixture<Self, T>> {
+    fn store_on<U: SessionData>(raw: &Raw) -> PgStore<U> {
+        match raw {
+            Raw::Postgres(pool, _) => PgStore::new(pool.clone()),
+            _ => unreachable!("a PostgreSQL fixture holds a PostgreSQL pool"),
+        }
+    }
+
+    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
         let (pool, admin, schema) = postgres_pool().await?;
         let store = PgStore::<T>::new(pool.clone());
-        store.migrate().await.expect("migrate PostgreSQL");
         drop(admin);
         Some(Fixture {
             store,
@@ -323,10 +419,16 @@ impl Backend for MySql {
     type Store<T: SessionData> = MySqlStore<T>;
     const NAME: &'static str = "MariaDB";
 
-    async fn open<T: SessionData>() -> Option<Fixture<Self, T>> {
+    fn store_on<U: SessionData>(raw: &Raw) -> MySqlStore<U> {
+        match raw {
+            Raw::MySql(pool, _) => MySqlStore::new(pool.clone()),
+            _ => unreachable!("a MariaDB fixture holds a MariaDB pool"),
+        }
+    }
+
+    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
         let (pool, admin, database) = mysql_pool().await?;
         let store = MySqlStore::<T>::new(pool.clone());
-        store.migrate().await.expect("migrate MariaDB");
         drop(admin);
         Some(Fixture {
             store,
@@ -493,7 +595,17 @@ impl Client {
     }
 }
 
-/// Runs `case` against one backend, cleaning up its database afterwards.
+/// Runs each case against the three SQL stores.
+#[macro_export]
+macro_rules! sql_conformance {
+    ($($case:ident),* $(,)?) => {
+        $crate::conformance!(@backend sqlite, $crate::Sqlite, $($case),*);
+        $crate::conformance!(@backend postgres, $crate::Postgres, $($case),*);
+        $crate::conformance!(@backend mysql, $crate::MySql, $($case),*);
+    };
+}
+
+/// Runs each case against every store: memory, SQLite, PostgreSQL, MariaDB.
 #[macro_export]
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {

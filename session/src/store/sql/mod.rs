@@ -70,6 +70,15 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// A statement deleting up to [`PURGE_BATCH`] expired rows; binds `now`, then the batch size.
     fn purge_statement(table: &str) -> String;
 
+    /// Whether an existing column of type `found` (as the database spells
+    /// it) is what the DDL type `expected` creates.
+    fn type_matches(expected: &str, found: &str) -> bool;
+    /// The columns of `table` as the database describes them (empty if it does not exist).
+    fn table_columns<'a>(
+        pool: &'a Pool<Self::Database>,
+        table: &'a str,
+    ) -> impl Future<Output = Result<Vec<FoundColumn>, sqlx::Error>> + Send + 'a;
+
     /// Binds a field value.
     fn bind(args: &mut Arguments<Self>, value: Value<'_>) -> Result<(), sqlx::error::BoxDynError>;
     /// Binds a session id.
@@ -252,12 +261,135 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         B::create_table(&schema, &columns)
     }
 
-    /// Creates the table and its index if they do not exist.
+    /// Creates the table and its index if they do not exist; on an existing
+    /// table, checks every column against the struct and adds what is
+    /// missing, before the app serves a request.
+    ///
+    /// A missing field column is added when it is nullable (`Option`) or when
+    /// the field's `Default` value can be written as a SQL default (booleans,
+    /// numbers, text and JSON without backslashes). Anything else that does
+    /// not match — a column of another type or nullability, a missing
+    /// library column, an extra `NOT NULL` column without a default that
+    /// would make every INSERT fail — is a [`StoreError::Schema`] naming the
+    /// table and, for each column, the expected and the found type. All
+    /// problems are reported at once; nothing is altered when there is one.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         for statement in Self::create_table_sql() {
             B::execute(&self.inner.pool, statement.into(), Default::default()).await?;
         }
+        let found = B::table_columns(&self.inner.pool, T::SCHEMA.table).await?;
+        let additions = self.reconcile(&found)?;
+        for statement in additions {
+            B::execute(&self.inner.pool, statement.into(), Default::default()).await?;
+        }
         Ok(())
+    }
+
+    /// Compares the table as found with the struct: the ALTER statements
+    /// that fix what can be fixed, or every problem that cannot.
+    fn reconcile(&self, found: &[FoundColumn]) -> Result<Vec<String>, StoreError> {
+        let schema = T::SCHEMA;
+        let find = |name: &str| {
+            found
+                .iter()
+                .find(|column| column.name.eq_ignore_ascii_case(name))
+        };
+        let mut problems = Vec::new();
+        let mut additions = Vec::new();
+
+        let library = [
+            ("id", B::ID_TYPE),
+            ("expires_at", B::TIME_TYPE),
+            ("version", "BIGINT"),
+            ("created_at", B::TIME_TYPE),
+        ];
+        for (name, expected) in library {
+            match find(name) {
+                None => problems.push(format!(
+                    "library column `{name}` is missing (expected {expected})"
+                )),
+                Some(column) if !B::type_matches(expected, &column.declared_type) => {
+                    problems.push(format!(
+                        "column `{name}`: expected {expected}, found {}",
+                        column.declared_type
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+
+        let defaults = T::default();
+        for (index, column) in schema.columns.iter().enumerate() {
+            let expected = B::column_type(column.sql_type);
+            let Some(existing) = find(column.name) else {
+                let quoted = quote::<B>(column.name);
+                let table = quote::<B>(schema.table);
+                if column.nullable {
+                    additions.push(format!(
+                        "ALTER TABLE {table} ADD COLUMN {quoted} {expected}"
+                    ));
+                    continue;
+                }
+                let literal = defaults
+                    .encode_column(index)
+                    .ok()
+                    .and_then(|value| default_literal(&value));
+                match literal {
+                    Some(literal) => additions.push(format!(
+                        "ALTER TABLE {table} ADD COLUMN {quoted} {expected} NOT NULL DEFAULT {literal}"
+                    )),
+                    None => problems.push(format!(
+                        "column `{}` (field `{}`) is missing; it is NOT NULL {expected} and its default value cannot be written as a SQL default: add it by hand, or make the field an `Option`",
+                        column.name, column.field
+                    )),
+                }
+                continue;
+            };
+            if !B::type_matches(expected, &existing.declared_type) {
+                problems.push(format!(
+                    "column `{}` (field `{}`): expected {expected}, found {}",
+                    column.name, column.field, existing.declared_type
+                ));
+            } else if existing.nullable != column.nullable {
+                let (expected, found) = if column.nullable {
+                    ("NULL allowed (the field is an Option)", "NOT NULL")
+                } else {
+                    (
+                        "NOT NULL",
+                        "NULL allowed (make the field an Option, or the column NOT NULL)",
+                    )
+                };
+                problems.push(format!(
+                    "column `{}` (field `{}`): expected {expected}, found {found}",
+                    column.name, column.field
+                ));
+            }
+        }
+
+        for column in found {
+            let known = library
+                .iter()
+                .any(|(name, _)| column.name.eq_ignore_ascii_case(name))
+                || schema
+                    .columns
+                    .iter()
+                    .any(|c| column.name.eq_ignore_ascii_case(c.name));
+            if !known && !column.nullable && !column.has_default {
+                problems.push(format!(
+                    "column `{}` ({}) is not in the struct and is NOT NULL without a default, so no session could be inserted: drop it, give it a default, or add a field for it",
+                    column.name, column.declared_type
+                ));
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(additions)
+        } else {
+            Err(StoreError::Schema {
+                table: schema.table.to_owned(),
+                problem: problems.join("; "),
+            })
+        }
     }
 
     fn update_statement(
@@ -311,6 +443,40 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, sql.clone());
         sql
+    }
+}
+
+/// A column of an existing table, as the database describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundColumn {
+    /// Its name.
+    pub name: String,
+    /// Its type as the database spells it.
+    pub declared_type: String,
+    /// Whether it accepts NULL.
+    pub nullable: bool,
+    /// Whether it has a default value.
+    pub has_default: bool,
+}
+
+/// A field's `Default` value as a SQL literal, where one is safe to write on
+/// every backend.
+fn default_literal(value: &Value<'_>) -> Option<String> {
+    let quoted = |text: &str| {
+        // Backslashes mean different things to MySQL and the others, and NUL
+        // cannot appear in a literal: leave those to a hand-written migration.
+        (!text.contains(['\\', '\0'])).then(|| format!("'{}'", text.replace('\'', "''")))
+    };
+    match value {
+        Value::Bool(v) => Some(if *v { "TRUE" } else { "FALSE" }.to_owned()),
+        Value::I16(v) => Some(v.to_string()),
+        Value::I32(v) => Some(v.to_string()),
+        Value::I64(v) => Some(v.to_string()),
+        Value::U64(v) => Some(v.to_string()),
+        Value::F32(v) if v.is_finite() => Some(format!("{v:?}")),
+        Value::F64(v) if v.is_finite() => Some(format!("{v:?}")),
+        Value::Text(text) | Value::Json(text) => quoted(text),
+        _ => None,
     }
 }
 

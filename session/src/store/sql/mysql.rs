@@ -13,7 +13,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{Backend, SqlStore};
+use super::{Backend, FoundColumn, SqlStore};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -45,6 +45,24 @@ impl<T: SessionData> SqlStore<MySql, T> {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Ok(Self::new(MySqlPoolOptions::new().connect(url).await?))
     }
+}
+
+/// `column_type` without the display widths of integer types (`int(11)`),
+/// which MySQL 8 no longer shows and MariaDB still does; `tinyint(1)` is
+/// how both spell BOOLEAN and stays.
+fn normalize(found: &str) -> String {
+    let found = found.to_ascii_lowercase();
+    for integer in ["smallint", "mediumint", "bigint", "int"] {
+        if let Some(rest) = found.strip_prefix(integer)
+            && let Some(after) = rest
+                .strip_prefix('(')
+                .and_then(|r| r.split_once(')'))
+                .map(|(_, after)| after)
+        {
+            return format!("{integer}{after}");
+        }
+    }
+    found
 }
 
 impl Backend for MySql {
@@ -87,6 +105,41 @@ impl Backend for MySql {
 
     fn purge_statement(table: &str) -> String {
         format!("DELETE FROM {table} WHERE `expires_at` <= ? LIMIT ?")
+    }
+
+    fn type_matches(expected: &str, found: &str) -> bool {
+        let found = normalize(found);
+        match expected {
+            "BOOLEAN" => found == "tinyint(1)",
+            // MariaDB's JSON is LONGTEXT with a json_valid check.
+            "JSON" => found == "json" || found == "longtext",
+            other => found == other.to_ascii_lowercase(),
+        }
+    }
+
+    async fn table_columns(
+        pool: &Pool<sqlx::MySql>,
+        table: &str,
+    ) -> Result<Vec<FoundColumn>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT CAST(column_name AS CHAR), CAST(column_type AS CHAR), \
+             CAST(is_nullable = 'YES' AS SIGNED), CAST(column_default IS NOT NULL AS SIGNED) \
+             FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
+             ORDER BY ordinal_position",
+        )
+        .bind(table)
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(FoundColumn {
+                    name: row.try_get(0)?,
+                    declared_type: row.try_get(1)?,
+                    nullable: row.try_get::<i64, _>(2)? != 0,
+                    has_default: row.try_get::<i64, _>(3)? != 0,
+                })
+            })
+            .collect()
     }
 
     fn bind(args: &mut MySqlArguments, value: Value<'_>) -> Result<(), BoxDynError> {

@@ -13,7 +13,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{Backend, SqlStore};
+use super::{Backend, FoundColumn, SqlStore};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -105,6 +105,53 @@ impl Backend for Postgres {
         format!(
             "DELETE FROM {table} WHERE \"id\" IN (SELECT \"id\" FROM {table} WHERE \"expires_at\" <= $1 LIMIT $2)"
         )
+    }
+
+    fn type_matches(expected: &str, found: &str) -> bool {
+        // information_schema's `data_type` spelling of each DDL type.
+        let accepted: &[&str] = match expected {
+            "BOOLEAN" => &["boolean"],
+            "SMALLINT" => &["smallint"],
+            "INTEGER" => &["integer"],
+            "BIGINT" => &["bigint"],
+            "REAL" => &["real"],
+            "DOUBLE PRECISION" => &["double precision"],
+            "TEXT" => &["text", "character varying"],
+            "BYTEA" => &["bytea"],
+            "JSONB" => &["jsonb", "json"],
+            "TIMESTAMPTZ" => &["timestamp with time zone"],
+            "TIMESTAMP" => &["timestamp without time zone"],
+            "DATE" => &["date"],
+            "UUID" => &["uuid"],
+            _ => &[],
+        };
+        accepted
+            .iter()
+            .any(|spelling| found.eq_ignore_ascii_case(spelling))
+    }
+
+    async fn table_columns(
+        pool: &Pool<sqlx::Postgres>,
+        table: &str,
+    ) -> Result<Vec<FoundColumn>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT column_name::text, data_type::text, is_nullable = 'YES', column_default IS NOT NULL \
+             FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 \
+             ORDER BY ordinal_position",
+        )
+        .bind(table)
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(FoundColumn {
+                    name: row.try_get(0)?,
+                    declared_type: row.try_get(1)?,
+                    nullable: row.try_get(2)?,
+                    has_default: row.try_get(3)?,
+                })
+            })
+            .collect()
     }
 
     fn bind(args: &mut PgArguments, value: Value<'_>) -> Result<(), BoxDynError> {

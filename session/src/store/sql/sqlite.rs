@@ -15,7 +15,7 @@ use sqlx::{
     },
 };
 
-use super::{Backend, SqlStore};
+use super::{Backend, FoundColumn, SqlStore};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -58,6 +58,29 @@ impl<T: SessionData> SqlStore<Sqlite, T> {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new().connect_with(options).await?;
         Ok(Self::new(pool))
+    }
+}
+
+/// SQLite's type affinity of a declared column type (section 3.1 of its
+/// datatype documentation): what decides how values are stored.
+fn affinity(declared: &str) -> &'static str {
+    let declared = declared.to_ascii_uppercase();
+    if declared.contains("INT") {
+        "INTEGER"
+    } else if ["CHAR", "CLOB", "TEXT"]
+        .iter()
+        .any(|t| declared.contains(t))
+    {
+        "TEXT"
+    } else if declared.contains("BLOB") || declared.is_empty() {
+        "BLOB"
+    } else if ["REAL", "FLOA", "DOUB"]
+        .iter()
+        .any(|t| declared.contains(t))
+    {
+        "REAL"
+    } else {
+        "NUMERIC"
     }
 }
 
@@ -105,6 +128,30 @@ impl Backend for Sqlite {
         format!(
             "DELETE FROM {table} WHERE \"id\" IN (SELECT \"id\" FROM {table} WHERE \"expires_at\" <= ? LIMIT ?)"
         )
+    }
+
+    fn type_matches(expected: &str, found: &str) -> bool {
+        affinity(expected) == affinity(found)
+    }
+
+    async fn table_columns(
+        pool: &Pool<sqlx::Sqlite>,
+        table: &str,
+    ) -> Result<Vec<FoundColumn>, sqlx::Error> {
+        let rows = sqlx::query(r#"SELECT "name", "type", "notnull", "dflt_value" IS NOT NULL FROM pragma_table_info(?)"#)
+            .bind(table)
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(FoundColumn {
+                    name: row.try_get(0)?,
+                    declared_type: row.try_get(1)?,
+                    nullable: !row.try_get::<bool, _>(2)?,
+                    has_default: row.try_get(3)?,
+                })
+            })
+            .collect()
     }
 
     fn bind(args: &mut SqliteArguments, value: Value<'_>) -> Result<(), BoxDynError> {
