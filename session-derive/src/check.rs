@@ -5,19 +5,24 @@ use std::collections::HashMap;
 use crate::{ast::Container, ctxt::Ctxt};
 
 /// The library's own columns (kept in sync with the runtime's `LIBRARY_COLUMNS`).
-const LIBRARY_COLUMNS: [&str; 4] = ["id", "expires_at", "version", "created_at"];
+const LIBRARY_COLUMNS: [&str; 5] = ["id", "expires_at", "version", "created_at", "remember"];
 
 /// Methods of `Session<T>` itself: a getter with one of these names would be
 /// shadowed by them.
-const SESSION_METHODS: [&str; 8] = [
+const SESSION_METHODS: [&str; 13] = [
     "get",
     "update",
     "id",
     "expires_at",
     "created_at",
     "is_stored",
+    "is_remembered",
+    "is_storable",
     "destroy",
     "renew",
+    "set_remember",
+    "set_store",
+    "remember",
 ];
 
 /// The shortest identifier limit among the backends (PostgreSQL: 63 bytes;

@@ -1,30 +1,51 @@
-//! Reading the session token from a request and writing the `Set-Cookie` header.
+//! Reading the session token from a request and writing it to a response:
+//! cookie name and flags, signing or encryption, the optional token header.
 
-use cookie::{Cookie, SameSite, time};
-use http::{HeaderMap, HeaderValue, header::COOKIE};
+use std::time::Duration;
 
-use crate::{config::SessionConfig, token::SessionToken};
+use cookie::{Cookie, CookieJar, SameSite, time};
+use http::{HeaderMap, HeaderName, HeaderValue, header::COOKIE, header::SET_COOKIE};
+
+use crate::{
+    config::{CookieProtection, SessionConfig},
+    token::SessionToken,
+};
 
 /// The session cookie of one layer, as configured.
 #[derive(Clone, Debug)]
 pub(crate) struct SessionCookie {
     config: SessionConfig,
+    /// With the `__Host-` prefix if configured.
+    name: String,
 }
+
+/// The headers a response gets for its session.
+pub(crate) type SessionHeaders = Vec<(HeaderName, HeaderValue)>;
 
 impl SessionCookie {
     pub(crate) fn new(config: SessionConfig) -> Self {
-        Self { config }
+        let name = config.cookie_name().into_owned();
+        Self { config, name }
     }
 
     pub(crate) fn config(&self) -> &SessionConfig {
         &self.config
     }
 
-    /// The first well-formed token under our cookie name. Anything else
-    /// (absent, not UTF-8, malformed) is no token: the request gets a fresh
-    /// session.
+    /// The token of the request: from the token header if configured and
+    /// present, else the first of our cookies that decodes. Anything else
+    /// (absent, not UTF-8, malformed, forged, under a retired key) is no
+    /// token: the request gets a fresh session.
     pub(crate) fn read(&self, headers: &HeaderMap) -> Option<SessionToken> {
-        let name = self.config.cookie_name.as_ref();
+        if let Some(header) = &self.config.token_header
+            && let Some(token) = headers
+                .get_all(header)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .find_map(|value| self.decode(value.trim()))
+        {
+            return Some(token);
+        }
         headers
             .get_all(COOKIE)
             .iter()
@@ -32,39 +53,190 @@ impl SessionCookie {
             .flat_map(|header| header.split(';'))
             .filter_map(|pair| {
                 let (key, value) = pair.split_once('=')?;
-                (key.trim() == name).then(|| value.trim())
+                (key.trim() == self.name).then(|| value.trim())
             })
-            .find_map(SessionToken::parse)
+            .find_map(|value| self.decode(value))
+    }
+
+    fn decode(&self, value: &str) -> Option<SessionToken> {
+        // Bound the work an attacker can cause: a token cookie is short.
+        if value.len() > 512 {
+            return None;
+        }
+        let opened = |keys: &[cookie::Key],
+                      open: fn(
+            &CookieJar,
+            &cookie::Key,
+            Cookie<'static>,
+        ) -> Option<Cookie<'static>>| {
+            let jar = CookieJar::new();
+            keys.iter()
+                .find_map(|key| open(&jar, key, Cookie::new(self.name.clone(), value.to_owned())))
+        };
+        let plain = match &self.config.protection {
+            CookieProtection::Plain => return SessionToken::parse(value),
+            CookieProtection::Signed(keys) => {
+                opened(keys, |jar, key, cookie| jar.signed(key).verify(cookie))?
+            }
+            CookieProtection::Private(keys) => {
+                opened(keys, |jar, key, cookie| jar.private(key).decrypt(cookie))?
+            }
+        };
+        SessionToken::parse(plain.value())
+    }
+
+    fn encode(&self, token: &SessionToken) -> String {
+        let cookie = Cookie::new(self.name.clone(), token.encode());
+        let mut jar = CookieJar::new();
+        match &self.config.protection {
+            CookieProtection::Plain => return token.encode(),
+            CookieProtection::Signed(keys) => jar.signed_mut(&keys[0]).add(cookie),
+            CookieProtection::Private(keys) => jar.private_mut(&keys[0]).add(cookie),
+        }
+        jar.get(&self.name)
+            .map(|cookie| cookie.value().to_owned())
+            .unwrap_or_default()
     }
 
     fn build(&self, value: String) -> Cookie<'static> {
         let config = &self.config;
-        let mut cookie = Cookie::build((config.cookie_name.clone(), value))
-            .path(config.cookie_path.clone())
+        let mut cookie = Cookie::build((self.name.clone(), value))
+            .path(if config.host_prefix {
+                "/".into()
+            } else {
+                config.cookie_path.clone()
+            })
             .http_only(config.http_only)
             .same_site(config.same_site)
-            // Browsers drop SameSite=None cookies that are not Secure.
-            .secure(config.secure || config.same_site == SameSite::None)
+            // Browsers drop SameSite=None and __Host- cookies that are not Secure.
+            .secure(config.secure || config.same_site == SameSite::None || config.host_prefix)
             .build();
-        if let Some(domain) = &config.cookie_domain {
+        if let Some(domain) = &config.cookie_domain
+            && !config.host_prefix
+        {
             cookie.set_domain(domain.clone());
         }
         cookie
     }
 
-    /// The header that gives the client its token, valid as long as the session.
-    pub(crate) fn set(&self, token: &SessionToken) -> Option<HeaderValue> {
-        let mut cookie = self.build(token.encode());
-        let max_age =
-            time::Duration::try_from(self.config.idle_timeout).unwrap_or(time::Duration::MAX);
-        cookie.set_max_age(max_age);
-        HeaderValue::try_from(cookie.to_string()).ok()
+    /// The headers that give the client its token. `max_age` is the time
+    /// left until the session expires on the server, `None` for a
+    /// browser-session cookie.
+    pub(crate) fn set(&self, token: &SessionToken, max_age: Option<Duration>) -> SessionHeaders {
+        let value = self.encode(token);
+        let mut headers = Vec::with_capacity(2);
+        if let Some(header) = &self.config.token_header
+            && let Ok(header_value) = HeaderValue::try_from(value.as_str())
+        {
+            headers.push((header.clone(), header_value));
+        }
+        let mut cookie = self.build(value);
+        if let Some(max_age) = max_age {
+            cookie.set_max_age(time::Duration::try_from(max_age).unwrap_or(time::Duration::MAX));
+        }
+        if let Ok(value) = HeaderValue::try_from(cookie.to_string()) {
+            headers.push((SET_COOKIE, value));
+        }
+        headers
     }
 
     /// The header that removes the cookie (same name, path, domain and flags).
-    pub(crate) fn remove(&self) -> Option<HeaderValue> {
+    pub(crate) fn remove(&self) -> SessionHeaders {
         let mut cookie = self.build(String::new());
         cookie.make_removal();
-        HeaderValue::try_from(cookie.to_string()).ok()
+        HeaderValue::try_from(cookie.to_string())
+            .map(|value| vec![(SET_COOKIE, value)])
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Key;
+
+    fn headers(cookie: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(COOKIE, HeaderValue::try_from(cookie).unwrap());
+        headers
+    }
+
+    fn cookie_value(set: &SessionHeaders) -> String {
+        let (_, value) = set.iter().find(|(name, _)| name == SET_COOKIE).unwrap();
+        let text = value.to_str().unwrap();
+        text.split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned()
+    }
+
+    #[test]
+    fn signed_and_private_cookies_round_trip_and_reject_tampering() {
+        for config in [
+            SessionConfig::default().with_signed_key(Key::generate()),
+            SessionConfig::default().with_private_key(Key::generate()),
+        ] {
+            let cookie = SessionCookie::new(config);
+            let token = SessionToken::generate();
+            let value = cookie_value(&cookie.set(&token, None));
+            assert_ne!(value, token.encode(), "the token is not sent as is");
+            assert_eq!(
+                cookie.read(&headers(&format!("session={value}"))),
+                Some(token.clone())
+            );
+            let mut tampered = value.clone().into_bytes();
+            tampered[3] ^= 1;
+            let tampered = String::from_utf8_lossy(&tampered).into_owned();
+            assert_eq!(cookie.read(&headers(&format!("session={tampered}"))), None);
+            assert_eq!(
+                cookie.read(&headers(&format!("session={}", token.encode()))),
+                None,
+                "unsigned"
+            );
+        }
+    }
+
+    #[test]
+    fn previous_keys_verify_and_the_first_signs() {
+        let (old, new) = (Key::generate(), Key::generate());
+        let before = SessionCookie::new(SessionConfig::default().with_private_key(old.clone()));
+        let token = SessionToken::generate();
+        let value = cookie_value(&before.set(&token, None));
+        let rotated = SessionCookie::new(
+            SessionConfig::default()
+                .with_private_key(new)
+                .with_previous_keys([old]),
+        );
+        assert_eq!(
+            rotated.read(&headers(&format!("session={value}"))),
+            Some(token.clone())
+        );
+        let resealed = cookie_value(&rotated.set(&token, None));
+        assert_eq!(
+            before.read(&headers(&format!("session={resealed}"))),
+            None,
+            "sealed with the new key"
+        );
+    }
+
+    #[test]
+    fn host_prefix_forces_secure_root_path_and_no_domain() {
+        let config = SessionConfig::default()
+            .with_host_prefix(true)
+            .with_secure(false)
+            .with_cookie_path("/app")
+            .with_cookie_domain("example.com");
+        let cookie = SessionCookie::new(config);
+        let set = cookie.set(&SessionToken::generate(), Some(Duration::from_secs(60)));
+        let text = set[0].1.to_str().unwrap();
+        assert!(text.starts_with("__Host-session="), "{text}");
+        assert!(
+            text.contains("Secure") && text.contains("Path=/;") && !text.contains("Domain"),
+            "{text}"
+        );
+        assert!(text.contains("Max-Age=60"), "{text}");
     }
 }

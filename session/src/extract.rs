@@ -23,7 +23,16 @@ type Change<T> = Box<dyn FnMut(&mut T) + Send>;
 
 /// What loading a session yields, boxed for the one dynamic call.
 pub(crate) type LoadFuture<'a, T> =
-    Pin<Box<dyn Future<Output = Result<Option<Record<T>>, StoreError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<Option<(Record<T>, Location)>, StoreError>> + Send + 'a>>;
+
+/// Where a session is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Location {
+    /// The layer's store.
+    Store,
+    /// The process's memory, until marked storable ([`SessionMode::Storable`](crate::SessionMode::Storable)).
+    Memory,
+}
 
 /// Loads a session for the extractor without naming the store's type.
 ///
@@ -42,6 +51,10 @@ pub(crate) struct State<T> {
     pub(crate) changes: Changes<T>,
     pub(crate) destroy: bool,
     pub(crate) renew: bool,
+    /// A remember-me change asked for by the handler.
+    pub(crate) remember: Option<bool>,
+    /// A storable (consent) change asked for by the handler.
+    pub(crate) storable: Option<bool>,
 }
 
 impl<T> Default for State<T> {
@@ -52,6 +65,8 @@ impl<T> Default for State<T> {
             changes: Changes::default(),
             destroy: false,
             renew: false,
+            remember: None,
+            storable: None,
         }
     }
 }
@@ -83,11 +98,15 @@ pub(crate) struct StoredMeta {
     pub(crate) version: i64,
     pub(crate) expires_at: DateTime<Utc>,
     pub(crate) created_at: DateTime<Utc>,
+    pub(crate) remember: bool,
+    pub(crate) location: Location,
 }
 
 pub(crate) struct Shared<T: SessionData> {
     /// The token the client presented, if it was well formed.
     pub(crate) presented: Option<SessionToken>,
+    /// Whether a new session goes to the store without `set_store(true)`.
+    default_storable: bool,
     loader: Arc<dyn Loader<T>>,
     load_lock: tokio::sync::Mutex<()>,
     pub(crate) state: Mutex<State<T>>,
@@ -103,9 +122,14 @@ impl<T: SessionData> Clone for PendingSession<T> {
 }
 
 impl<T: SessionData> PendingSession<T> {
-    pub(crate) fn new(presented: Option<SessionToken>, loader: Arc<dyn Loader<T>>) -> Self {
+    pub(crate) fn new(
+        presented: Option<SessionToken>,
+        default_storable: bool,
+        loader: Arc<dyn Loader<T>>,
+    ) -> Self {
         Self(Arc::new(Shared {
             presented,
+            default_storable,
             loader,
             load_lock: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::default()),
@@ -125,12 +149,14 @@ impl<T: SessionData> PendingSession<T> {
         };
         let mut state = lock(&shared.state);
         match record {
-            Some(record) => {
+            Some((record, location)) => {
                 state.stored = Some(StoredMeta {
                     id: record.id,
                     version: record.version,
                     expires_at: record.expires_at,
                     created_at: record.created_at,
+                    remember: record.remember,
+                    location,
                 });
                 state.data = Some(record.data);
             }
@@ -338,9 +364,47 @@ impl<T: SessionData> Session<T> {
         handle(self).meta().map(|meta| meta.created_at)
     }
 
-    /// Whether the client presented a session that exists in the store.
+    /// Whether the client presented a session that exists (in the store, or
+    /// in memory for a session not yet storable).
     pub fn is_stored(&self) -> bool {
         handle(self).meta().is_some()
+    }
+
+    /// Gives the session the remember-me lifetime
+    /// ([`SessionConfig::with_remember_lifetime`](crate::SessionConfig::with_remember_lifetime),
+    /// default 30 days) instead of the idle timeout, and a persistent cookie;
+    /// `false` goes back. Kept with the session.
+    pub fn set_remember(&self, remember: bool) {
+        lock(&handle(self).0.state).remember = Some(remember);
+    }
+
+    /// Whether the session has (or, after this request, will have) the
+    /// remember-me lifetime.
+    pub fn is_remembered(&self) -> bool {
+        let state = lock(&handle(self).0.state);
+        state
+            .remember
+            .or(state.stored.map(|meta| meta.remember))
+            .unwrap_or(false)
+    }
+
+    /// Marks the session storable (e.g. the visitor consented): with
+    /// [`SessionMode::Storable`](crate::SessionMode::Storable) or
+    /// [`with_consent_required`](crate::SessionConfig::with_consent_required)
+    /// it is written to the store from now on. `false` takes it out of the
+    /// store again (back to memory, or gone when consent is required).
+    /// In the default mode every session is storable already.
+    pub fn set_store(&self, storable: bool) {
+        lock(&handle(self).0.state).storable = Some(storable);
+    }
+
+    /// Whether the session is (or, after this request, will be) kept in the store.
+    pub fn is_storable(&self) -> bool {
+        let state = lock(&handle(self).0.state);
+        state
+            .storable
+            .or(state.stored.map(|meta| meta.location == Location::Store))
+            .unwrap_or(handle(self).0.default_storable)
     }
 
     /// Deletes the session when the response is sent and clears the cookie.

@@ -62,7 +62,7 @@ mod token;
 pub mod value;
 
 pub use axum_typed_session_derive::Session;
-pub use config::{SameSite, SessionConfig};
+pub use config::{Key, SameSite, SessionConfig, SessionMode};
 pub use data::{ColumnSource, DecodeError, DirtyFields, EncodeError, SessionData};
 pub use error::{SessionError, StoreError};
 pub use extract::Session;

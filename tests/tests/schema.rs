@@ -29,13 +29,14 @@ struct DdlCheck {
 
 /// (column, type as the catalog spells it, nullable) in table order.
 fn expected_columns(backend: &str) -> Vec<(&'static str, &'static str, bool)> {
-    let types: [&str; 19] = match backend {
+    let types: [&str; 20] = match backend {
         // information_schema.columns.data_type
         "PostgreSQL" => [
             "bytea",
             "timestamp with time zone",
             "bigint",
             "timestamp with time zone",
+            "boolean",
             "boolean",
             "smallint",
             "integer",
@@ -59,6 +60,7 @@ fn expected_columns(backend: &str) -> Vec<(&'static str, &'static str, bool)> {
             "bigint(20)",
             "datetime(6)",
             "tinyint(1)",
+            "tinyint(1)",
             "smallint(6)",
             "int(11)",
             "bigint(20)",
@@ -76,9 +78,9 @@ fn expected_columns(backend: &str) -> Vec<(&'static str, &'static str, bool)> {
         ],
         // PRAGMA table_info().type: the declared type
         "SQLite" => [
-            "BLOB", "INTEGER", "BIGINT", "INTEGER", "BOOLEAN", "INTEGER", "INTEGER", "INTEGER",
-            "INTEGER", "REAL", "REAL", "TEXT", "BLOB", "TEXT", "TEXT", "TEXT", "BLOB", "INTEGER",
-            "TEXT",
+            "BLOB", "INTEGER", "BIGINT", "INTEGER", "BOOLEAN", "BOOLEAN", "INTEGER", "INTEGER",
+            "INTEGER", "INTEGER", "REAL", "REAL", "TEXT", "BLOB", "TEXT", "TEXT", "TEXT", "BLOB",
+            "INTEGER", "TEXT",
         ],
         other => panic!("no expectations for {other}"),
     };
@@ -87,6 +89,7 @@ fn expected_columns(backend: &str) -> Vec<(&'static str, &'static str, bool)> {
         "expires_at",
         "version",
         "created_at",
+        "remember",
         "flag",
         "small",
         "int",
@@ -246,6 +249,7 @@ async fn migrate_adds_missing_columns<B: Backend>() {
             version: 1,
             expires_at: now + chrono::Duration::hours(1),
             created_at: now,
+            remember: false,
         })
         .await
         .expect("insert with the old struct");

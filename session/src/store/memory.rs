@@ -93,23 +93,11 @@ impl<T: SessionData> SessionStore<T> for MemoryStore<T> {
         Ok(shard
             .get(id)
             .filter(|record| record.expires_at > now)
-            .map(|record| Record {
-                id: record.id,
-                data: record.data.duplicate(),
-                version: record.version,
-                expires_at: record.expires_at,
-                created_at: record.created_at,
-            }))
+            .map(Record::duplicate))
     }
 
     async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
-        let copy = Record {
-            id: record.id,
-            data: record.data.duplicate(),
-            version: record.version,
-            expires_at: record.expires_at,
-            created_at: record.created_at,
-        };
+        let copy = record.duplicate();
         write(self.shard(&record.id)).insert(record.id, copy);
         Ok(())
     }
@@ -127,8 +115,13 @@ impl<T: SessionData> SessionStore<T> for MemoryStore<T> {
             return Ok(false);
         }
         data.copy_fields(&mut record.data, update.dirty);
-        record.version += 1;
+        if !update.is_touch() {
+            record.version += 1;
+        }
         record.expires_at = update.expires_at;
+        if let Some(remember) = update.remember {
+            record.remember = remember;
+        }
         if let Some(new_id) = update.new_id
             && let Some(mut moved) = shard.remove(id)
         {

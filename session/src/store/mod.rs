@@ -27,6 +27,18 @@ pub struct Record<T> {
     pub expires_at: DateTime<Utc>,
     /// When the row was inserted.
     pub created_at: DateTime<Utc>,
+    /// Whether the session has the long remember-me lifetime.
+    pub remember: bool,
+}
+
+impl<T: SessionData> Record<T> {
+    /// A field-by-field copy (session structs need not be `Clone`).
+    pub fn duplicate(&self) -> Self {
+        Self {
+            data: self.data.duplicate(),
+            ..*self
+        }
+    }
 }
 
 /// One UPDATE of a stored session.
@@ -41,8 +53,18 @@ pub struct Update {
     pub expires_at: DateTime<Utc>,
     /// Move the row to this id in the same statement (`renew`).
     pub new_id: Option<SessionId>,
+    /// Change the remember-me flag.
+    pub remember: Option<bool>,
     /// The current time: an expired row is never written (nor revived).
     pub now: DateTime<Utc>,
+}
+
+impl Update {
+    /// Whether this update only extends the expiry: it then leaves `version`
+    /// alone, so it never makes a concurrent compare-and-swap retry.
+    pub fn is_touch(&self) -> bool {
+        self.dirty.is_empty() && self.new_id.is_none() && self.remember.is_none()
+    }
 }
 
 /// Storage for one session struct `T`.
@@ -61,7 +83,8 @@ pub trait SessionStore<T: SessionData>: Clone + Send + Sync + 'static {
     /// Stores a new session.
     fn insert(&self, record: &Record<T>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Writes the dirty fields of `data`, bumps `version` and sets the expiry.
+    /// Writes the dirty fields of `data` and sets the expiry; bumps `version`
+    /// unless the update only extends the expiry ([`Update::is_touch`]).
     /// `Ok(false)`: no live row matched (gone, expired, or a newer version).
     fn update(
         &self,

@@ -19,7 +19,7 @@ use sqlx::{Database, Pool};
 
 use super::{Record, SessionStore, Update};
 use crate::{
-    data::{DirtyFields, SessionData},
+    data::SessionData,
     error::StoreError,
     schema::{LIBRARY_COLUMNS, Schema},
     token::SessionId,
@@ -138,7 +138,7 @@ struct Inner<B: Backend> {
     purge: Arc<str>,
     /// UPDATE statements by (dirty fields, compare-and-swap, renew): a
     /// handful per app, each built once and then prepared once per connection.
-    updates: RwLock<HashMap<(u64, bool, bool), Arc<str>>>,
+    updates: RwLock<HashMap<(u64, bool, bool, bool), Arc<str>>>,
 }
 
 /// Adds the parameter placeholders and binds as statements are built.
@@ -173,10 +173,11 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         let table = quote::<B>(schema.table);
 
         let mut load = format!(
-            "SELECT {}, {}, {}",
+            "SELECT {}, {}, {}, {}",
             quote::<B>("version"),
             quote::<B>("created_at"),
-            quote::<B>("expires_at")
+            quote::<B>("expires_at"),
+            quote::<B>("remember")
         );
         for column in schema.columns {
             load.push_str(", ");
@@ -240,7 +241,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         let mut columns = String::new();
         let _ = write!(
             columns,
-            "{} {} NOT NULL PRIMARY KEY, {} {} NOT NULL, {} BIGINT NOT NULL, {} {} NOT NULL",
+            "{} {} NOT NULL PRIMARY KEY, {} {} NOT NULL, {} BIGINT NOT NULL, {} {} NOT NULL, {} {} NOT NULL DEFAULT FALSE",
             quote::<B>("id"),
             B::ID_TYPE,
             quote::<B>("expires_at"),
@@ -248,6 +249,8 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
             quote::<B>("version"),
             quote::<B>("created_at"),
             B::TIME_TYPE,
+            quote::<B>("remember"),
+            B::column_type(SqlType::Bool),
         );
         for column in schema.columns {
             let _ = write!(
@@ -302,9 +305,16 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
             ("expires_at", B::TIME_TYPE),
             ("version", "BIGINT"),
             ("created_at", B::TIME_TYPE),
+            ("remember", B::column_type(SqlType::Bool)),
         ];
         for (name, expected) in library {
             match find(name) {
+                // Added by a later version of this library, with a default.
+                None if name == "remember" => additions.push(format!(
+                    "ALTER TABLE {} ADD COLUMN {} {expected} NOT NULL DEFAULT FALSE",
+                    quote::<B>(schema.table),
+                    quote::<B>(name)
+                )),
                 None => problems.push(format!(
                     "library column `{name}` is missing (expected {expected})"
                 )),
@@ -392,13 +402,13 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         }
     }
 
-    fn update_statement(
-        &self,
-        dirty: DirtyFields,
-        compare_and_swap: bool,
-        renew: bool,
-    ) -> Arc<str> {
-        let key = (dirty.bits(), compare_and_swap, renew);
+    fn update_statement(&self, update: &Update) -> Arc<str> {
+        let key = (
+            update.dirty.bits(),
+            update.expected_version.is_some(),
+            update.new_id.is_some(),
+            update.remember.is_some(),
+        );
         if let Some(sql) = self
             .inner
             .updates
@@ -408,23 +418,27 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         {
             return sql.clone();
         }
+        // Placeholders in the order `update()` binds: dirty fields,
+        // expires_at, remember, new id, id, now, version.
         let schema = &self.inner.schema;
         let mut sql = format!("UPDATE {} SET ", quote::<B>(schema.table));
         let mut params = Params::<B>::new();
-        for index in dirty.iter() {
+        for index in update.dirty.iter() {
             let column = schema.column(index);
             let _ = write!(sql, "{} = ", quote::<B>(column.name));
             params.push(&mut sql, Some(column.sql_type));
             sql.push_str(", ");
         }
-        let _ = write!(
-            sql,
-            "{v} = {v} + 1, {} = ",
-            quote::<B>("expires_at"),
-            v = quote::<B>("version")
-        );
+        if !update.is_touch() {
+            let _ = write!(sql, "{v} = {v} + 1, ", v = quote::<B>("version"));
+        }
+        let _ = write!(sql, "{} = ", quote::<B>("expires_at"));
         params.push(&mut sql, None);
-        if renew {
+        if update.remember.is_some() {
+            let _ = write!(sql, ", {} = ", quote::<B>("remember"));
+            params.push(&mut sql, None);
+        }
+        if update.new_id.is_some() {
             let _ = write!(sql, ", {} = ", quote::<B>("id"));
             params.push(&mut sql, None);
         }
@@ -432,7 +446,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         params.push(&mut sql, None);
         let _ = write!(sql, " AND {} > ", quote::<B>("expires_at"));
         params.push(&mut sql, None);
-        if compare_and_swap {
+        if update.expected_version.is_some() {
             let _ = write!(sql, " AND {} = ", quote::<B>("version"));
             params.push(&mut sql, None);
         }
@@ -501,7 +515,7 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         let columns = T::SCHEMA.columns;
         let mut values = Vec::with_capacity(columns.len());
         for (offset, column) in columns.iter().enumerate() {
-            values.push(B::decode(&row, 3 + offset, column.sql_type)?);
+            values.push(B::decode(&row, 4 + offset, column.sql_type)?);
         }
         let data = T::decode_columns(&mut values.into_iter())?;
         Ok(Some(Record {
@@ -510,6 +524,7 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
             version: B::decode_i64(&row, 0)?,
             created_at: B::decode_time(&row, 1)?,
             expires_at: B::decode_time(&row, 2)?,
+            remember: B::decode(&row, 3, SqlType::Bool)? == Value::Bool(true),
         }))
     }
 
@@ -519,6 +534,7 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         bound(B::bind_time(&mut args, record.expires_at))?;
         bound(B::bind_i64(&mut args, record.version))?;
         bound(B::bind_time(&mut args, record.created_at))?;
+        bound(B::bind(&mut args, Value::Bool(record.remember)))?;
         for index in 0..T::SCHEMA.columns.len() {
             bound(B::bind(&mut args, record.data.encode_column(index)?))?;
         }
@@ -527,16 +543,15 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
     }
 
     async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
-        let sql = self.update_statement(
-            update.dirty,
-            update.expected_version.is_some(),
-            update.new_id.is_some(),
-        );
+        let sql = self.update_statement(&update);
         let mut args = Arguments::<B>::default();
         for index in update.dirty.iter() {
             bound(B::bind(&mut args, data.encode_column(index)?))?;
         }
         bound(B::bind_time(&mut args, update.expires_at))?;
+        if let Some(remember) = update.remember {
+            bound(B::bind(&mut args, Value::Bool(remember)))?;
+        }
         if let Some(new_id) = &update.new_id {
             bound(B::bind_id(&mut args, new_id))?;
         }
