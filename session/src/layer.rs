@@ -477,6 +477,8 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
                 remember,
             };
             self.insert_at(location, &record).await?;
+            // The id (a hash) is safe to log; the token never is.
+            tracing::debug!(session = T::SCHEMA.struct_name, id = %record.id, ?location, "new session");
             return Ok(self.cookie(&token, now, record.expires_at, remember));
         };
 
