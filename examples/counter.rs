@@ -8,13 +8,11 @@
 //! curl -c jar -b jar http://127.0.0.1:3000/greet    # 1, then 2, 3, ...
 //! ```
 
-use std::net::{Ipv4Addr, SocketAddr};
+#[path = "common.rs"]
+mod common;
 
 use axum::{Router, routing::get};
-use axum_typed_session::{
-    MemoryStore, MySqlStore, PgStore, Session, SessionConfig, SessionLayer, SessionStore,
-    SqliteStore,
-};
+use axum_typed_session::{Session, SessionConfig, SessionLayer, SessionStore};
 
 #[derive(Session, Default)]
 #[session(table = "counter_sessions")]
@@ -29,51 +27,19 @@ async fn greet(visit: Session<Visit>) -> String {
     visit.count().to_string()
 }
 
-async fn serve<S: SessionStore<Visit>>(store: S) -> anyhow::Result<()> {
-    // Plain HTTP on loopback: a Secure cookie would not come back.
-    let config = SessionConfig::default().with_secure(false);
-    let app = Router::new()
-        .route("/greet", get(greet))
-        .layer(SessionLayer::new(store, config));
-    let port = match std::env::var("PORT") {
-        Ok(port) => port.parse()?,
-        Err(_) => 3000,
-    };
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    tracing::info!("listening on http://{address}/greet");
-    axum::serve(listener, app).await?;
-    Ok(())
+struct Counter;
+
+impl common::App<Visit> for Counter {
+    fn router<S: SessionStore<Visit>>(store: S) -> Router {
+        // Plain HTTP on loopback: a Secure cookie would not come back.
+        let config = SessionConfig::default().with_secure(false);
+        Router::new()
+            .route("/greet", get(greet))
+            .layer(SessionLayer::new(store, config))
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let url =
-        std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://sessions.db?mode=rwc".into());
-    match url.split_once(':').map(|(scheme, _)| scheme) {
-        _ if url == "memory" => serve(MemoryStore::<Visit>::new()).await,
-        Some("sqlite") => {
-            let store = SqliteStore::<Visit>::connect(&url).await?;
-            store.migrate().await?;
-            serve(store).await
-        }
-        Some("postgres" | "postgresql") => {
-            let store = PgStore::<Visit>::connect(&url).await?;
-            store.migrate().await?;
-            serve(store).await
-        }
-        Some("mysql" | "mariadb") => {
-            let store = MySqlStore::<Visit>::connect(&url).await?;
-            store.migrate().await?;
-            serve(store).await
-        }
-        _ => anyhow::bail!(
-            "DATABASE_URL must start with sqlite:, postgres:, mysql: or be `memory`, got {url:?}"
-        ),
-    }
+    common::run::<Visit, Counter>().await
 }
