@@ -138,8 +138,12 @@ struct Inner<B: Backend> {
     purge: Arc<str>,
     /// UPDATE statements by (dirty fields, compare-and-swap, renew): a
     /// handful per app, each built once and then prepared once per connection.
-    updates: RwLock<HashMap<(u64, bool, bool, bool), Arc<str>>>,
+    updates: RwLock<HashMap<UpdateShape, Arc<str>>>,
 }
+
+/// What an UPDATE statement depends on: the dirty fields, and whether it
+/// checks the version, moves the id, and sets `remember`.
+type UpdateShape = (u64, bool, bool, bool);
 
 /// Adds the parameter placeholders and binds as statements are built.
 struct Params<B> {
