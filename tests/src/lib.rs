@@ -114,6 +114,36 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
         }
     }
 
+    /// A store for `T` on the same database through a pool of its own, as a
+    /// second app instance has (memory: the same store, there is no other).
+    pub async fn independent_store(&self) -> B::Store<T> {
+        let raw = match &self.raw {
+            Raw::Memory(_) => return self.store.clone(),
+            Raw::Sqlite(pool, path) => Raw::Sqlite(
+                SqlitePoolOptions::new()
+                    .connect_with((*pool.connect_options()).clone())
+                    .await
+                    .expect("second SQLite pool"),
+                path.clone(),
+            ),
+            Raw::Postgres(pool, schema) => Raw::Postgres(
+                PgPoolOptions::new()
+                    .connect_with((*pool.connect_options()).clone())
+                    .await
+                    .expect("second PostgreSQL pool"),
+                schema.clone(),
+            ),
+            Raw::MySql(pool, database) => Raw::MySql(
+                MySqlPoolOptions::new()
+                    .connect_with((*pool.connect_options()).clone())
+                    .await
+                    .expect("second MariaDB pool"),
+                database.clone(),
+            ),
+        };
+        B::store_on::<T>(&raw)
+    }
+
     /// `migrate()` on the SQL stores; nothing to do in memory.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.raw {
