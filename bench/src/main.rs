@@ -1,0 +1,687 @@
+//! Load bench over loopback: the same routes served bare, with hand-written
+//! sqlx, and with the session layer on each store, all in one run, reported
+//! as req/s, p50, p99 and ratios to the baselines.
+//!
+//! ```sh
+//! cargo run --release -p bench --bin loadbench            # 5 s per scenario
+//! BENCH_SECONDS=2 cargo run --release -p bench --bin loadbench
+//! ```
+//!
+//! 64 virtual users, each with its own cookie, 32 requests in flight (32
+//! workers, two users each, so a user's requests never overlap). While it
+//! loads, it checks that every counter answer is the user's previous count
+//! plus one, and at the end that each user's stored count equals its
+//! successful increments; any mismatch makes it exit non-zero.
+//!
+//! Databases: `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` (defaults: the local
+//! servers); a store whose database is unreachable is reported as skipped.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use axum_typed_session::{
+    MySqlStore, PgStore, Session, SessionConfig, SessionLayer, SessionStore, SqliteStore,
+};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use rand::RngCore;
+
+const USERS: usize = 64;
+const IN_FLIGHT: usize = 32;
+
+#[derive(Session, Default)]
+#[session(table = "bench_sessions")]
+struct Visit {
+    count: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Untouched,
+    Read,
+    Counter,
+    First,
+}
+
+impl Route {
+    const ALL: [Route; 4] = [Route::Untouched, Route::Read, Route::Counter, Route::First];
+
+    fn path(self) -> &'static str {
+        match self {
+            Route::Untouched => "/untouched",
+            Route::Read => "/read",
+            Route::Counter => "/counter",
+            Route::First => "/first",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Db {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Db {
+    fn name(self) -> &'static str {
+        match self {
+            Db::Sqlite => "SQLite",
+            Db::Postgres => "PostgreSQL",
+            Db::MySql => "MariaDB",
+        }
+    }
+}
+
+// ---------------------------------------------------------------- servers
+
+fn bare() -> Router {
+    Router::new()
+        .route(Route::Untouched.path(), get(|| async { "ok" }))
+        .route(Route::Read.path(), get(|| async { "0" }))
+        .route(Route::Counter.path(), get(|| async { "1" }))
+        .route(Route::First.path(), get(|| async { "1" }))
+}
+
+fn with_sessions<S: SessionStore<Visit>>(store: S) -> Router {
+    let config = SessionConfig::default()
+        .with_secure(false)
+        .with_purge_interval(None);
+    Router::new()
+        .route(Route::Untouched.path(), get(|| async { "ok" }))
+        .route(
+            Route::Read.path(),
+            get(|visit: Session<Visit>| async move { visit.count().to_string() }),
+        )
+        .route(Route::Counter.path(), get(increment))
+        .route(Route::First.path(), get(increment))
+        .layer(SessionLayer::new(store, config))
+}
+
+async fn increment(visit: Session<Visit>) -> String {
+    visit.update_count(|count| *count += 1);
+    visit.count().to_string()
+}
+
+/// What a careful user writes by hand: the token is the key, one SELECT to
+/// read, SELECT + UPDATE to change, one INSERT for a new visitor.
+#[derive(Clone)]
+enum RawPool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+}
+
+fn raw_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::COOKIE)?
+        .to_str()
+        .ok()?
+        .split(';')
+        .find_map(|pair| pair.trim().strip_prefix("sid="))
+        .map(str::to_owned)
+}
+
+impl RawPool {
+    async fn select(&self, id: &str) -> Result<Option<i64>, sqlx::Error> {
+        match self {
+            RawPool::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT count FROM raw_sessions WHERE id = ?")
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await
+            }
+            RawPool::Postgres(pool) => {
+                sqlx::query_scalar("SELECT count FROM raw_sessions WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await
+            }
+            RawPool::MySql(pool) => {
+                sqlx::query_scalar("SELECT count FROM raw_sessions WHERE id = ?")
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await
+            }
+        }
+    }
+
+    async fn update(&self, id: &str, count: i64) -> Result<(), sqlx::Error> {
+        match self {
+            RawPool::Sqlite(pool) => {
+                sqlx::query("UPDATE raw_sessions SET count = ? WHERE id = ?")
+                    .bind(count)
+                    .bind(id)
+                    .execute(pool)
+                    .await?;
+            }
+            RawPool::Postgres(pool) => {
+                sqlx::query("UPDATE raw_sessions SET count = $1 WHERE id = $2")
+                    .bind(count)
+                    .bind(id)
+                    .execute(pool)
+                    .await?;
+            }
+            RawPool::MySql(pool) => {
+                sqlx::query("UPDATE raw_sessions SET count = ? WHERE id = ?")
+                    .bind(count)
+                    .bind(id)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn insert(&self, id: &str) -> Result<(), sqlx::Error> {
+        match self {
+            RawPool::Sqlite(pool) => {
+                sqlx::query("INSERT INTO raw_sessions (id, count) VALUES (?, 1)")
+                    .bind(id)
+                    .execute(pool)
+                    .await?;
+            }
+            RawPool::Postgres(pool) => {
+                sqlx::query("INSERT INTO raw_sessions (id, count) VALUES ($1, 1)")
+                    .bind(id)
+                    .execute(pool)
+                    .await?;
+            }
+            RawPool::MySql(pool) => {
+                sqlx::query("INSERT INTO raw_sessions (id, count) VALUES (?, 1)")
+                    .bind(id)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(&self) -> Result<(), sqlx::Error> {
+        let (create, delete) = (
+            "CREATE TABLE IF NOT EXISTS raw_sessions (id VARCHAR(64) NOT NULL PRIMARY KEY, count BIGINT NOT NULL)",
+            "DELETE FROM raw_sessions",
+        );
+        match self {
+            RawPool::Sqlite(pool) => {
+                sqlx::query(create).execute(pool).await?;
+                sqlx::query(delete).execute(pool).await?;
+            }
+            RawPool::Postgres(pool) => {
+                sqlx::query(create).execute(pool).await?;
+                sqlx::query(delete).execute(pool).await?;
+            }
+            RawPool::MySql(pool) => {
+                sqlx::query(create).execute(pool).await?;
+                sqlx::query(delete).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn server_error(error: sqlx::Error) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
+}
+
+async fn raw_read(State(pool): State<RawPool>, headers: HeaderMap) -> Response {
+    let Some(id) = raw_token(&headers) else {
+        return "0".into_response();
+    };
+    match pool.select(&id).await {
+        Ok(count) => count.unwrap_or(0).to_string().into_response(),
+        Err(error) => server_error(error),
+    }
+}
+
+async fn raw_counter(State(pool): State<RawPool>, headers: HeaderMap) -> Response {
+    let Some(id) = raw_token(&headers) else {
+        return raw_first(State(pool)).await;
+    };
+    let result = async {
+        let count = pool.select(&id).await?.unwrap_or(0) + 1;
+        pool.update(&id, count).await?;
+        Ok::<_, sqlx::Error>(count)
+    };
+    match result.await {
+        Ok(count) => count.to_string().into_response(),
+        Err(error) => server_error(error),
+    }
+}
+
+async fn raw_first(State(pool): State<RawPool>) -> Response {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match pool.insert(&id).await {
+        Ok(()) => (
+            [(header::SET_COOKIE, format!("sid={id}; HttpOnly; Path=/"))],
+            "1",
+        )
+            .into_response(),
+        Err(error) => server_error(error),
+    }
+}
+
+fn raw_sqlx(pool: RawPool) -> Router {
+    Router::new()
+        .route(Route::Untouched.path(), get(|| async { "ok" }))
+        .route(Route::Read.path(), get(raw_read))
+        .route(Route::Counter.path(), get(raw_counter))
+        .route(Route::First.path(), get(raw_first))
+        .with_state(pool)
+}
+
+async fn serve(app: Router) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((address, task))
+}
+
+// ---------------------------------------------------------------- load
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+struct User {
+    cookie: Option<String>,
+    count: i64,
+}
+
+#[derive(Default)]
+struct Outcome {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    wrong: u64,
+}
+
+async fn request(
+    client: &HttpClient,
+    address: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+) -> anyhow::Result<(StatusCode, Option<String>, String)> {
+    let mut request = hyper::Request::get(format!("http://{address}{path}"));
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    let response = client.request(request.body(Empty::new())?).await?;
+    let status = response.status();
+    let set_cookie = response
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(str::to_owned);
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((
+        status,
+        set_cookie,
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
+}
+
+/// Gives every user a session with count 1 (not timed).
+async fn prepare(client: &HttpClient, address: SocketAddr) -> anyhow::Result<Vec<User>> {
+    let mut users = Vec::with_capacity(USERS);
+    for _ in 0..USERS {
+        let (status, cookie, body) = request(client, address, Route::Counter.path(), None).await?;
+        anyhow::ensure!(
+            status == StatusCode::OK && body == "1",
+            "preparing a user failed: {status} {body}"
+        );
+        users.push(User { cookie, count: 1 });
+    }
+    Ok(users)
+}
+
+async fn load(
+    client: &HttpClient,
+    address: SocketAddr,
+    route: Route,
+    users: &mut Vec<User>,
+    duration: Duration,
+    check: bool,
+) -> Outcome {
+    let deadline = Instant::now() + duration;
+    let per_worker = USERS / IN_FLIGHT;
+    let mut chunks = Vec::new();
+    while !users.is_empty() {
+        let rest = users.split_off(per_worker.min(users.len()));
+        chunks.push(std::mem::replace(users, rest));
+    }
+    let workers = chunks.into_iter().map(|mut mine| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut outcome = Outcome::default();
+            let mut turn = 0;
+            while Instant::now() < deadline {
+                let user = &mut mine[turn % per_worker];
+                turn += 1;
+                let cookie = if route == Route::First {
+                    None
+                } else {
+                    user.cookie.as_deref()
+                };
+                let started = Instant::now();
+                let result = request(&client, address, route.path(), cookie).await;
+                let elapsed = started.elapsed();
+                match result {
+                    Ok((StatusCode::OK, _, body)) => {
+                        outcome
+                            .latencies_us
+                            .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+                        if check && route == Route::Counter {
+                            user.count += 1;
+                            if body != user.count.to_string() {
+                                outcome.wrong += 1;
+                                user.count = body.parse().unwrap_or(user.count);
+                            }
+                        }
+                    }
+                    _ => outcome.errors += 1,
+                }
+            }
+            (mine, outcome)
+        })
+    });
+    let mut total = Outcome::default();
+    for worker in workers.collect::<Vec<_>>() {
+        let (mine, outcome) = worker.await.expect("worker");
+        users.extend(mine);
+        total.latencies_us.extend(outcome.latencies_us);
+        total.errors += outcome.errors;
+        total.wrong += outcome.wrong;
+    }
+    total
+}
+
+/// Each user's stored count equals its successful increments.
+async fn verify(client: &HttpClient, address: SocketAddr, users: &[User]) -> anyhow::Result<u64> {
+    let mut wrong = 0;
+    for user in users {
+        let (_, _, body) =
+            request(client, address, Route::Read.path(), user.cookie.as_deref()).await?;
+        if body != user.count.to_string() {
+            wrong += 1;
+        }
+    }
+    Ok(wrong)
+}
+
+struct Row {
+    route: Route,
+    target: String,
+    db: Option<Db>,
+    kind: &'static str,
+    rps: f64,
+    p50: u32,
+    p99: u32,
+    errors: u64,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn measure(
+    client: &HttpClient,
+    app: Router,
+    target: String,
+    db: Option<Db>,
+    kind: &'static str,
+    duration: Duration,
+    rows: &mut Vec<Row>,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let (address, server) = serve(app).await?;
+    let check = kind != "bare";
+    for route in Route::ALL {
+        let mut users = prepare(client, address).await?;
+        // Warm connections and statement caches.
+        load(
+            client,
+            address,
+            route,
+            &mut users,
+            Duration::from_millis(300),
+            check,
+        )
+        .await;
+        let outcome = load(client, address, route, &mut users, duration, check).await;
+        let mut latencies = outcome.latencies_us;
+        latencies.sort_unstable();
+        let rps = latencies.len() as f64 / duration.as_secs_f64();
+        if outcome.wrong > 0 {
+            failures.push(format!(
+                "{target} {route:?}: {} counter answers were not previous + 1",
+                outcome.wrong
+            ));
+        }
+        if check && route == Route::Counter {
+            let wrong = verify(client, address, &users).await?;
+            if wrong > 0 {
+                failures.push(format!(
+                    "{target}: {wrong} users' stored count differs from their increments"
+                ));
+            }
+        }
+        if outcome.errors > 0 {
+            failures.push(format!(
+                "{target} {route:?}: {} failed requests",
+                outcome.errors
+            ));
+        }
+        eprintln!("  {target:<28} {:<10} {rps:>9.0} req/s", route.path());
+        rows.push(Row {
+            route,
+            target: target.clone(),
+            db,
+            kind,
+            rps,
+            p50: percentile(&latencies, 0.5),
+            p99: percentile(&latencies, 0.99),
+            errors: outcome.errors,
+        });
+    }
+    server.abort();
+    Ok(())
+}
+
+async fn connect(db: Db) -> anyhow::Result<RawPool> {
+    Ok(match db {
+        Db::Sqlite => {
+            let path = std::env::temp_dir().join(format!("loadbench_{}.db", std::process::id()));
+            let url = format!("sqlite://{}?mode=rwc", path.display());
+            // The same durability the session store uses: WAL, synchronous NORMAL.
+            let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+            let options = options
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10));
+            RawPool::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .connect_with(options)
+                    .await?,
+            )
+        }
+        Db::Postgres => {
+            let url = std::env::var("TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            RawPool::Postgres(sqlx::PgPool::connect(&url).await?)
+        }
+        Db::MySql => {
+            let url = std::env::var("TEST_MYSQL_URL")
+                .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+            RawPool::MySql(sqlx::MySqlPool::connect(&url).await?)
+        }
+    })
+}
+
+async fn session_app(pool: &RawPool) -> anyhow::Result<Router> {
+    Ok(match pool {
+        RawPool::Sqlite(pool) => {
+            let store = SqliteStore::<Visit>::new(pool.clone());
+            store.migrate().await?;
+            sqlx::query("DELETE FROM bench_sessions")
+                .execute(pool)
+                .await?;
+            with_sessions(store)
+        }
+        RawPool::Postgres(pool) => {
+            let store = PgStore::<Visit>::new(pool.clone());
+            store.migrate().await?;
+            sqlx::query("DELETE FROM bench_sessions")
+                .execute(pool)
+                .await?;
+            with_sessions(store)
+        }
+        RawPool::MySql(pool) => {
+            let store = MySqlStore::<Visit>::new(pool.clone());
+            store.migrate().await?;
+            sqlx::query("DELETE FROM bench_sessions")
+                .execute(pool)
+                .await?;
+            with_sessions(store)
+        }
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let duration = Duration::from_secs_f64(seconds);
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(IN_FLIGHT)
+        .build_http();
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+
+    eprintln!("loadbench: {USERS} users, {IN_FLIGHT} in flight, {seconds} s per scenario");
+    measure(
+        &client,
+        bare(),
+        "bare".into(),
+        None,
+        "bare",
+        duration,
+        &mut rows,
+        &mut failures,
+    )
+    .await?;
+    measure(
+        &client,
+        with_sessions(axum_typed_session::MemoryStore::<Visit>::new()),
+        "session/memory".into(),
+        None,
+        "session",
+        duration,
+        &mut rows,
+        &mut failures,
+    )
+    .await?;
+    for db in [Db::Sqlite, Db::Postgres, Db::MySql] {
+        let pool = match connect(db).await {
+            Ok(pool) => pool,
+            Err(error) => {
+                eprintln!("SKIPPED {}: unreachable ({error})", db.name());
+                continue;
+            }
+        };
+        pool.reset().await?;
+        measure(
+            &client,
+            raw_sqlx(pool.clone()),
+            format!("raw sqlx/{}", db.name()),
+            Some(db),
+            "raw",
+            duration,
+            &mut rows,
+            &mut failures,
+        )
+        .await?;
+        let app = session_app(&pool).await?;
+        measure(
+            &client,
+            app,
+            format!("session/{}", db.name()),
+            Some(db),
+            "session",
+            duration,
+            &mut rows,
+            &mut failures,
+        )
+        .await?;
+    }
+
+    println!("| route | server | req/s | p50 µs | p99 µs | × bare | × raw sqlx | p99 × raw |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let bare = rows
+            .iter()
+            .find(|r| r.kind == "bare" && r.route == row.route)
+            .map(|r| r.rps);
+        let raw = rows.iter().find(|r| {
+            r.kind == "raw" && r.route == row.route && r.db == row.db && row.db.is_some()
+        });
+        let ratio = |base: Option<f64>| {
+            base.map_or("—".to_owned(), |base| format!("{:.2}", row.rps / base))
+        };
+        let p99_ratio = raw.map_or("—".to_owned(), |raw| {
+            format!("{:.2}", row.p99 as f64 / raw.p99.max(1) as f64)
+        });
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |{}",
+            row.route.path(),
+            row.target,
+            row.rps,
+            row.p50,
+            row.p99,
+            ratio(bare),
+            if row.kind == "session" {
+                ratio(raw.map(|r| r.rps))
+            } else {
+                "—".into()
+            },
+            if row.kind == "session" {
+                p99_ratio
+            } else {
+                "—".into()
+            },
+            if row.errors > 0 {
+                format!(" {} errors", row.errors)
+            } else {
+                String::new()
+            },
+        );
+    }
+    if !failures.is_empty() {
+        for failure in &failures {
+            eprintln!("FAILED: {failure}");
+        }
+        std::process::exit(1);
+    }
+    eprintln!("correctness: every counter answer and every stored count matched");
+    Ok(())
+}
