@@ -11,19 +11,20 @@ use crate::{
     token::SessionToken,
 };
 
-/// The session cookie of one layer, as configured.
+/// The session cookie of one layer, as configured (public only for the benches).
 #[derive(Clone, Debug)]
-pub(crate) struct SessionCookie {
+pub struct SessionCookie {
     config: SessionConfig,
     /// With the `__Host-` prefix if configured.
     name: String,
 }
 
 /// The headers a response gets for its session.
-pub(crate) type SessionHeaders = Vec<(HeaderName, HeaderValue)>;
+pub type SessionHeaders = Vec<(HeaderName, HeaderValue)>;
 
 impl SessionCookie {
-    pub(crate) fn new(config: SessionConfig) -> Self {
+    /// The cookie `config` describes.
+    pub fn new(config: SessionConfig) -> Self {
         let name = config.cookie_name().into_owned();
         Self { config, name }
     }
@@ -36,7 +37,7 @@ impl SessionCookie {
     /// present, else the first of our cookies that decodes. Anything else
     /// (absent, not UTF-8, malformed, forged, under a retired key) is no
     /// token: the request gets a fresh session.
-    pub(crate) fn read(&self, headers: &HeaderMap) -> Option<SessionToken> {
+    pub fn read(&self, headers: &HeaderMap) -> Option<SessionToken> {
         if let Some(header) = &self.config.token_header
             && let Some(token) = headers
                 .get_all(header)
@@ -122,7 +123,7 @@ impl SessionCookie {
     /// The headers that give the client its token. `max_age` is the time
     /// left until the session expires on the server, `None` for a
     /// browser-session cookie.
-    pub(crate) fn set(&self, token: &SessionToken, max_age: Option<Duration>) -> SessionHeaders {
+    pub fn set(&self, token: &SessionToken, max_age: Option<Duration>) -> SessionHeaders {
         let value = self.encode(token);
         let mut headers = Vec::with_capacity(2);
         if let Some(header) = &self.config.token_header

@@ -39,6 +39,9 @@ pub(crate) enum Location {
 /// This is the one dynamic call per request that touches the session: the
 /// extractor only knows `T`, the layer knows the store.
 pub(crate) trait Loader<T: SessionData>: Send + Sync {
+    /// The token the request presents, if any is valid.
+    fn read_token(&self, headers: &http::HeaderMap) -> Option<SessionToken>;
+
     fn load<'a>(&'a self, id: &'a SessionId) -> LoadFuture<'a, T>;
 }
 
@@ -46,6 +49,9 @@ pub(crate) trait Loader<T: SessionData>: Send + Sync {
 pub(crate) struct State<T> {
     /// `None` until the first extractor loaded the session.
     pub(crate) data: Option<T>,
+    /// The token the client presented, read when the session is first
+    /// extracted (a request that never extracts it parses no cookie).
+    pub(crate) presented: Option<SessionToken>,
     /// The stored row's metadata; `None` for a session not in the store.
     pub(crate) stored: Option<StoredMeta>,
     pub(crate) changes: Changes<T>,
@@ -61,6 +67,7 @@ impl<T> Default for State<T> {
     fn default() -> Self {
         Self {
             data: None,
+            presented: None,
             stored: None,
             changes: Changes::default(),
             destroy: false,
@@ -103,8 +110,6 @@ pub(crate) struct StoredMeta {
 }
 
 pub(crate) struct Shared<T: SessionData> {
-    /// The token the client presented, if it was well formed.
-    pub(crate) presented: Option<SessionToken>,
     /// Whether a new session goes to the store without `set_store(true)`.
     default_storable: bool,
     loader: Arc<dyn Loader<T>>,
@@ -122,13 +127,8 @@ impl<T: SessionData> Clone for PendingSession<T> {
 }
 
 impl<T: SessionData> PendingSession<T> {
-    pub(crate) fn new(
-        presented: Option<SessionToken>,
-        default_storable: bool,
-        loader: Arc<dyn Loader<T>>,
-    ) -> Self {
+    pub(crate) fn new(default_storable: bool, loader: Arc<dyn Loader<T>>) -> Self {
         Self(Arc::new(Shared {
-            presented,
             default_storable,
             loader,
             load_lock: tokio::sync::Mutex::new(()),
@@ -137,17 +137,19 @@ impl<T: SessionData> PendingSession<T> {
     }
 
     /// Loads the session once per request, however many extractors ask.
-    async fn load(&self) -> Result<Handle<T>, StoreError> {
+    async fn load(&self, headers: &http::HeaderMap) -> Result<Handle<T>, StoreError> {
         let shared = &self.0;
         let _loading = shared.load_lock.lock().await;
         if lock(&shared.state).data.is_some() {
             return Ok(Handle(self.0.clone()));
         }
-        let record = match &shared.presented {
+        let presented = shared.loader.read_token(headers);
+        let record = match &presented {
             Some(token) => shared.loader.load(&token.id()).await?,
             None => None,
         };
         let mut state = lock(&shared.state);
+        state.presented = presented;
         match record {
             Some((record, location)) => {
                 state.stored = Some(StoredMeta {
@@ -430,7 +432,7 @@ impl<T: SessionData, S: Send + Sync> FromRequestParts<S> for Session<T> {
                 struct_name: T::SCHEMA.struct_name,
             },
         )?;
-        let handle = pending.load().await.map_err(|error| {
+        let handle = pending.load(&parts.headers).await.map_err(|error| {
             tracing::error!(
                 session = T::SCHEMA.struct_name,
                 table = T::SCHEMA.table,

@@ -166,6 +166,10 @@ async fn purge_loop<T: SessionData, S: SessionStore<T>>(
 }
 
 impl<T: SessionData, S: SessionStore<T>> Loader<T> for LayerShared<T, S> {
+    fn read_token(&self, headers: &http::HeaderMap) -> Option<SessionToken> {
+        self.cookie.read(headers)
+    }
+
     fn load<'a>(&'a self, id: &'a SessionId) -> LoadFuture<'a, T> {
         Box::pin(async move {
             let now = Utc::now();
@@ -239,8 +243,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
-        let presented = shared.cookie.read(request.headers());
-        let pending = PendingSession::new(presented, shared.default_storable(), shared.clone());
+        let pending = PendingSession::new(shared.default_storable(), shared.clone());
         request.extensions_mut().insert(pending.clone());
 
         // The clone that was driven to readiness serves this request.
@@ -251,7 +254,7 @@ where
             let mut response = response.into_response();
             let state =
                 std::mem::take(&mut *pending.0.state.lock().unwrap_or_else(|p| p.into_inner()));
-            match shared.save(pending.0.presented.as_ref(), state).await {
+            match shared.save(state).await {
                 Ok(headers) => {
                     for (name, value) in headers {
                         response.headers_mut().append(name, value);
@@ -425,13 +428,10 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
     /// Writes what the request did to its session and returns the headers
     /// that tell the client: nothing, one INSERT, one UPDATE (retried with
     /// replay on conflict), one DELETE, or a move between memory and store.
-    async fn save(
-        &self,
-        presented: Option<&SessionToken>,
-        state: State<T>,
-    ) -> Result<SessionHeaders, StoreError> {
+    async fn save(&self, state: State<T>) -> Result<SessionHeaders, StoreError> {
         let State {
             data,
+            presented,
             stored,
             mut changes,
             destroy,
@@ -443,6 +443,7 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         let Some(mut data) = data else {
             return Ok(Vec::new());
         };
+        let presented = presented.as_ref();
         let now = Utc::now();
 
         if destroy {

@@ -131,7 +131,6 @@ impl<B: Backend, T> Clone for SqlStore<B, T> {
 
 struct Inner<B: Backend> {
     pool: Pool<B::Database>,
-    schema: Schema,
     load: Arc<str>,
     insert: Arc<str>,
     delete: Arc<str>,
@@ -222,7 +221,6 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         Self {
             inner: Arc::new(Inner {
                 pool,
-                schema,
                 load: load.into(),
                 insert: insert.into(),
                 delete: delete.into(),
@@ -406,7 +404,9 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         }
     }
 
-    fn update_statement(&self, update: &Update) -> Arc<str> {
+    /// The UPDATE for `update`'s shape, built once per shape and cached.
+    #[doc(hidden)]
+    pub fn update_statement(&self, update: &Update) -> Arc<str> {
         let key = (
             update.dirty.bits(),
             update.expected_version.is_some(),
@@ -422,9 +422,21 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         {
             return sql.clone();
         }
+        let sql: Arc<str> = Self::build_update_statement(update).into();
+        self.inner
+            .updates
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, sql.clone());
+        sql
+    }
+
+    /// Builds the UPDATE for `update`'s shape (uncached).
+    #[doc(hidden)]
+    pub fn build_update_statement(update: &Update) -> String {
         // Placeholders in the order `update()` binds: dirty fields,
         // expires_at, remember, new id, id, now, version.
-        let schema = &self.inner.schema;
+        let schema = T::SCHEMA;
         let mut sql = format!("UPDATE {} SET ", quote::<B>(schema.table));
         let mut params = Params::<B>::new();
         for index in update.dirty.iter() {
@@ -454,12 +466,6 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
             let _ = write!(sql, " AND {} = ", quote::<B>("version"));
             params.push(&mut sql, None);
         }
-        let sql: Arc<str> = sql.into();
-        self.inner
-            .updates
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, sql.clone());
         sql
     }
 }
