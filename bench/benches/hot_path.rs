@@ -10,8 +10,8 @@ use std::hint::black_box;
 
 use axum::{Router, body::Body, routing::get};
 use axum_typed_session::{
-    DirtyFields, Key, MemoryStore, PgStore, Session, SessionConfig, SessionData, SessionLayer, SessionToken,
-    SqliteStore, Update, __bench::SessionCookie, value::Value,
+    __bench::SessionCookie, DirtyFields, Key, MemoryStore, PgStore, Session, SessionConfig,
+    SessionData, SessionLayer, SessionToken, SqliteStore, Update, value::Value,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request, header::COOKIE};
@@ -34,7 +34,9 @@ fn tokens(c: &mut Criterion) {
     let encoded = token.encode();
     c.bench_function("token/generate", |b| b.iter(SessionToken::generate));
     c.bench_function("token/sha256_id", |b| b.iter(|| black_box(&token).id()));
-    c.bench_function("token/parse", |b| b.iter(|| SessionToken::parse(black_box(&encoded))));
+    c.bench_function("token/parse", |b| {
+        b.iter(|| SessionToken::parse(black_box(&encoded)))
+    });
 }
 
 fn cookie_header(value: &str) -> HeaderMap {
@@ -48,18 +50,36 @@ fn cookies(c: &mut Criterion) {
     let token = SessionToken::generate();
     for (name, config) in [
         ("plain", SessionConfig::default()),
-        ("signed", SessionConfig::default().with_signed_key(Key::generate())),
-        ("private", SessionConfig::default().with_private_key(Key::generate())),
+        (
+            "signed",
+            SessionConfig::default().with_signed_key(Key::generate()),
+        ),
+        (
+            "private",
+            SessionConfig::default().with_private_key(Key::generate()),
+        ),
     ] {
         let cookie = SessionCookie::new(config);
         let set = cookie.set(&token, Some(std::time::Duration::from_secs(3600)));
         let value = set
             .iter()
-            .find_map(|(_, v)| v.to_str().ok()?.split(';').next()?.strip_prefix("session=").map(str::to_owned))
+            .find_map(|(_, v)| {
+                v.to_str()
+                    .ok()?
+                    .split(';')
+                    .next()?
+                    .strip_prefix("session=")
+                    .map(str::to_owned)
+            })
             .unwrap();
         let headers = cookie_header(&value);
         c.bench_function(&format!("cookie/{name}/set"), |b| {
-            b.iter(|| cookie.set(black_box(&token), Some(std::time::Duration::from_secs(3600))))
+            b.iter(|| {
+                cookie.set(
+                    black_box(&token),
+                    Some(std::time::Duration::from_secs(3600)),
+                )
+            })
         });
         c.bench_function(&format!("cookie/{name}/parse_and_verify"), |b| {
             b.iter(|| cookie.read(black_box(&headers)))
@@ -78,7 +98,11 @@ fn rows(c: &mut Criterion) {
         ]
     };
     c.bench_function("row/decode_into_struct", |b| {
-        b.iter_batched(row, |values| Cart::decode_columns(&mut values.into_iter()).unwrap(), criterion::BatchSize::SmallInput)
+        b.iter_batched(
+            row,
+            |values| Cart::decode_columns(&mut values.into_iter()).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
     });
     let cart = Cart::decode_columns(&mut row().into_iter()).unwrap();
     c.bench_function("row/encode_all_columns", |b| {
@@ -108,26 +132,37 @@ fn rows(c: &mut Criterion) {
     });
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let store = runtime.block_on(async {
-        let pool = sqlx::sqlite::SqlitePoolOptions::new().connect("sqlite::memory:").await.unwrap();
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
         SqliteStore::<Cart>::new(pool)
     });
     store.update_statement(&update);
-    c.bench_function("update_sql/cached", |b| b.iter(|| store.update_statement(black_box(&update))));
+    c.bench_function("update_sql/cached", |b| {
+        b.iter(|| store.update_statement(black_box(&update)))
+    });
 }
 
 fn requests(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let routes = || {
-        Router::new()
-            .route("/untouched", get(|| async { "ok" }))
-    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let routes = || Router::new().route("/untouched", get(|| async { "ok" }));
     let bare = routes().route("/read", get(|| async { "0" }));
     let store = MemoryStore::<Cart>::new();
     let config = SessionConfig::default().with_purge_interval(None);
     let layered = runtime.block_on(async {
         routes()
-            .route("/read", get(|cart: Session<Cart>| async move { cart.count().to_string() }))
-            .route("/write", get(|cart: Session<Cart>| async move { cart.update_count(|c| *c += 1) }))
+            .route(
+                "/read",
+                get(|cart: Session<Cart>| async move { cart.count().to_string() }),
+            )
+            .route(
+                "/write",
+                get(|cart: Session<Cart>| async move { cart.update_count(|c| *c += 1) }),
+            )
             .layer(SessionLayer::new(store, config))
     });
     let cookie = runtime.block_on(async {
@@ -136,7 +171,13 @@ fn requests(c: &mut Criterion) {
             .oneshot(Request::get("/write").body(Body::empty()).unwrap())
             .await
             .unwrap();
-        let set = response.headers().get(http::header::SET_COOKIE).unwrap().to_str().unwrap().to_owned();
+        let set = response
+            .headers()
+            .get(http::header::SET_COOKIE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
         set.split(';').next().unwrap().to_owned()
     });
     let send = |app: &Router, path: &'static str, cookie: Option<&str>| {
@@ -149,11 +190,15 @@ fn requests(c: &mut Criterion) {
         async move { app.oneshot(request).await.unwrap() }
     };
     let mut group = c.benchmark_group("request");
-    group.bench_function("bare/untouched", |b| b.iter(|| runtime.block_on(send(&bare, "/untouched", Some(&cookie)))));
+    group.bench_function("bare/untouched", |b| {
+        b.iter(|| runtime.block_on(send(&bare, "/untouched", Some(&cookie))))
+    });
     group.bench_function("layer/untouched", |b| {
         b.iter(|| runtime.block_on(send(&layered, "/untouched", Some(&cookie))))
     });
-    group.bench_function("bare/read", |b| b.iter(|| runtime.block_on(send(&bare, "/read", Some(&cookie)))));
+    group.bench_function("bare/read", |b| {
+        b.iter(|| runtime.block_on(send(&bare, "/read", Some(&cookie))))
+    });
     group.bench_function("layer/read_memory", |b| {
         b.iter(|| runtime.block_on(send(&layered, "/read", Some(&cookie))))
     });

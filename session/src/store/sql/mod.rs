@@ -11,11 +11,15 @@ use std::{
     fmt::Write as _,
     future::Future,
     marker::PhantomData,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use chrono::{DateTime, Utc};
 use sqlx::{Database, Pool};
+use tokio::sync::oneshot;
 
 use super::{Record, SessionStore, Update};
 use crate::{
@@ -104,6 +108,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
         sql: Arc<str>,
         args: Arguments<Self>,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+    /// Runs statements in one transaction (one commit), returning the rows
+    /// each affected; any failure rolls all of them back.
+    fn execute_batch<'a>(
+        pool: &'a Pool<Self::Database>,
+        statements: Vec<(Arc<str>, Arguments<Self>)>,
+    ) -> impl Future<Output = Result<Vec<u64>, sqlx::Error>> + Send + 'a;
     /// Runs a query that returns at most one row.
     fn fetch_optional<'a>(
         pool: &'a Pool<Self::Database>,
@@ -131,6 +141,12 @@ impl<B: Backend, T> Clone for SqlStore<B, T> {
 
 struct Inner<B: Backend> {
     pool: Pool<B::Database>,
+    /// Writes waiting for the next group commit, and whether a committer runs.
+    writes: Mutex<WriteQueue<B>>,
+    group_commit: bool,
+    /// Writes and commits so far, for [`SqlStore::write_stats`].
+    written: AtomicU64,
+    commits: AtomicU64,
     load: Arc<str>,
     insert: Arc<str>,
     delete: Arc<str>,
@@ -139,6 +155,21 @@ struct Inner<B: Backend> {
     /// handful per app, each built once and then prepared once per connection.
     updates: RwLock<HashMap<UpdateShape, Arc<str>>>,
 }
+
+/// A write waiting for a group commit.
+struct Write<B: Backend> {
+    sql: Arc<str>,
+    args: Arguments<B>,
+    done: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+struct WriteQueue<B: Backend> {
+    waiting: Vec<Write<B>>,
+    committing: bool,
+}
+
+/// Most writes one commit takes; more wait for the next.
+const MAX_GROUP: usize = 256;
 
 /// What an UPDATE statement depends on: the dirty fields, and whether it
 /// checks the version, moves the id, and sets `remember`.
@@ -221,6 +252,13 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         Self {
             inner: Arc::new(Inner {
                 pool,
+                writes: Mutex::new(WriteQueue {
+                    waiting: Vec::new(),
+                    committing: false,
+                }),
+                group_commit: true,
+                written: AtomicU64::new(0),
+                commits: AtomicU64::new(0),
                 load: load.into(),
                 insert: insert.into(),
                 delete: delete.into(),
@@ -229,6 +267,50 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
             }),
             _data: PhantomData,
         }
+    }
+
+    /// Whether concurrent writes (INSERTs and UPDATEs of any sessions) are
+    /// grouped into one transaction — one commit, one log flush — instead of
+    /// one each (default `true`). Each write keeps its own statement and its
+    /// own compare-and-swap result, and a request is answered only after the
+    /// commit that holds its write. Call it before cloning the store.
+    pub fn with_group_commit(mut self, enabled: bool) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.group_commit = enabled;
+        }
+        self
+    }
+
+    /// How many writes (INSERTs and UPDATEs) this store made, and in how
+    /// many commits: with group commit under concurrent load, fewer commits.
+    pub fn write_stats(&self) -> (u64, u64) {
+        (
+            self.inner.written.load(Ordering::Relaxed),
+            self.inner.commits.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Runs a write, grouped with the writes of concurrent requests.
+    async fn write(&self, sql: Arc<str>, args: Arguments<B>) -> Result<u64, StoreError> {
+        self.inner.written.fetch_add(1, Ordering::Relaxed);
+        if !self.inner.group_commit {
+            self.inner.commits.fetch_add(1, Ordering::Relaxed);
+            return Ok(B::execute(&self.inner.pool, sql, args).await?);
+        }
+        let (done, result) = oneshot::channel();
+        let start_committer = {
+            let mut queue = self.inner.writes.lock().unwrap_or_else(|p| p.into_inner());
+            queue.waiting.push(Write { sql, args, done });
+            !std::mem::replace(&mut queue.committing, true)
+        };
+        if start_committer {
+            // Its own task: a request that is cancelled (client gone) must
+            // not take the commit of everybody else's writes with it.
+            tokio::spawn(commit_groups(self.inner.clone()));
+        }
+        result
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?
     }
 
     /// The connection pool.
@@ -470,6 +552,53 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     }
 }
 
+/// Commits waiting writes, a group at a time, until none is left. While a
+/// group commits, the next one gathers: under load, groups grow by
+/// themselves; alone, a write is committed at once.
+async fn commit_groups<B: Backend>(inner: Arc<Inner<B>>) {
+    loop {
+        let group: Vec<Write<B>> = {
+            let mut queue = inner.writes.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.waiting.is_empty() {
+                queue.committing = false;
+                return;
+            }
+            let take = queue.waiting.len().min(MAX_GROUP);
+            queue.waiting.drain(..take).collect()
+        };
+        inner.commits.fetch_add(1, Ordering::Relaxed);
+        if group.len() == 1 {
+            let Write { sql, args, done } = group.into_iter().next().expect("one write");
+            let _ = done.send(
+                B::execute(&inner.pool, sql, args)
+                    .await
+                    .map_err(StoreError::from),
+            );
+            continue;
+        }
+        let (statements, waiting): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|write| ((write.sql, write.args), write.done))
+            .unzip();
+        match B::execute_batch(&inner.pool, statements).await {
+            Ok(affected) => {
+                for (done, rows) in waiting.into_iter().zip(affected) {
+                    let _ = done.send(Ok(rows));
+                }
+            }
+            Err(error) => {
+                // Rolled back as a whole: nobody's write is in, everybody hears so.
+                let message = error.to_string();
+                for done in waiting {
+                    let _ = done.send(Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                        "group commit failed: {message}"
+                    )))));
+                }
+            }
+        }
+    }
+}
+
 /// A column of an existing table, as the database describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FoundColumn {
@@ -548,7 +677,7 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         for index in 0..T::SCHEMA.columns.len() {
             bound(B::bind(&mut args, record.data.encode_column(index)?))?;
         }
-        B::execute(&self.inner.pool, self.inner.insert.clone(), args).await?;
+        self.write(self.inner.insert.clone(), args).await?;
         Ok(())
     }
 
@@ -570,7 +699,7 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         if let Some(version) = update.expected_version {
             bound(B::bind_i64(&mut args, version))?;
         }
-        Ok(B::execute(&self.inner.pool, sql, args).await? > 0)
+        Ok(self.write(sql, args).await? > 0)
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {

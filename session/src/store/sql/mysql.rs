@@ -228,6 +228,22 @@ impl Backend for MySql {
         Ok(result.rows_affected())
     }
 
+    async fn execute_batch(
+        pool: &Pool<sqlx::MySql>,
+        statements: Vec<(Arc<str>, MySqlArguments)>,
+    ) -> Result<Vec<u64>, sqlx::Error> {
+        let mut transaction = pool.begin().await?;
+        let mut affected = Vec::with_capacity(statements.len());
+        for (sql, args) in statements {
+            let result = sqlx::query_with(AssertSqlSafe(sql), args)
+                .execute(&mut *transaction)
+                .await?;
+            affected.push(result.rows_affected());
+        }
+        transaction.commit().await?;
+        Ok(affected)
+    }
+
     async fn fetch_optional(
         pool: &Pool<sqlx::MySql>,
         sql: Arc<str>,
