@@ -285,10 +285,27 @@ fn raw_sqlx(pool: RawPool) -> Router {
         .with_state(pool)
 }
 
+/// The server's runtime: one worker thread, so server and load generator
+/// each have one of the two cores instead of competing for both.
+static SERVER: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+
+fn server_runtime() -> &'static tokio::runtime::Runtime {
+    SERVER.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("server")
+            .enable_all()
+            .build()
+            .expect("server runtime")
+    })
+}
+
 async fn serve(app: Router) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
-    let task = tokio::spawn(async move {
+    let task = server_runtime().spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         let _ = axum::serve(listener, app).await;
     });
     Ok((address, task))
@@ -442,68 +459,52 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn measure(
-    client: &HttpClient,
-    app: Router,
-    target: String,
+/// A running server under test.
+struct Target {
+    name: String,
     db: Option<Db>,
     kind: &'static str,
+    address: SocketAddr,
+}
+
+/// One timed run of one route against one server; correctness failures
+/// are added to `failures`.
+async fn measure_once(
+    client: &HttpClient,
+    target: &Target,
+    route: Route,
     duration: Duration,
-    rows: &mut Vec<Row>,
     failures: &mut Vec<String>,
-) -> anyhow::Result<()> {
-    let (address, server) = serve(app).await?;
-    let check = kind != "bare";
-    for route in Route::ALL {
-        let mut users = prepare(client, address).await?;
-        // Warm connections and statement caches.
-        load(
-            client,
-            address,
-            route,
-            &mut users,
-            Duration::from_millis(300),
-            check,
-        )
-        .await;
-        let outcome = load(client, address, route, &mut users, duration, check).await;
-        let mut latencies = outcome.latencies_us;
-        latencies.sort_unstable();
-        let rps = latencies.len() as f64 / duration.as_secs_f64();
-        if outcome.wrong > 0 {
-            failures.push(format!(
-                "{target} {route:?}: {} counter answers were not previous + 1",
-                outcome.wrong
-            ));
-        }
-        if check && route == Route::Counter {
-            let wrong = verify(client, address, &users).await?;
-            if wrong > 0 {
-                failures.push(format!(
-                    "{target}: {wrong} users' stored count differs from their increments"
-                ));
-            }
-        }
-        if outcome.errors > 0 {
-            failures.push(format!(
-                "{target} {route:?}: {} failed requests",
-                outcome.errors
-            ));
-        }
-        eprintln!("  {target:<28} {:<10} {rps:>9.0} req/s", route.path());
-        rows.push(Row {
-            route,
-            target: target.clone(),
-            db,
-            kind,
-            rps,
-            p50: percentile(&latencies, 0.5),
-            p99: percentile(&latencies, 0.99),
-            errors: outcome.errors,
-        });
+) -> anyhow::Result<(f64, Vec<u32>, u64)> {
+    let check = target.kind != "bare";
+    let address = target.address;
+    let mut users = prepare(client, address).await?;
+    // Warm connections and statement caches.
+    load(client, address, route, &mut users, Duration::from_millis(300), check).await;
+    let outcome = load(client, address, route, &mut users, duration, check).await;
+    let mut latencies = outcome.latencies_us;
+    latencies.sort_unstable();
+    let rps = latencies.len() as f64 / duration.as_secs_f64();
+    let name = &target.name;
+    if outcome.wrong > 0 {
+        failures.push(format!("{name} {route:?}: {} counter answers were not previous + 1", outcome.wrong));
     }
-    server.abort();
-    Ok(())
+    if check && route == Route::Counter {
+        let wrong = verify(client, address, &users).await?;
+        if wrong > 0 {
+            failures.push(format!("{name}: {wrong} users' stored count differs from their increments"));
+        }
+    }
+    if outcome.errors > 0 {
+        failures.push(format!("{name} {route:?}: {} failed requests", outcome.errors));
+    }
+    eprintln!("  {name:<28} {:<10} {rps:>9.0} req/s", route.path());
+    Ok((rps, latencies, outcome.errors))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 async fn connect(db: Db) -> anyhow::Result<RawPool> {
@@ -565,8 +566,15 @@ async fn session_app(pool: &RawPool) -> anyhow::Result<Router> {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The load generator on one thread; the server on its own (see `serve`).
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let seconds: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -575,64 +583,77 @@ async fn main() -> anyhow::Result<()> {
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(IN_FLIGHT)
         .build_http();
-    let mut rows = Vec::new();
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let mut failures = Vec::new();
 
-    eprintln!("loadbench: {USERS} users, {IN_FLIGHT} in flight, {seconds} s per scenario");
-    measure(
-        &client,
-        bare(),
-        "bare".into(),
-        None,
-        "bare",
-        duration,
-        &mut rows,
-        &mut failures,
-    )
-    .await?;
-    measure(
-        &client,
-        with_sessions(axum_typed_session::MemoryStore::<Visit>::new()),
-        "session/memory".into(),
-        None,
-        "session",
-        duration,
-        &mut rows,
-        &mut failures,
-    )
-    .await?;
+    eprintln!("loadbench: {USERS} users, {IN_FLIGHT} in flight, {rounds} rounds of {seconds} s per scenario");
+    let mut targets = Vec::new();
+    let start = |app: Router, name: String, db: Option<Db>, kind: &'static str| async move {
+        let (address, _server) = serve(app).await?;
+        Ok::<_, anyhow::Error>(Target { name, db, kind, address })
+    };
+    targets.push(start(bare(), "bare".into(), None, "bare").await?);
+    targets.push(
+        start(with_sessions(axum_typed_session::MemoryStore::<Visit>::new()), "session/memory".into(), None, "session")
+            .await?,
+    );
     for db in [Db::Sqlite, Db::Postgres, Db::MySql] {
-        let pool = match connect(db).await {
+        // Pools live on the server's runtime, like the app that uses them.
+        let pool = match server_runtime().spawn(connect(db)).await? {
             Ok(pool) => pool,
             Err(error) => {
                 eprintln!("SKIPPED {}: unreachable ({error})", db.name());
                 continue;
             }
         };
-        pool.reset().await?;
-        measure(
-            &client,
-            raw_sqlx(pool.clone()),
-            format!("raw sqlx/{}", db.name()),
-            Some(db),
-            "raw",
-            duration,
-            &mut rows,
-            &mut failures,
-        )
-        .await?;
-        let app = session_app(&pool).await?;
-        measure(
-            &client,
-            app,
-            format!("session/{}", db.name()),
-            Some(db),
-            "session",
-            duration,
-            &mut rows,
-            &mut failures,
-        )
-        .await?;
+        let session = {
+            let pool = pool.clone();
+            server_runtime()
+                .spawn(async move {
+                    pool.reset().await?;
+                    session_app(&pool).await
+                })
+                .await??
+        };
+        targets.push(start(raw_sqlx(pool), format!("raw sqlx/{}", db.name()), Some(db), "raw").await?);
+        targets.push(start(session, format!("session/{}", db.name()), Some(db), "session").await?);
+    }
+
+    // Rounds interleave every server, so slow drifts of the machine hit all
+    // of them alike; each figure is the median over the rounds.
+    let mut samples: Vec<Vec<(f64, u32, u32, u64)>> = vec![Vec::new(); targets.len() * Route::ALL.len()];
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        for (t, target) in targets.iter().enumerate() {
+            for (r, route) in Route::ALL.into_iter().enumerate() {
+                let (rps, latencies, errors) = measure_once(&client, target, route, duration, &mut failures).await?;
+                samples[t * Route::ALL.len() + r].push((
+                    rps,
+                    percentile(&latencies, 0.5),
+                    percentile(&latencies, 0.99),
+                    errors,
+                ));
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (t, target) in targets.iter().enumerate() {
+        for (r, route) in Route::ALL.into_iter().enumerate() {
+            let runs = &samples[t * Route::ALL.len() + r];
+            let mut rps: Vec<f64> = runs.iter().map(|s| s.0).collect();
+            let mut p50: Vec<f64> = runs.iter().map(|s| s.1 as f64).collect();
+            let mut p99: Vec<f64> = runs.iter().map(|s| s.2 as f64).collect();
+            rows.push(Row {
+                route,
+                target: target.name.clone(),
+                db: target.db,
+                kind: target.kind,
+                rps: median(&mut rps),
+                p50: median(&mut p50) as u32,
+                p99: median(&mut p99) as u32,
+                errors: runs.iter().map(|s| s.3).sum(),
+            });
+        }
     }
 
     println!("| route | server | req/s | p50 µs | p99 µs | × bare | × raw sqlx | p99 × raw |");
