@@ -480,23 +480,39 @@ async fn measure_once(
     let address = target.address;
     let mut users = prepare(client, address).await?;
     // Warm connections and statement caches.
-    load(client, address, route, &mut users, Duration::from_millis(300), check).await;
+    load(
+        client,
+        address,
+        route,
+        &mut users,
+        Duration::from_millis(300),
+        check,
+    )
+    .await;
     let outcome = load(client, address, route, &mut users, duration, check).await;
     let mut latencies = outcome.latencies_us;
     latencies.sort_unstable();
     let rps = latencies.len() as f64 / duration.as_secs_f64();
     let name = &target.name;
     if outcome.wrong > 0 {
-        failures.push(format!("{name} {route:?}: {} counter answers were not previous + 1", outcome.wrong));
+        failures.push(format!(
+            "{name} {route:?}: {} counter answers were not previous + 1",
+            outcome.wrong
+        ));
     }
     if check && route == Route::Counter {
         let wrong = verify(client, address, &users).await?;
         if wrong > 0 {
-            failures.push(format!("{name}: {wrong} users' stored count differs from their increments"));
+            failures.push(format!(
+                "{name}: {wrong} users' stored count differs from their increments"
+            ));
         }
     }
     if outcome.errors > 0 {
-        failures.push(format!("{name} {route:?}: {} failed requests", outcome.errors));
+        failures.push(format!(
+            "{name} {route:?}: {} failed requests",
+            outcome.errors
+        ));
     }
     eprintln!("  {name:<28} {:<10} {rps:>9.0} req/s", route.path());
     Ok((rps, latencies, outcome.errors))
@@ -583,19 +599,34 @@ async fn run() -> anyhow::Result<()> {
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(IN_FLIGHT)
         .build_http();
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let mut failures = Vec::new();
 
-    eprintln!("loadbench: {USERS} users, {IN_FLIGHT} in flight, {rounds} rounds of {seconds} s per scenario");
+    eprintln!(
+        "loadbench: {USERS} users, {IN_FLIGHT} in flight, {rounds} rounds of {seconds} s per scenario"
+    );
     let mut targets = Vec::new();
     let start = |app: Router, name: String, db: Option<Db>, kind: &'static str| async move {
         let (address, _server) = serve(app).await?;
-        Ok::<_, anyhow::Error>(Target { name, db, kind, address })
+        Ok::<_, anyhow::Error>(Target {
+            name,
+            db,
+            kind,
+            address,
+        })
     };
     targets.push(start(bare(), "bare".into(), None, "bare").await?);
     targets.push(
-        start(with_sessions(axum_typed_session::MemoryStore::<Visit>::new()), "session/memory".into(), None, "session")
-            .await?,
+        start(
+            with_sessions(axum_typed_session::MemoryStore::<Visit>::new()),
+            "session/memory".into(),
+            None,
+            "session",
+        )
+        .await?,
     );
     for db in [Db::Sqlite, Db::Postgres, Db::MySql] {
         // Pools live on the server's runtime, like the app that uses them.
@@ -615,18 +646,36 @@ async fn run() -> anyhow::Result<()> {
                 })
                 .await??
         };
-        targets.push(start(raw_sqlx(pool), format!("raw sqlx/{}", db.name()), Some(db), "raw").await?);
-        targets.push(start(session, format!("session/{}", db.name()), Some(db), "session").await?);
+        targets.push(
+            start(
+                raw_sqlx(pool),
+                format!("raw sqlx/{}", db.name()),
+                Some(db),
+                "raw",
+            )
+            .await?,
+        );
+        targets.push(
+            start(
+                session,
+                format!("session/{}", db.name()),
+                Some(db),
+                "session",
+            )
+            .await?,
+        );
     }
 
     // Rounds interleave every server, so slow drifts of the machine hit all
     // of them alike; each figure is the median over the rounds.
-    let mut samples: Vec<Vec<(f64, u32, u32, u64)>> = vec![Vec::new(); targets.len() * Route::ALL.len()];
+    let mut samples: Vec<Vec<(f64, u32, u32, u64)>> =
+        vec![Vec::new(); targets.len() * Route::ALL.len()];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         for (t, target) in targets.iter().enumerate() {
             for (r, route) in Route::ALL.into_iter().enumerate() {
-                let (rps, latencies, errors) = measure_once(&client, target, route, duration, &mut failures).await?;
+                let (rps, latencies, errors) =
+                    measure_once(&client, target, route, duration, &mut failures).await?;
                 samples[t * Route::ALL.len() + r].push((
                     rps,
                     percentile(&latencies, 0.5),
