@@ -29,7 +29,8 @@ use axum::{
     routing::get,
 };
 use axum_typed_session::{
-    MySqlStore, PgStore, Session, SessionConfig, SessionLayer, SessionStore, SqliteStore,
+    CachedStore, MySqlStore, PgStore, Session, SessionConfig, SessionLayer, SessionStore,
+    SqliteStore,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -553,31 +554,35 @@ async fn connect(db: Db) -> anyhow::Result<RawPool> {
     })
 }
 
-async fn session_app(pool: &RawPool) -> anyhow::Result<Router> {
+/// The session app on `pool`'s database (table emptied), optionally behind
+/// the single-instance cache.
+async fn session_app(pool: &RawPool, cache: bool) -> anyhow::Result<Router> {
+    fn build<S: SessionStore<Visit>>(store: S, cache: bool) -> Router {
+        if cache {
+            with_sessions(CachedStore::new(store, 100_000))
+        } else {
+            with_sessions(store)
+        }
+    }
+    let delete = "DELETE FROM bench_sessions";
     Ok(match pool {
         RawPool::Sqlite(pool) => {
             let store = SqliteStore::<Visit>::new(pool.clone());
             store.migrate().await?;
-            sqlx::query("DELETE FROM bench_sessions")
-                .execute(pool)
-                .await?;
-            with_sessions(store)
+            sqlx::query(delete).execute(pool).await?;
+            build(store, cache)
         }
         RawPool::Postgres(pool) => {
             let store = PgStore::<Visit>::new(pool.clone());
             store.migrate().await?;
-            sqlx::query("DELETE FROM bench_sessions")
-                .execute(pool)
-                .await?;
-            with_sessions(store)
+            sqlx::query(delete).execute(pool).await?;
+            build(store, cache)
         }
         RawPool::MySql(pool) => {
             let store = MySqlStore::<Visit>::new(pool.clone());
             store.migrate().await?;
-            sqlx::query("DELETE FROM bench_sessions")
-                .execute(pool)
-                .await?;
-            with_sessions(store)
+            sqlx::query(delete).execute(pool).await?;
+            build(store, cache)
         }
     })
 }
@@ -637,12 +642,14 @@ async fn run() -> anyhow::Result<()> {
                 continue;
             }
         };
-        let session = {
+        let (session, cached) = {
             let pool = pool.clone();
             server_runtime()
                 .spawn(async move {
                     pool.reset().await?;
-                    session_app(&pool).await
+                    let session = session_app(&pool, false).await?;
+                    let cached = session_app(&pool, true).await?;
+                    Ok::<_, anyhow::Error>((session, cached))
                 })
                 .await??
         };
@@ -659,6 +666,15 @@ async fn run() -> anyhow::Result<()> {
             start(
                 session,
                 format!("session/{}", db.name()),
+                Some(db),
+                "session",
+            )
+            .await?,
+        );
+        targets.push(
+            start(
+                cached,
+                format!("session+cache/{}", db.name()),
                 Some(db),
                 "session",
             )

@@ -67,7 +67,7 @@ pub use data::{ColumnSource, DecodeError, DirtyFields, EncodeError, SessionData}
 pub use error::{SessionError, StoreError};
 pub use extract::Session;
 pub use layer::{MAX_CONFLICT_BACKOFF, MAX_WRITE_ATTEMPTS, SessionLayer, SessionService};
-pub use store::{Record, SessionStore, Update, memory::MemoryStore};
+pub use store::{Record, SessionStore, Update, cached::CachedStore, memory::MemoryStore};
 pub use token::{SessionId, SessionToken};
 
 /// A session store on SQLite.

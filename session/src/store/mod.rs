@@ -10,6 +10,7 @@ use crate::{
     token::SessionId,
 };
 
+pub mod cached;
 pub mod memory;
 #[cfg(feature = "_sql")]
 pub mod sql;

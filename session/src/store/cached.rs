@@ -1,0 +1,180 @@
+//! An opt-in in-process cache in front of any store, for single-instance
+//! deployments.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use chrono::{DateTime, Utc};
+
+use super::{Record, SessionStore, Update};
+use crate::{data::SessionData, error::StoreError, token::SessionId};
+
+/// Keeps the typed sessions this process loaded or wrote, so a read of a
+/// cached session costs no round trip.
+///
+/// **Single instance only.** The cache sees this process's writes, not
+/// another instance's: with two app instances on one database, an instance
+/// would serve a session as it last saw it. Leave it off (the default) in
+/// that case. Within one instance it stays exact: every write goes to the
+/// store first and reaches the cache only once the store confirmed it, and a
+/// compare-and-swap that finds a newer version evicts the entry, so the retry
+/// reloads from the store.
+///
+/// ```
+/// use axum_typed_session::{MemoryStore, Session, SessionConfig, SessionLayer, store::cached::CachedStore};
+///
+/// #[derive(Session, Default)]
+/// struct Visit {
+///     count: i64,
+/// }
+///
+/// # let store = MemoryStore::<Visit>::new();
+/// // e.g. a SqliteStore::<Visit>::connect(..).await? on a single server
+/// let cached = CachedStore::new(store, 100_000);
+/// let layer = SessionLayer::new(cached, SessionConfig::default());
+/// ```
+pub struct CachedStore<S, T> {
+    inner: S,
+    cache: Arc<RwLock<HashMap<SessionId, Record<T>>>>,
+    capacity: usize,
+}
+
+impl<S: Clone, T> Clone for CachedStore<S, T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            cache: self.cache.clone(),
+            capacity: self.capacity,
+        }
+    }
+}
+
+impl<S: SessionStore<T>, T: SessionData> CachedStore<S, T> {
+    /// A cache of at most `capacity` sessions in front of `inner`. When it is
+    /// full, expired entries go first, then an arbitrary half.
+    pub fn new(inner: S, capacity: usize) -> Self {
+        Self {
+            inner,
+            cache: Arc::new(RwLock::new(HashMap::new())),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The store behind the cache.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// How many sessions are cached.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SessionId, Record<T>>> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SessionId, Record<T>>> {
+        self.cache.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, record: Record<T>) {
+        let mut cache = self.write();
+        if cache.len() >= self.capacity && !cache.contains_key(&record.id) {
+            let now = Utc::now();
+            cache.retain(|_, cached| cached.expires_at > now);
+            if cache.len() >= self.capacity {
+                let keep = self.capacity / 2;
+                let mut kept = 0;
+                cache.retain(|_, _| {
+                    kept += 1;
+                    kept <= keep
+                });
+            }
+        }
+        cache.insert(record.id, record);
+    }
+
+    fn forget(&self, id: &SessionId) {
+        self.write().remove(id);
+    }
+}
+
+impl<S: SessionStore<T>, T: SessionData> SessionStore<T> for CachedStore<S, T> {
+    async fn load(
+        &self,
+        id: &SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        if let Some(cached) = self.read().get(id).filter(|cached| cached.expires_at > now) {
+            return Ok(Some(cached.duplicate()));
+        }
+        let loaded = self.inner.load(id, now).await?;
+        match &loaded {
+            Some(record) => self.remember(record.duplicate()),
+            None => self.forget(id),
+        }
+        Ok(loaded)
+    }
+
+    async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
+        self.inner.insert(record).await?;
+        self.remember(record.duplicate());
+        Ok(())
+    }
+
+    async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
+        let written = match self.inner.update(id, data, update).await {
+            Ok(written) => written,
+            Err(error) => {
+                // The write may or may not have landed: trust only the store.
+                self.forget(id);
+                return Err(error);
+            }
+        };
+        if !written {
+            self.forget(id);
+            return Ok(false);
+        }
+        // Apply the write to the cached copy only when the cache knows the
+        // row's version after it: a compare-and-swap from the cached version,
+        // or a touch. Otherwise (a last-writer-wins set, or another request
+        // of this process got in between) the entry is dropped and the next
+        // read reloads it: never a cached value the store does not have.
+        let mut cache = self.write();
+        let Some(mut record) = cache.remove(id) else {
+            return Ok(true);
+        };
+        let exact = update.is_touch() || update.expected_version == Some(record.version);
+        if exact {
+            data.copy_fields(&mut record.data, update.dirty);
+            if !update.is_touch() {
+                record.version += 1;
+            }
+            record.expires_at = update.expires_at;
+            if let Some(remember) = update.remember {
+                record.remember = remember;
+            }
+            record.id = update.new_id.unwrap_or(*id);
+            cache.insert(record.id, record);
+        }
+        Ok(true)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        self.forget(id);
+        self.inner.delete(id).await
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write().retain(|_, cached| cached.expires_at > now);
+        self.inner.purge_expired(now).await
+    }
+}
