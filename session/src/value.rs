@@ -107,6 +107,27 @@ pub enum Value<'a> {
 }
 
 impl Value<'_> {
+    /// The same value, owning its text and bytes.
+    pub fn into_owned(self) -> Value<'static> {
+        match self {
+            Value::Null(ty) => Value::Null(ty),
+            Value::Bool(v) => Value::Bool(v),
+            Value::I16(v) => Value::I16(v),
+            Value::I32(v) => Value::I32(v),
+            Value::I64(v) => Value::I64(v),
+            Value::U64(v) => Value::U64(v),
+            Value::F32(v) => Value::F32(v),
+            Value::F64(v) => Value::F64(v),
+            Value::Text(v) => Value::Text(Cow::Owned(v.into_owned())),
+            Value::Bytes(v) => Value::Bytes(Cow::Owned(v.into_owned())),
+            Value::Json(v) => Value::Json(Cow::Owned(v.into_owned())),
+            Value::Timestamp(v) => Value::Timestamp(v),
+            Value::DateTime(v) => Value::DateTime(v),
+            Value::Date(v) => Value::Date(v),
+            Value::Uuid(v) => Value::Uuid(v),
+        }
+    }
+
     /// The SQL type this value belongs to.
     pub fn sql_type(&self) -> SqlType {
         match self {

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::{Record, SessionStore, Update};
 use crate::{
-    data::SessionData,
+    data::{DirtyFields, SessionData},
     error::StoreError,
     schema::{LIBRARY_COLUMNS, Schema},
     token::SessionId,
@@ -108,12 +108,24 @@ pub trait Backend: Send + Sync + Sized + 'static {
         sql: Arc<str>,
         args: Arguments<Self>,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
-    /// Runs statements in one transaction (one commit), returning the rows
-    /// each affected; any failure rolls all of them back.
+    /// Runs statements in one transaction (one commit; a single statement
+    /// runs on its own), returning what each did; any failure rolls all of
+    /// them back.
     fn execute_batch<'a>(
         pool: &'a Pool<Self::Database>,
-        statements: Vec<(Arc<str>, Arguments<Self>)>,
-    ) -> impl Future<Output = Result<Vec<u64>, sqlx::Error>> + Send + 'a;
+        items: Vec<BatchItem<Self>>,
+    ) -> impl Future<Output = Result<Vec<BatchResult>, sqlx::Error>> + Send + 'a;
+
+    /// Whether the dialect has `UPDATE … FROM … RETURNING`, so that a group
+    /// of UPDATEs of one shape can be one statement.
+    const MERGED_UPDATES: bool;
+    /// Appends a cast of a parameter to a column type, where the dialect
+    /// needs it to type a `VALUES` list.
+    fn push_cast(sql: &mut String, ddl_type: &str) {
+        let _ = (sql, ddl_type);
+    }
+    /// Appends `RETURNING <the id column of table>`.
+    fn push_returning_id(sql: &mut String, table: &str);
     /// Runs a query that returns at most one row.
     fn fetch_optional<'a>(
         pool: &'a Pool<Self::Database>,
@@ -154,13 +166,51 @@ struct Inner<B: Backend> {
     /// UPDATE statements by (dirty fields, compare-and-swap, renew): a
     /// handful per app, each built once and then prepared once per connection.
     updates: RwLock<HashMap<UpdateShape, Arc<str>>>,
+    /// Merged UPDATEs by (dirty fields, rows).
+    merged: RwLock<HashMap<(u64, usize), Arc<str>>>,
+    schema: Schema,
+}
+
+/// One statement of a group commit.
+pub struct BatchItem<B: Backend> {
+    /// The statement.
+    pub sql: Arc<str>,
+    /// Its parameters.
+    pub args: Arguments<B>,
+    /// Whether it returns the ids it updated instead of a row count.
+    pub returns_ids: bool,
+}
+
+/// What one statement of a group commit did.
+#[derive(Debug)]
+pub enum BatchResult {
+    /// Rows affected.
+    Affected(u64),
+    /// Ids updated (`RETURNING id`).
+    Ids(Vec<SessionId>),
 }
 
 /// A write waiting for a group commit.
 struct Write<B: Backend> {
-    sql: Arc<str>,
-    args: Arguments<B>,
+    work: Work<B>,
     done: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+enum Work<B: Backend> {
+    /// Any statement, run as it is.
+    Statement { sql: Arc<str>, args: Arguments<B> },
+    /// An UPDATE that shares one statement with the group's others of its shape.
+    Merged(MergedRow),
+}
+
+/// One row of a merged UPDATE: a plain UPDATE (no renew, no remember change).
+struct MergedRow {
+    dirty: DirtyFields,
+    id: SessionId,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    expected_version: Option<i64>,
+    values: Vec<Value<'static>>,
 }
 
 struct WriteQueue<B: Backend> {
@@ -264,6 +314,8 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
                 delete: delete.into(),
                 purge: B::purge_statement(&table).into(),
                 updates: RwLock::new(HashMap::new()),
+                merged: RwLock::new(HashMap::new()),
+                schema,
             }),
             _data: PhantomData,
         }
@@ -292,15 +344,21 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
 
     /// Runs a write, grouped with the writes of concurrent requests.
     async fn write(&self, sql: Arc<str>, args: Arguments<B>) -> Result<u64, StoreError> {
-        self.inner.written.fetch_add(1, Ordering::Relaxed);
         if !self.inner.group_commit {
+            self.inner.written.fetch_add(1, Ordering::Relaxed);
             self.inner.commits.fetch_add(1, Ordering::Relaxed);
             return Ok(B::execute(&self.inner.pool, sql, args).await?);
         }
+        self.submit(Work::Statement { sql, args }).await
+    }
+
+    /// Queues a write for the next group commit and waits for that commit.
+    async fn submit(&self, work: Work<B>) -> Result<u64, StoreError> {
+        self.inner.written.fetch_add(1, Ordering::Relaxed);
         let (done, result) = oneshot::channel();
         let start_committer = {
             let mut queue = self.inner.writes.lock().unwrap_or_else(|p| p.into_inner());
-            queue.waiting.push(Write { sql, args, done });
+            queue.waiting.push(Write { work, done });
             !std::mem::replace(&mut queue.committing, true)
         };
         if start_committer {
@@ -567,22 +625,23 @@ async fn commit_groups<B: Backend>(inner: Arc<Inner<B>>) {
             queue.waiting.drain(..take).collect()
         };
         inner.commits.fetch_add(1, Ordering::Relaxed);
-        if group.len() == 1 {
-            let Write { sql, args, done } = group.into_iter().next().expect("one write");
-            let _ = done.send(
-                B::execute(&inner.pool, sql, args)
-                    .await
-                    .map_err(StoreError::from),
-            );
-            continue;
-        }
-        let (statements, waiting): (Vec<_>, Vec<_>) = group
-            .into_iter()
-            .map(|write| ((write.sql, write.args), write.done))
-            .unzip();
-        match B::execute_batch(&inner.pool, statements).await {
-            Ok(affected) => {
-                for (done, rows) in waiting.into_iter().zip(affected) {
+        let (items, readings, waiting) = match plan_group(&inner, group) {
+            Ok(plan) => plan,
+            Err(failed) => {
+                for (done, error) in failed {
+                    let _ = done.send(Err(error));
+                }
+                continue;
+            }
+        };
+        match B::execute_batch(&inner.pool, items).await {
+            Ok(results) => {
+                for (done, reading) in waiting.into_iter().zip(readings) {
+                    let rows = match (&results[reading.item], reading.id) {
+                        (BatchResult::Affected(rows), _) => *rows,
+                        (BatchResult::Ids(ids), Some(id)) => u64::from(ids.contains(&id)),
+                        (BatchResult::Ids(_), None) => 0,
+                    };
                     let _ = done.send(Ok(rows));
                 }
             }
@@ -597,6 +656,158 @@ async fn commit_groups<B: Backend>(inner: Arc<Inner<B>>) {
             }
         }
     }
+}
+
+/// How a write learns its result from its group's statements.
+struct Reading {
+    item: usize,
+    /// For a merged UPDATE: the id to look for among the returned ones.
+    id: Option<SessionId>,
+}
+
+type Plan<B> = (Vec<BatchItem<B>>, Vec<Reading>, Vec<oneshot::Sender<Result<u64, StoreError>>>);
+
+/// Turns a group of writes into statements: plain ones as they are, merged
+/// UPDATEs one statement per shape — split so that no id appears twice in
+/// one statement, which keeps each row's compare-and-swap exact.
+fn plan_group<B: Backend>(
+    inner: &Inner<B>,
+    group: Vec<Write<B>>,
+) -> Result<Plan<B>, Vec<(oneshot::Sender<Result<u64, StoreError>>, StoreError)>> {
+    let mut items = Vec::new();
+    let mut readings = Vec::with_capacity(group.len());
+    let mut waiting = Vec::with_capacity(group.len());
+    let mut merged: Vec<(u64, Vec<Vec<(usize, MergedRow)>>)> = Vec::new();
+    for (position, write) in group.into_iter().enumerate() {
+        waiting.push(write.done);
+        match write.work {
+            Work::Statement { sql, args } => {
+                readings.push(Reading { item: items.len(), id: None });
+                items.push(BatchItem { sql, args, returns_ids: false });
+            }
+            Work::Merged(row) => {
+                readings.push(Reading { item: usize::MAX, id: Some(row.id) });
+                let shape = row.dirty.bits();
+                let per_statement = max_merged_rows(row.values.len());
+                let chunks = match merged.iter_mut().find(|(bits, _)| *bits == shape) {
+                    Some((_, chunks)) => chunks,
+                    None => {
+                        merged.push((shape, Vec::new()));
+                        &mut merged.last_mut().expect("just pushed").1
+                    }
+                };
+                let fits = |chunk: &&mut Vec<(usize, MergedRow)>| {
+                    chunk.len() < per_statement && chunk.iter().all(|(_, other)| other.id != row.id)
+                };
+                match chunks.iter_mut().find(fits) {
+                    Some(chunk) => chunk.push((position, row)),
+                    None => chunks.push(vec![(position, row)]),
+                }
+            }
+        }
+    }
+    for (_, chunks) in merged {
+        for chunk in chunks {
+            let dirty = chunk[0].1.dirty;
+            let sql = merged_update(inner, dirty, chunk.len());
+            let mut args = Arguments::<B>::default();
+            let mut failed = None;
+            for (_, row) in &chunk {
+                if let Err(error) = bind_merged_row::<B>(&mut args, row) {
+                    failed = Some(error);
+                }
+            }
+            if let Some(error) = failed {
+                let message = error.to_string();
+                return Err(waiting
+                    .into_iter()
+                    .map(|done| {
+                        (done, StoreError::Database(sqlx::Error::Protocol(format!("binding a group failed: {message}"))))
+                    })
+                    .collect());
+            }
+            for (position, _) in &chunk {
+                readings[*position].item = items.len();
+            }
+            items.push(BatchItem { sql, args, returns_ids: true });
+        }
+    }
+    Ok((items, readings, waiting))
+}
+
+/// Rows per merged statement, under every backend's parameter limit
+/// (SQLite: 32766, PostgreSQL: 65535).
+fn max_merged_rows(fields: usize) -> usize {
+    (30_000 / (4 + fields)).clamp(1, MAX_GROUP)
+}
+
+fn bind_merged_row<B: Backend>(args: &mut Arguments<B>, row: &MergedRow) -> Result<(), sqlx::error::BoxDynError> {
+    B::bind_id(args, &row.id)?;
+    B::bind_time(args, row.expires_at)?;
+    B::bind_time(args, row.now)?;
+    match row.expected_version {
+        Some(version) => B::bind_i64(args, version)?,
+        None => B::bind(args, Value::Null(SqlType::I64))?,
+    }
+    for value in &row.values {
+        B::bind(args, value.clone())?;
+    }
+    Ok(())
+}
+
+/// `WITH v(...) AS (VALUES (...), ...) UPDATE t SET ... FROM v WHERE ...
+/// RETURNING id`: many sessions' UPDATEs of one shape in one statement, each
+/// row with its own expiry check and compare-and-swap.
+fn merged_update<B: Backend>(inner: &Inner<B>, dirty: DirtyFields, rows: usize) -> Arc<str> {
+    let key = (dirty.bits(), rows);
+    if let Some(sql) = inner.merged.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return sql.clone();
+    }
+    let schema = inner.schema;
+    let table = quote::<B>(schema.table);
+    // The VALUES columns get names no field can have (fields are `c<index>`).
+    let mut names = vec![quote::<B>("__id"), quote::<B>("__expires_at"), quote::<B>("__now"), quote::<B>("__expected")];
+    let mut types = vec![B::ID_TYPE, B::TIME_TYPE, B::TIME_TYPE, "BIGINT"];
+    for index in dirty.iter() {
+        names.push(quote::<B>(&format!("c{index}")));
+        types.push(B::column_type(schema.column(index).sql_type));
+    }
+    let mut sql = format!("WITH v({}) AS (VALUES ", names.join(", "));
+    let mut params = Params::<B>::new();
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for (position, ty) in types.iter().enumerate() {
+            if position > 0 {
+                sql.push_str(", ");
+            }
+            params.push(&mut sql, None);
+            B::push_cast(&mut sql, ty);
+        }
+        sql.push(')');
+    }
+    let _ = write!(sql, ") UPDATE {table} SET ");
+    for index in dirty.iter() {
+        let _ = write!(sql, "{} = v.{}, ", quote::<B>(schema.column(index).name), quote::<B>(&format!("c{index}")));
+    }
+    if !dirty.is_empty() {
+        let _ = write!(sql, "{v} = {v} + 1, ", v = quote::<B>("version"));
+    }
+    let _ = write!(
+        sql,
+        "{e} = v.{ne} FROM v WHERE {table}.{id} = v.{nid} AND {table}.{e} > v.{now} \
+         AND (v.{expected} IS NULL OR {table}.{version} = v.{expected}) ",
+        e = quote::<B>("expires_at"),
+        ne = quote::<B>("__expires_at"),
+        id = quote::<B>("id"),
+        nid = quote::<B>("__id"),
+        now = quote::<B>("__now"),
+        expected = quote::<B>("__expected"),
+        version = quote::<B>("version"),
+    );
+    B::push_returning_id(&mut sql, &table);
+    let sql: Arc<str> = sql.into();
+    inner.merged.write().unwrap_or_else(|p| p.into_inner()).insert(key, sql.clone());
+    sql
 }
 
 /// A column of an existing table, as the database describes it.
@@ -682,6 +893,21 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
     }
 
     async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
+        if B::MERGED_UPDATES && self.inner.group_commit && update.new_id.is_none() && update.remember.is_none() {
+            let mut values = Vec::with_capacity(T::SCHEMA.columns.len());
+            for index in update.dirty.iter() {
+                values.push(data.encode_column(index)?.into_owned());
+            }
+            let row = MergedRow {
+                dirty: update.dirty,
+                id: *id,
+                expires_at: update.expires_at,
+                now: update.now,
+                expected_version: update.expected_version,
+                values,
+            };
+            return Ok(self.submit(Work::Merged(row)).await? > 0);
+        }
         let sql = self.update_statement(&update);
         let mut args = Arguments::<B>::default();
         for index in update.dirty.iter() {

@@ -13,7 +13,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{Backend, FoundColumn, SqlStore};
+use super::{Backend, BatchItem, BatchResult, FoundColumn, SqlStore};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -230,18 +230,26 @@ impl Backend for MySql {
 
     async fn execute_batch(
         pool: &Pool<sqlx::MySql>,
-        statements: Vec<(Arc<str>, MySqlArguments)>,
-    ) -> Result<Vec<u64>, sqlx::Error> {
+        mut items: Vec<BatchItem<Self>>,
+    ) -> Result<Vec<BatchResult>, sqlx::Error> {
+        if items.len() == 1 {
+            let item = items.pop().expect("one statement");
+            return Ok(vec![run(pool, item).await?]);
+        }
         let mut transaction = pool.begin().await?;
-        let mut affected = Vec::with_capacity(statements.len());
-        for (sql, args) in statements {
-            let result = sqlx::query_with(AssertSqlSafe(sql), args)
-                .execute(&mut *transaction)
-                .await?;
-            affected.push(result.rows_affected());
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            results.push(run(&mut *transaction, item).await?);
         }
         transaction.commit().await?;
-        Ok(affected)
+        Ok(results)
+    }
+
+    const MERGED_UPDATES: bool = false;
+
+    fn push_returning_id(sql: &mut String, _table: &str) {
+        // Never called: MySQL and MariaDB have no UPDATE … RETURNING.
+        let _ = sql;
     }
 
     async fn fetch_optional(
@@ -253,4 +261,26 @@ impl Backend for MySql {
             .fetch_optional(pool)
             .await
     }
+}
+
+/// Runs one statement of a group commit on a pool or in a transaction.
+async fn run<'e, E>(executor: E, item: BatchItem<MySql>) -> Result<BatchResult, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::MySql>,
+{
+    let query = sqlx::query_with(AssertSqlSafe(item.sql), item.args);
+    if !item.returns_ids {
+        return Ok(BatchResult::Affected(query.execute(executor).await?.rows_affected()));
+    }
+    let rows = query.fetch_all(executor).await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let bytes: Vec<u8> = row.try_get(0)?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
+            index: "0".into(),
+            source: "a session id is 32 bytes".into(),
+        })?;
+        ids.push(SessionId::from_bytes(bytes));
+    }
+    Ok(BatchResult::Ids(ids))
 }

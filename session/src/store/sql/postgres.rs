@@ -13,7 +13,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{Backend, FoundColumn, SqlStore};
+use super::{Backend, BatchItem, BatchResult, FoundColumn, SqlStore};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -237,18 +237,32 @@ impl Backend for Postgres {
 
     async fn execute_batch(
         pool: &Pool<sqlx::Postgres>,
-        statements: Vec<(Arc<str>, PgArguments)>,
-    ) -> Result<Vec<u64>, sqlx::Error> {
+        mut items: Vec<BatchItem<Self>>,
+    ) -> Result<Vec<BatchResult>, sqlx::Error> {
+        if items.len() == 1 {
+            let item = items.pop().expect("one statement");
+            return Ok(vec![run(pool, item).await?]);
+        }
         let mut transaction = pool.begin().await?;
-        let mut affected = Vec::with_capacity(statements.len());
-        for (sql, args) in statements {
-            let result = sqlx::query_with(AssertSqlSafe(sql), args)
-                .execute(&mut *transaction)
-                .await?;
-            affected.push(result.rows_affected());
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            results.push(run(&mut *transaction, item).await?);
         }
         transaction.commit().await?;
-        Ok(affected)
+        Ok(results)
+    }
+
+    const MERGED_UPDATES: bool = true;
+
+    fn push_cast(sql: &mut String, ddl_type: &str) {
+        // A VALUES list has no column types of its own: say them.
+        sql.push_str("::");
+        sql.push_str(ddl_type);
+    }
+    fn push_returning_id(sql: &mut String, table: &str) {
+        sql.push_str("RETURNING ");
+        sql.push_str(table);
+        sql.push_str(".\"id\"");
     }
 
     async fn fetch_optional(
@@ -278,4 +292,26 @@ fn bind_null(args: &mut PgArguments, ty: SqlType) -> Result<(), BoxDynError> {
         SqlType::Date => args.add(None::<NaiveDate>),
         SqlType::Uuid => args.add(None::<Uuid>),
     }
+}
+
+/// Runs one statement of a group commit on a pool or in a transaction.
+async fn run<'e, E>(executor: E, item: BatchItem<Postgres>) -> Result<BatchResult, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    let query = sqlx::query_with(AssertSqlSafe(item.sql), item.args);
+    if !item.returns_ids {
+        return Ok(BatchResult::Affected(query.execute(executor).await?.rows_affected()));
+    }
+    let rows = query.fetch_all(executor).await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let bytes: Vec<u8> = row.try_get(0)?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
+            index: "0".into(),
+            source: "a session id is 32 bytes".into(),
+        })?;
+        ids.push(SessionId::from_bytes(bytes));
+    }
+    Ok(BatchResult::Ids(ids))
 }
