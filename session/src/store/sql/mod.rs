@@ -2,7 +2,8 @@
 //! column per field.
 //!
 //! [`SqlStore`] holds what is common: the statements (built once per struct,
-//! UPDATEs once per set of dirty columns), the write protocol and `migrate()`.
+//! UPDATEs once per set of dirty columns), the write protocol with its group
+//! commit, and `migrate()`.
 //! Each [`Backend`] module holds all of one dialect's differences: quoting,
 //! placeholders, column types, binding and decoding.
 
@@ -193,7 +194,7 @@ pub enum BatchResult {
 /// A write waiting for a group commit.
 struct Write<B: Backend> {
     work: Work<B>,
-    done: oneshot::Sender<Result<u64, StoreError>>,
+    done: Done,
 }
 
 enum Work<B: Backend> {
@@ -323,8 +324,10 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
 
     /// Whether concurrent writes (INSERTs and UPDATEs of any sessions) are
     /// grouped into one transaction — one commit, one log flush — instead of
-    /// one each (default `true`). Each write keeps its own statement and its
-    /// own compare-and-swap result, and a request is answered only after the
+    /// one each (default `true`). On PostgreSQL and SQLite the group's
+    /// UPDATEs of one shape are also one statement (`UPDATE … FROM (VALUES
+    /// …) … RETURNING id`). Each write keeps its own expiry check and
+    /// compare-and-swap result, and a request is answered only after the
     /// commit that holds its write. Call it before cloning the store.
     pub fn with_group_commit(mut self, enabled: bool) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
@@ -627,9 +630,11 @@ async fn commit_groups<B: Backend>(inner: Arc<Inner<B>>) {
         inner.commits.fetch_add(1, Ordering::Relaxed);
         let (items, readings, waiting) = match plan_group(&inner, group) {
             Ok(plan) => plan,
-            Err(failed) => {
-                for (done, error) in failed {
-                    let _ = done.send(Err(error));
+            Err((waiting, message)) => {
+                for done in waiting {
+                    let _ = done.send(Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                        "binding a group commit failed: {message}"
+                    )))));
                 }
                 continue;
             }
@@ -665,7 +670,14 @@ struct Reading {
     id: Option<SessionId>,
 }
 
-type Plan<B> = (Vec<BatchItem<B>>, Vec<Reading>, Vec<oneshot::Sender<Result<u64, StoreError>>>);
+/// Where a write's result goes.
+type Done = oneshot::Sender<Result<u64, StoreError>>;
+
+/// The statements of a group, how each write reads its result, and where it goes.
+type Plan<B> = (Vec<BatchItem<B>>, Vec<Reading>, Vec<Done>);
+
+/// Merged rows of one shape, split into statements.
+type Chunks = Vec<Vec<(usize, MergedRow)>>;
 
 /// Turns a group of writes into statements: plain ones as they are, merged
 /// UPDATEs one statement per shape — split so that no id appears twice in
@@ -673,20 +685,30 @@ type Plan<B> = (Vec<BatchItem<B>>, Vec<Reading>, Vec<oneshot::Sender<Result<u64,
 fn plan_group<B: Backend>(
     inner: &Inner<B>,
     group: Vec<Write<B>>,
-) -> Result<Plan<B>, Vec<(oneshot::Sender<Result<u64, StoreError>>, StoreError)>> {
+) -> Result<Plan<B>, (Vec<Done>, String)> {
     let mut items = Vec::new();
     let mut readings = Vec::with_capacity(group.len());
     let mut waiting = Vec::with_capacity(group.len());
-    let mut merged: Vec<(u64, Vec<Vec<(usize, MergedRow)>>)> = Vec::new();
+    let mut merged: Vec<(u64, Chunks)> = Vec::new();
     for (position, write) in group.into_iter().enumerate() {
         waiting.push(write.done);
         match write.work {
             Work::Statement { sql, args } => {
-                readings.push(Reading { item: items.len(), id: None });
-                items.push(BatchItem { sql, args, returns_ids: false });
+                readings.push(Reading {
+                    item: items.len(),
+                    id: None,
+                });
+                items.push(BatchItem {
+                    sql,
+                    args,
+                    returns_ids: false,
+                });
             }
             Work::Merged(row) => {
-                readings.push(Reading { item: usize::MAX, id: Some(row.id) });
+                readings.push(Reading {
+                    item: usize::MAX,
+                    id: Some(row.id),
+                });
                 let shape = row.dirty.bits();
                 let per_statement = max_merged_rows(row.values.len());
                 let chunks = match merged.iter_mut().find(|(bits, _)| *bits == shape) {
@@ -718,18 +740,16 @@ fn plan_group<B: Backend>(
                 }
             }
             if let Some(error) = failed {
-                let message = error.to_string();
-                return Err(waiting
-                    .into_iter()
-                    .map(|done| {
-                        (done, StoreError::Database(sqlx::Error::Protocol(format!("binding a group failed: {message}"))))
-                    })
-                    .collect());
+                return Err((waiting, error.to_string()));
             }
             for (position, _) in &chunk {
                 readings[*position].item = items.len();
             }
-            items.push(BatchItem { sql, args, returns_ids: true });
+            items.push(BatchItem {
+                sql,
+                args,
+                returns_ids: true,
+            });
         }
     }
     Ok((items, readings, waiting))
@@ -741,7 +761,10 @@ fn max_merged_rows(fields: usize) -> usize {
     (30_000 / (4 + fields)).clamp(1, MAX_GROUP)
 }
 
-fn bind_merged_row<B: Backend>(args: &mut Arguments<B>, row: &MergedRow) -> Result<(), sqlx::error::BoxDynError> {
+fn bind_merged_row<B: Backend>(
+    args: &mut Arguments<B>,
+    row: &MergedRow,
+) -> Result<(), sqlx::error::BoxDynError> {
     B::bind_id(args, &row.id)?;
     B::bind_time(args, row.expires_at)?;
     B::bind_time(args, row.now)?;
@@ -760,13 +783,23 @@ fn bind_merged_row<B: Backend>(args: &mut Arguments<B>, row: &MergedRow) -> Resu
 /// row with its own expiry check and compare-and-swap.
 fn merged_update<B: Backend>(inner: &Inner<B>, dirty: DirtyFields, rows: usize) -> Arc<str> {
     let key = (dirty.bits(), rows);
-    if let Some(sql) = inner.merged.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+    if let Some(sql) = inner
+        .merged
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+    {
         return sql.clone();
     }
     let schema = inner.schema;
     let table = quote::<B>(schema.table);
     // The VALUES columns get names no field can have (fields are `c<index>`).
-    let mut names = vec![quote::<B>("__id"), quote::<B>("__expires_at"), quote::<B>("__now"), quote::<B>("__expected")];
+    let mut names = vec![
+        quote::<B>("__id"),
+        quote::<B>("__expires_at"),
+        quote::<B>("__now"),
+        quote::<B>("__expected"),
+    ];
     let mut types = vec![B::ID_TYPE, B::TIME_TYPE, B::TIME_TYPE, "BIGINT"];
     for index in dirty.iter() {
         names.push(quote::<B>(&format!("c{index}")));
@@ -787,7 +820,12 @@ fn merged_update<B: Backend>(inner: &Inner<B>, dirty: DirtyFields, rows: usize) 
     }
     let _ = write!(sql, ") UPDATE {table} SET ");
     for index in dirty.iter() {
-        let _ = write!(sql, "{} = v.{}, ", quote::<B>(schema.column(index).name), quote::<B>(&format!("c{index}")));
+        let _ = write!(
+            sql,
+            "{} = v.{}, ",
+            quote::<B>(schema.column(index).name),
+            quote::<B>(&format!("c{index}"))
+        );
     }
     if !dirty.is_empty() {
         let _ = write!(sql, "{v} = {v} + 1, ", v = quote::<B>("version"));
@@ -806,7 +844,11 @@ fn merged_update<B: Backend>(inner: &Inner<B>, dirty: DirtyFields, rows: usize) 
     );
     B::push_returning_id(&mut sql, &table);
     let sql: Arc<str> = sql.into();
-    inner.merged.write().unwrap_or_else(|p| p.into_inner()).insert(key, sql.clone());
+    inner
+        .merged
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, sql.clone());
     sql
 }
 
@@ -893,7 +935,11 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
     }
 
     async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
-        if B::MERGED_UPDATES && self.inner.group_commit && update.new_id.is_none() && update.remember.is_none() {
+        if B::MERGED_UPDATES
+            && self.inner.group_commit
+            && update.new_id.is_none()
+            && update.remember.is_none()
+        {
             let mut values = Vec::with_capacity(T::SCHEMA.columns.len());
             for index in update.dirty.iter() {
                 values.push(data.encode_column(index)?.into_owned());

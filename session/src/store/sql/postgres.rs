@@ -301,7 +301,9 @@ where
 {
     let query = sqlx::query_with(AssertSqlSafe(item.sql), item.args);
     if !item.returns_ids {
-        return Ok(BatchResult::Affected(query.execute(executor).await?.rows_affected()));
+        return Ok(BatchResult::Affected(
+            query.execute(executor).await?.rows_affected(),
+        ));
     }
     let rows = query.fetch_all(executor).await?;
     let mut ids = Vec::with_capacity(rows.len());
