@@ -154,14 +154,7 @@ impl<S: SessionStore<T>, T: SessionData> SessionStore<T> for CachedStore<S, T> {
         };
         let exact = update.is_touch() || update.expected_version == Some(record.version);
         if exact {
-            data.copy_fields(&mut record.data, update.dirty);
-            if !update.is_touch() {
-                record.version += 1;
-            }
-            record.expires_at = update.expires_at;
-            if let Some(remember) = update.remember {
-                record.remember = remember;
-            }
+            record.apply(data, &update);
             record.id = update.new_id.unwrap_or(*id);
             cache.insert(record.id, record);
         }

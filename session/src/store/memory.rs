@@ -114,14 +114,7 @@ impl<T: SessionData> SessionStore<T> for MemoryStore<T> {
         if !live || !current {
             return Ok(false);
         }
-        data.copy_fields(&mut record.data, update.dirty);
-        if !update.is_touch() {
-            record.version += 1;
-        }
-        record.expires_at = update.expires_at;
-        if let Some(remember) = update.remember {
-            record.remember = remember;
-        }
+        record.apply(data, &update);
         if let Some(new_id) = update.new_id
             && let Some(mut moved) = shard.remove(id)
         {

@@ -33,6 +33,19 @@ pub struct Record<T> {
 }
 
 impl<T: SessionData> Record<T> {
+    /// Applies a successful [`Update`] of `data` to this copy of the row
+    /// (stores that keep records in memory); the id is left to the caller.
+    pub fn apply(&mut self, data: &T, update: &Update) {
+        data.copy_fields(&mut self.data, update.dirty);
+        if !update.is_touch() {
+            self.version += 1;
+        }
+        self.expires_at = update.expires_at;
+        if let Some(remember) = update.remember {
+            self.remember = remember;
+        }
+    }
+
     /// A field-by-field copy (session structs need not be `Clone`).
     pub fn duplicate(&self) -> Self {
         Self {

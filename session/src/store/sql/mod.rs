@@ -31,6 +31,77 @@ use crate::{
     value::{SqlType, Value},
 };
 
+/// The [`Backend`] methods that only run statements: the same for every
+/// dialect, but each names its own sqlx types (sqlx has no trait for
+/// `rows_affected`, and generic executor bounds would have to be repeated at
+/// every caller). Expanded inside each backend's `impl Backend`.
+macro_rules! sqlx_execution {
+    ($backend:ty, $db:ty, $arguments:ty, $row:ty) => {
+        async fn execute(
+            pool: &sqlx::Pool<$db>,
+            sql: std::sync::Arc<str>,
+            args: $arguments,
+        ) -> Result<u64, sqlx::Error> {
+            let result = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                .execute(pool)
+                .await?;
+            Ok(result.rows_affected())
+        }
+
+        async fn execute_batch(
+            pool: &sqlx::Pool<$db>,
+            mut items: Vec<super::BatchItem<$backend>>,
+        ) -> Result<Vec<super::BatchResult>, sqlx::Error> {
+            /// One statement, on the pool or in the group's transaction.
+            async fn run<'e, E: sqlx::Executor<'e, Database = $db>>(
+                executor: E,
+                item: super::BatchItem<$backend>,
+            ) -> Result<super::BatchResult, sqlx::Error> {
+                use sqlx::Row as _;
+                let query = sqlx::query_with(sqlx::AssertSqlSafe(item.sql), item.args);
+                if !item.returns_ids {
+                    return Ok(super::BatchResult::Affected(
+                        query.execute(executor).await?.rows_affected(),
+                    ));
+                }
+                let mut ids = Vec::new();
+                for row in query.fetch_all(executor).await? {
+                    let bytes: Vec<u8> = row.try_get(0)?;
+                    let bytes: [u8; 32] =
+                        bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
+                            index: "0".into(),
+                            source: "a session id is 32 bytes".into(),
+                        })?;
+                    ids.push($crate::token::SessionId::from_bytes(bytes));
+                }
+                Ok(super::BatchResult::Ids(ids))
+            }
+
+            if items.len() == 1 {
+                let item = items.pop().expect("one statement");
+                return Ok(vec![run(pool, item).await?]);
+            }
+            let mut transaction = pool.begin().await?;
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                results.push(run(&mut *transaction, item).await?);
+            }
+            transaction.commit().await?;
+            Ok(results)
+        }
+
+        async fn fetch_optional(
+            pool: &sqlx::Pool<$db>,
+            sql: std::sync::Arc<str>,
+            args: $arguments,
+        ) -> Result<Option<$row>, sqlx::Error> {
+            sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                .fetch_optional(pool)
+                .await
+        }
+    };
+}
+
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]

@@ -3,17 +3,17 @@
 //! Library timestamps are `DATETIME(6)` in UTC (sqlx binds `DateTime<Utc>` as
 //! its UTC wall time), so the connection's time zone never matters.
 
-use std::{borrow::Cow, sync::Arc};
+use std::borrow::Cow;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use sqlx::{
-    Arguments as _, AssertSqlSafe, Pool, Row as _,
+    Arguments as _, Pool, Row as _,
     error::BoxDynError,
     mysql::{MySqlArguments, MySqlPoolOptions, MySqlRow},
 };
 use uuid::Uuid;
 
-use super::{Backend, BatchItem, BatchResult, FoundColumn, SqlStore};
+use super::{Backend, FoundColumn, SqlStore};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -217,33 +217,7 @@ impl Backend for MySql {
         row.try_get(index)
     }
 
-    async fn execute(
-        pool: &Pool<sqlx::MySql>,
-        sql: Arc<str>,
-        args: MySqlArguments,
-    ) -> Result<u64, sqlx::Error> {
-        let result = sqlx::query_with(AssertSqlSafe(sql), args)
-            .execute(pool)
-            .await?;
-        Ok(result.rows_affected())
-    }
-
-    async fn execute_batch(
-        pool: &Pool<sqlx::MySql>,
-        mut items: Vec<BatchItem<Self>>,
-    ) -> Result<Vec<BatchResult>, sqlx::Error> {
-        if items.len() == 1 {
-            let item = items.pop().expect("one statement");
-            return Ok(vec![run(pool, item).await?]);
-        }
-        let mut transaction = pool.begin().await?;
-        let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            results.push(run(&mut *transaction, item).await?);
-        }
-        transaction.commit().await?;
-        Ok(results)
-    }
+    sqlx_execution!(MySql, sqlx::MySql, MySqlArguments, MySqlRow);
 
     const MERGED_UPDATES: bool = false;
 
@@ -251,38 +225,4 @@ impl Backend for MySql {
         // Never called: MySQL and MariaDB have no UPDATE … RETURNING.
         let _ = sql;
     }
-
-    async fn fetch_optional(
-        pool: &Pool<sqlx::MySql>,
-        sql: Arc<str>,
-        args: MySqlArguments,
-    ) -> Result<Option<MySqlRow>, sqlx::Error> {
-        sqlx::query_with(AssertSqlSafe(sql), args)
-            .fetch_optional(pool)
-            .await
-    }
-}
-
-/// Runs one statement of a group commit on a pool or in a transaction.
-async fn run<'e, E>(executor: E, item: BatchItem<MySql>) -> Result<BatchResult, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::MySql>,
-{
-    let query = sqlx::query_with(AssertSqlSafe(item.sql), item.args);
-    if !item.returns_ids {
-        return Ok(BatchResult::Affected(
-            query.execute(executor).await?.rows_affected(),
-        ));
-    }
-    let rows = query.fetch_all(executor).await?;
-    let mut ids = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let bytes: Vec<u8> = row.try_get(0)?;
-        let bytes: [u8; 32] = bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
-            index: "0".into(),
-            source: "a session id is 32 bytes".into(),
-        })?;
-        ids.push(SessionId::from_bytes(bytes));
-    }
-    Ok(BatchResult::Ids(ids))
 }

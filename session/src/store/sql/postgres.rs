@@ -3,17 +3,17 @@
 //! JSON fields are `JSONB` columns: written as text with a `::jsonb` cast and
 //! read back with `::text`, so serde (not the driver) owns the format.
 
-use std::{borrow::Cow, sync::Arc};
+use std::borrow::Cow;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use sqlx::{
-    Arguments as _, AssertSqlSafe, Pool, Row as _,
+    Arguments as _, Pool, Row as _,
     error::BoxDynError,
     postgres::{PgArguments, PgPoolOptions, PgRow},
 };
 use uuid::Uuid;
 
-use super::{Backend, BatchItem, BatchResult, FoundColumn, SqlStore};
+use super::{Backend, FoundColumn, SqlStore};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -224,33 +224,7 @@ impl Backend for Postgres {
         row.try_get(index)
     }
 
-    async fn execute(
-        pool: &Pool<sqlx::Postgres>,
-        sql: Arc<str>,
-        args: PgArguments,
-    ) -> Result<u64, sqlx::Error> {
-        let result = sqlx::query_with(AssertSqlSafe(sql), args)
-            .execute(pool)
-            .await?;
-        Ok(result.rows_affected())
-    }
-
-    async fn execute_batch(
-        pool: &Pool<sqlx::Postgres>,
-        mut items: Vec<BatchItem<Self>>,
-    ) -> Result<Vec<BatchResult>, sqlx::Error> {
-        if items.len() == 1 {
-            let item = items.pop().expect("one statement");
-            return Ok(vec![run(pool, item).await?]);
-        }
-        let mut transaction = pool.begin().await?;
-        let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            results.push(run(&mut *transaction, item).await?);
-        }
-        transaction.commit().await?;
-        Ok(results)
-    }
+    sqlx_execution!(Postgres, sqlx::Postgres, PgArguments, PgRow);
 
     const MERGED_UPDATES: bool = true;
 
@@ -263,16 +237,6 @@ impl Backend for Postgres {
         sql.push_str("RETURNING ");
         sql.push_str(table);
         sql.push_str(".\"id\"");
-    }
-
-    async fn fetch_optional(
-        pool: &Pool<sqlx::Postgres>,
-        sql: Arc<str>,
-        args: PgArguments,
-    ) -> Result<Option<PgRow>, sqlx::Error> {
-        sqlx::query_with(AssertSqlSafe(sql), args)
-            .fetch_optional(pool)
-            .await
     }
 }
 
@@ -292,28 +256,4 @@ fn bind_null(args: &mut PgArguments, ty: SqlType) -> Result<(), BoxDynError> {
         SqlType::Date => args.add(None::<NaiveDate>),
         SqlType::Uuid => args.add(None::<Uuid>),
     }
-}
-
-/// Runs one statement of a group commit on a pool or in a transaction.
-async fn run<'e, E>(executor: E, item: BatchItem<Postgres>) -> Result<BatchResult, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
-{
-    let query = sqlx::query_with(AssertSqlSafe(item.sql), item.args);
-    if !item.returns_ids {
-        return Ok(BatchResult::Affected(
-            query.execute(executor).await?.rows_affected(),
-        ));
-    }
-    let rows = query.fetch_all(executor).await?;
-    let mut ids = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let bytes: Vec<u8> = row.try_get(0)?;
-        let bytes: [u8; 32] = bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
-            index: "0".into(),
-            source: "a session id is 32 bytes".into(),
-        })?;
-        ids.push(SessionId::from_bytes(bytes));
-    }
-    Ok(BatchResult::Ids(ids))
 }

@@ -3,11 +3,11 @@
 //! Library timestamps are `INTEGER` milliseconds since the Unix epoch, so
 //! expiry comparisons are integer comparisons on the index.
 
-use std::{borrow::Cow, str::FromStr, sync::Arc, time::Duration};
+use std::{borrow::Cow, str::FromStr, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::{
-    Arguments as _, AssertSqlSafe, Pool, Row as _,
+    Arguments as _, Pool, Row as _,
     error::BoxDynError,
     sqlite::{
         SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
@@ -15,7 +15,7 @@ use sqlx::{
     },
 };
 
-use super::{Backend, BatchItem, BatchResult, FoundColumn, SqlStore};
+use super::{Backend, FoundColumn, SqlStore};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -230,33 +230,7 @@ impl Backend for Sqlite {
         row.try_get(index)
     }
 
-    async fn execute(
-        pool: &Pool<sqlx::Sqlite>,
-        sql: Arc<str>,
-        args: SqliteArguments,
-    ) -> Result<u64, sqlx::Error> {
-        let result = sqlx::query_with(AssertSqlSafe(sql), args)
-            .execute(pool)
-            .await?;
-        Ok(result.rows_affected())
-    }
-
-    async fn execute_batch(
-        pool: &Pool<sqlx::Sqlite>,
-        mut items: Vec<BatchItem<Self>>,
-    ) -> Result<Vec<BatchResult>, sqlx::Error> {
-        if items.len() == 1 {
-            let item = items.pop().expect("one statement");
-            return Ok(vec![run(pool, item).await?]);
-        }
-        let mut transaction = pool.begin().await?;
-        let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            results.push(run(&mut *transaction, item).await?);
-        }
-        transaction.commit().await?;
-        Ok(results)
-    }
+    sqlx_execution!(Sqlite, sqlx::Sqlite, SqliteArguments, SqliteRow);
 
     const MERGED_UPDATES: bool = true;
 
@@ -264,38 +238,4 @@ impl Backend for Sqlite {
         // SQLite's RETURNING names the updated table's columns unqualified.
         sql.push_str("RETURNING \"id\"");
     }
-
-    async fn fetch_optional(
-        pool: &Pool<sqlx::Sqlite>,
-        sql: Arc<str>,
-        args: SqliteArguments,
-    ) -> Result<Option<SqliteRow>, sqlx::Error> {
-        sqlx::query_with(AssertSqlSafe(sql), args)
-            .fetch_optional(pool)
-            .await
-    }
-}
-
-/// Runs one statement of a group commit on a pool or in a transaction.
-async fn run<'e, E>(executor: E, item: BatchItem<Sqlite>) -> Result<BatchResult, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
-{
-    let query = sqlx::query_with(AssertSqlSafe(item.sql), item.args);
-    if !item.returns_ids {
-        return Ok(BatchResult::Affected(
-            query.execute(executor).await?.rows_affected(),
-        ));
-    }
-    let rows = query.fetch_all(executor).await?;
-    let mut ids = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let bytes: Vec<u8> = row.try_get(0)?;
-        let bytes: [u8; 32] = bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
-            index: "0".into(),
-            source: "a session id is 32 bytes".into(),
-        })?;
-        ids.push(SessionId::from_bytes(bytes));
-    }
-    Ok(BatchResult::Ids(ids))
 }
