@@ -36,7 +36,7 @@ use crate::{
 /// `rows_affected`, and generic executor bounds would have to be repeated at
 /// every caller). Expanded inside each backend's `impl Backend`.
 macro_rules! sqlx_execution {
-    ($backend:ty, $db:ty, $arguments:ty, $row:ty) => {
+    ($backend:ty, $db:ty, $connection:ty, $arguments:ty, $row:ty) => {
         async fn execute(
             pool: &sqlx::Pool<$db>,
             sql: std::sync::Arc<str>,
@@ -52,39 +52,94 @@ macro_rules! sqlx_execution {
             pool: &sqlx::Pool<$db>,
             mut items: Vec<super::BatchItem<$backend>>,
         ) -> Result<Vec<super::BatchResult>, sqlx::Error> {
-            /// One statement, on the pool or in the group's transaction.
-            async fn run<'e, E: sqlx::Executor<'e, Database = $db>>(
-                executor: E,
+            fn session_id(
+                row: &$row,
+                index: usize,
+            ) -> Result<$crate::token::SessionId, sqlx::Error> {
+                use sqlx::Row as _;
+                let bytes: Vec<u8> = row.try_get(index)?;
+                let bytes: [u8; 32] = bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
+                    index: index.to_string(),
+                    source: "a session id is 32 bytes".into(),
+                })?;
+                Ok($crate::token::SessionId::from_bytes(bytes))
+            }
+
+            /// One step, on a pooled connection or in the group's transaction.
+            async fn run(
+                connection: &mut $connection,
                 item: super::BatchItem<$backend>,
             ) -> Result<super::BatchResult, sqlx::Error> {
                 use sqlx::Row as _;
-                let query = sqlx::query_with(sqlx::AssertSqlSafe(item.sql), item.args);
-                if !item.returns_ids {
-                    return Ok(super::BatchResult::Affected(
-                        query.execute(executor).await?.rows_affected(),
-                    ));
+                match item {
+                    super::BatchItem::Statement { sql, args } => {
+                        let result = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                            .execute(connection)
+                            .await?;
+                        Ok(super::BatchResult::Affected(result.rows_affected()))
+                    }
+                    super::BatchItem::Returning { sql, args } => {
+                        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                            .fetch_all(connection)
+                            .await?;
+                        let ids = rows
+                            .iter()
+                            .map(|row| session_id(row, 0))
+                            .collect::<Result<_, _>>()?;
+                        Ok(super::BatchResult::Ids(ids))
+                    }
+                    super::BatchItem::Locked(locked) => {
+                        let rows = sqlx::query_with(
+                            sqlx::AssertSqlSafe(locked.select),
+                            locked.select_args,
+                        )
+                        .fetch_all(&mut *connection)
+                        .await?;
+                        let mut current = std::collections::HashMap::with_capacity(rows.len());
+                        for row in &rows {
+                            let version: i64 = row.try_get(1)?;
+                            let expires_at = <$backend as super::Backend>::decode_time(row, 2)?;
+                            current.insert(session_id(row, 0)?, (version, expires_at));
+                        }
+                        let passed: Vec<usize> = locked
+                            .checks
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, (id, now, expected))| {
+                                current.get(id).is_some_and(|(version, expires_at)| {
+                                    expires_at > now
+                                        && expected.is_none_or(|expected| expected == *version)
+                                })
+                            })
+                            .map(|(position, _)| position)
+                            .collect();
+                        if !passed.is_empty() {
+                            let (sql, args) =
+                                (locked.update)(&passed).map_err(sqlx::Error::Encode)?;
+                            sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                                .execute(connection)
+                                .await?;
+                        }
+                        Ok(super::BatchResult::Ids(
+                            passed
+                                .iter()
+                                .map(|&position| locked.checks[position].0)
+                                .collect(),
+                        ))
+                    }
                 }
-                let mut ids = Vec::new();
-                for row in query.fetch_all(executor).await? {
-                    let bytes: Vec<u8> = row.try_get(0)?;
-                    let bytes: [u8; 32] =
-                        bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
-                            index: "0".into(),
-                            source: "a session id is 32 bytes".into(),
-                        })?;
-                    ids.push($crate::token::SessionId::from_bytes(bytes));
-                }
-                Ok(super::BatchResult::Ids(ids))
             }
 
-            if items.len() == 1 {
+            // A lone statement needs no transaction; a locked update does.
+            if items.len() == 1 && !matches!(items[0], super::BatchItem::Locked(_)) {
                 let item = items.pop().expect("one statement");
-                return Ok(vec![run(pool, item).await?]);
+                let mut connection = pool.acquire().await?;
+                return Ok(vec![run(&mut connection, item).await?]);
             }
             let mut transaction = pool.begin().await?;
             let mut results = Vec::with_capacity(items.len());
             for item in items {
-                results.push(run(&mut *transaction, item).await?);
+                results.push(run(&mut transaction, item).await?);
             }
             transaction.commit().await?;
             Ok(results)
@@ -243,14 +298,41 @@ struct Inner<B: Backend> {
     schema: Schema,
 }
 
-/// One statement of a group commit.
-pub struct BatchItem<B: Backend> {
-    /// The statement.
-    pub sql: Arc<str>,
-    /// Its parameters.
-    pub args: Arguments<B>,
-    /// Whether it returns the ids it updated instead of a row count.
-    pub returns_ids: bool,
+/// One step of a group commit.
+pub enum BatchItem<B: Backend> {
+    /// A statement; its result is the rows it affected.
+    Statement {
+        /// The statement.
+        sql: Arc<str>,
+        /// Its parameters.
+        args: Arguments<B>,
+    },
+    /// A merged `UPDATE … RETURNING id`; its result is the ids updated.
+    Returning {
+        /// The statement.
+        sql: Arc<str>,
+        /// Its parameters.
+        args: Arguments<B>,
+    },
+    /// For dialects without `UPDATE … RETURNING`: lock the rows, check each
+    /// row's expiry and version, and update those that pass in one statement.
+    Locked(LockedUpdate<B>),
+}
+
+/// A merged UPDATE done as `SELECT … FOR UPDATE`, then one UPDATE of the
+/// rows that pass their checks (always inside the group's transaction).
+pub struct LockedUpdate<B: Backend> {
+    /// `SELECT id, version, expires_at … FOR UPDATE` of the rows.
+    pub select: Arc<str>,
+    /// Its parameters (the ids).
+    pub select_args: Arguments<B>,
+    /// Each row's id, current time and expected version.
+    pub checks: Vec<(SessionId, DateTime<Utc>, Option<i64>)>,
+    /// Builds the UPDATE of the rows that passed, by their position in `checks`.
+    #[allow(clippy::type_complexity)]
+    pub update: Box<
+        dyn FnOnce(&[usize]) -> Result<(Arc<str>, Arguments<B>), sqlx::error::BoxDynError> + Send,
+    >,
 }
 
 /// What one statement of a group commit did.
@@ -769,11 +851,7 @@ fn plan_group<B: Backend>(
                     item: items.len(),
                     id: None,
                 });
-                items.push(BatchItem {
-                    sql,
-                    args,
-                    returns_ids: false,
-                });
+                items.push(BatchItem::Statement { sql, args });
             }
             Work::Merged(row) => {
                 readings.push(Reading {
@@ -801,29 +879,121 @@ fn plan_group<B: Backend>(
     }
     for (_, chunks) in merged {
         for chunk in chunks {
-            let dirty = chunk[0].1.dirty;
-            let sql = merged_update(inner, dirty, chunk.len());
-            let mut args = Arguments::<B>::default();
-            let mut failed = None;
-            for (_, row) in &chunk {
-                if let Err(error) = bind_merged_row::<B>(&mut args, row) {
-                    failed = Some(error);
-                }
-            }
-            if let Some(error) = failed {
-                return Err((waiting, error.to_string()));
-            }
             for (position, _) in &chunk {
                 readings[*position].item = items.len();
             }
-            items.push(BatchItem {
-                sql,
-                args,
-                returns_ids: true,
-            });
+            let rows: Vec<MergedRow> = chunk.into_iter().map(|(_, row)| row).collect();
+            let item = if B::MERGED_UPDATES {
+                let sql = merged_update(inner, rows[0].dirty, rows.len());
+                let mut args = Arguments::<B>::default();
+                for row in &rows {
+                    if let Err(error) = bind_merged_row::<B>(&mut args, row) {
+                        return Err((waiting, error.to_string()));
+                    }
+                }
+                BatchItem::Returning { sql, args }
+            } else {
+                match locked_update(inner.schema, rows) {
+                    Ok(locked) => BatchItem::Locked(locked),
+                    Err(error) => return Err((waiting, error.to_string())),
+                }
+            };
+            items.push(item);
         }
     }
     Ok((items, readings, waiting))
+}
+
+/// The lock-check-update form of a merged UPDATE (MySQL, MariaDB).
+fn locked_update<B: Backend>(
+    schema: Schema,
+    rows: Vec<MergedRow>,
+) -> Result<LockedUpdate<B>, sqlx::error::BoxDynError> {
+    let table = quote::<B>(schema.table);
+    let mut select = format!(
+        "SELECT {id}, {version}, {expires_at} FROM {table} WHERE {id} IN (",
+        id = quote::<B>("id"),
+        version = quote::<B>("version"),
+        expires_at = quote::<B>("expires_at"),
+    );
+    let mut params = Params::<B>::new();
+    let mut select_args = Arguments::<B>::default();
+    for (position, row) in rows.iter().enumerate() {
+        if position > 0 {
+            select.push_str(", ");
+        }
+        params.push(&mut select, None);
+        B::bind_id(&mut select_args, &row.id)?;
+    }
+    select.push_str(") FOR UPDATE");
+    let checks = rows
+        .iter()
+        .map(|row| (row.id, row.now, row.expected_version))
+        .collect();
+    let update = move |passed: &[usize]| {
+        let dirty = rows[0].dirty;
+        let mut columns = vec![quote::<B>("__id"), quote::<B>("__expires_at")];
+        columns.extend(dirty.iter().map(|index| quote::<B>(&format!("c{index}"))));
+        let mut sql = format!("UPDATE {table} JOIN (");
+        let mut params = Params::<B>::new();
+        let mut args = Arguments::<B>::default();
+        for (number, &position) in passed.iter().enumerate() {
+            sql.push_str(if number == 0 {
+                "SELECT "
+            } else {
+                " UNION ALL SELECT "
+            });
+            for (column, name) in columns.iter().enumerate() {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                params.push(&mut sql, None);
+                if number == 0 {
+                    let _ = write!(sql, " AS {name}");
+                }
+            }
+            let row = &rows[position];
+            B::bind_id(&mut args, &row.id)?;
+            B::bind_time(&mut args, row.expires_at)?;
+            for value in &row.values {
+                B::bind(&mut args, value.clone())?;
+            }
+        }
+        let _ = write!(
+            sql,
+            ") AS v ON {table}.{} = v.{} SET ",
+            quote::<B>("id"),
+            quote::<B>("__id")
+        );
+        for index in dirty.iter() {
+            let _ = write!(
+                sql,
+                "{table}.{} = v.{}, ",
+                quote::<B>(schema.column(index).name),
+                quote::<B>(&format!("c{index}"))
+            );
+        }
+        if !dirty.is_empty() {
+            let _ = write!(
+                sql,
+                "{table}.{v} = {table}.{v} + 1, ",
+                v = quote::<B>("version")
+            );
+        }
+        let _ = write!(
+            sql,
+            "{table}.{} = v.{}",
+            quote::<B>("expires_at"),
+            quote::<B>("__expires_at")
+        );
+        Ok((Arc::<str>::from(sql), args))
+    };
+    Ok(LockedUpdate {
+        select: select.into(),
+        select_args,
+        checks,
+        update: Box::new(update),
+    })
 }
 
 /// Rows per merged statement, under every backend's parameter limit
@@ -1006,11 +1176,7 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
     }
 
     async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
-        if B::MERGED_UPDATES
-            && self.inner.group_commit
-            && update.new_id.is_none()
-            && update.remember.is_none()
-        {
+        if self.inner.group_commit && update.new_id.is_none() && update.remember.is_none() {
             let mut values = Vec::with_capacity(T::SCHEMA.columns.len());
             for index in update.dirty.iter() {
                 values.push(data.encode_column(index)?.into_owned());

@@ -217,7 +217,13 @@ impl Backend for MySql {
         row.try_get(index)
     }
 
-    sqlx_execution!(MySql, sqlx::MySql, MySqlArguments, MySqlRow);
+    sqlx_execution!(
+        MySql,
+        sqlx::MySql,
+        sqlx::MySqlConnection,
+        MySqlArguments,
+        MySqlRow
+    );
 
     const MERGED_UPDATES: bool = false;
 

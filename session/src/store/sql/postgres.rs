@@ -224,7 +224,13 @@ impl Backend for Postgres {
         row.try_get(index)
     }
 
-    sqlx_execution!(Postgres, sqlx::Postgres, PgArguments, PgRow);
+    sqlx_execution!(
+        Postgres,
+        sqlx::Postgres,
+        sqlx::PgConnection,
+        PgArguments,
+        PgRow
+    );
 
     const MERGED_UPDATES: bool = true;
 

@@ -230,7 +230,13 @@ impl Backend for Sqlite {
         row.try_get(index)
     }
 
-    sqlx_execution!(Sqlite, sqlx::Sqlite, SqliteArguments, SqliteRow);
+    sqlx_execution!(
+        Sqlite,
+        sqlx::Sqlite,
+        sqlx::SqliteConnection,
+        SqliteArguments,
+        SqliteRow
+    );
 
     const MERGED_UPDATES: bool = true;
 
