@@ -490,9 +490,11 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
 
         let target = self.target_location(storable, Some(stored.location));
         if target != Some(stored.location) {
-            // Marked storable (or not) in this request: move the session.
-            self.delete_at(stored.location, &stored.id).await?;
+            // Marked storable (or not) in this request: move the session,
+            // writing the new copy before deleting the old one so that a
+            // failed write loses nothing.
             let Some(location) = target else {
+                self.delete_at(stored.location, &stored.id).await?;
                 return Ok(self.cookie.remove());
             };
             let token = new_token
@@ -509,6 +511,7 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
                 remember,
             };
             self.insert_at(location, &record).await?;
+            self.delete_at(stored.location, &stored.id).await?;
             return Ok(self.cookie(&token, now, expires_at, remember));
         }
 
