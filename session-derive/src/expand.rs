@@ -128,7 +128,7 @@ fn expand(container: &Container<'_>) -> TokenStream {
 
             #(#codecs)*
 
-            #[doc = concat!("Accessors of [`Session<", stringify!(#ident), ">`](::axum_typed_session::Session).")]
+            #[doc = concat!("Accessors of [`Session<", stringify!(#ident), ">`](struct@::axum_typed_session::Session).")]
             #vis struct #accessors(__private::Handle<#ident>);
 
             impl ::core::convert::From<__private::Handle<#ident>> for #accessors {

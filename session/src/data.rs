@@ -195,10 +195,10 @@ pub fn decode_field<F>(
 /// A struct that `#[derive(Session)]` turned into a session.
 ///
 /// Do not implement this by hand: the derive generates it, together with the
-/// accessors reached through [`Session<T>`](crate::Session).
+/// accessors reached through [`Session<T>`](struct@crate::Session).
 pub trait SessionData: Default + Send + Sync + Sized + 'static {
     /// The generated type that carries the getters, setters and
-    /// `update_<field>` methods; [`Session<T>`](crate::Session) derefs to it.
+    /// `update_<field>` methods; [`Session<T>`](struct@crate::Session) derefs to it.
     type Accessors: From<Handle<Self>> + AsRef<Handle<Self>> + Send + Sync + 'static;
 
     /// The table and its columns.

@@ -1,7 +1,7 @@
 //! Typed server-side sessions for [axum].
 //!
 //! A session is a plain struct. `#[derive(Session)]` turns it into a typed
-//! extractor, [`Session<T>`], with a getter, a setter and a read-modify-write
+//! extractor, [`Session<T>`](struct@Session), with a getter, a setter and a read-modify-write
 //! `update_<field>` per field, and into a real SQL table with one column per
 //! field for the sqlx stores.
 //!

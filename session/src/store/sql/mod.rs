@@ -166,7 +166,7 @@ pub mod sqlite;
 
 /// Rows deleted per statement by [`SqlStore::purge_expired`], so a large
 /// backlog never holds locks for long.
-pub(crate) const PURGE_BATCH: i64 = 1000;
+pub const PURGE_BATCH: i64 = 1000;
 
 type Arguments<B> = <<B as Backend>::Database as Database>::Arguments;
 type Row<B> = <<B as Backend>::Database as Database>::Row;
