@@ -373,7 +373,7 @@ pub fn mysql_url() -> String {
 }
 
 /// A pool on a new schema of the test PostgreSQL database, and the schema's name.
-pub async fn postgres_pool() -> Option<(sqlx::PgPool, sqlx::PgPool, String)> {
+pub async fn postgres_pool() -> Option<(sqlx::PgPool, String)> {
     let url = postgres_url();
     let admin = connect_or_skip(
         "PostgreSQL",
@@ -395,11 +395,11 @@ pub async fn postgres_pool() -> Option<(sqlx::PgPool, sqlx::PgPool, String)> {
         .connect_with(options)
         .await
         .expect("pool on schema");
-    Some((pool, admin, schema))
+    Some((pool, schema))
 }
 
 /// A pool on a new database of the test MariaDB server, and the database's name.
-pub async fn mysql_pool() -> Option<(sqlx::MySqlPool, sqlx::MySqlPool, String)> {
+pub async fn mysql_pool() -> Option<(sqlx::MySqlPool, String)> {
     let url = mysql_url();
     let admin = connect_or_skip(
         "MariaDB",
@@ -420,7 +420,7 @@ pub async fn mysql_pool() -> Option<(sqlx::MySqlPool, sqlx::MySqlPool, String)> 
         .connect_with(options.database(&database))
         .await
         .expect("pool on database");
-    Some((pool, admin, database))
+    Some((pool, database))
 }
 
 impl Backend for Postgres {
@@ -435,9 +435,8 @@ impl Backend for Postgres {
     }
 
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
-        let (pool, admin, schema) = postgres_pool().await?;
+        let (pool, schema) = postgres_pool().await?;
         let store = PgStore::<T>::new(pool.clone());
-        drop(admin);
         Some(Fixture {
             store,
             raw: Raw::Postgres(pool, schema),
@@ -457,9 +456,8 @@ impl Backend for MySql {
     }
 
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
-        let (pool, admin, database) = mysql_pool().await?;
+        let (pool, database) = mysql_pool().await?;
         let store = MySqlStore::<T>::new(pool.clone());
-        drop(admin);
         Some(Fixture {
             store,
             raw: Raw::MySql(pool, database),
