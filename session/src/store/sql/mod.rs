@@ -145,6 +145,16 @@ macro_rules! sqlx_execution {
             Ok(results)
         }
 
+        async fn fetch_all(
+            pool: &sqlx::Pool<$db>,
+            sql: std::sync::Arc<str>,
+            args: $arguments,
+        ) -> Result<Vec<$row>, sqlx::Error> {
+            sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                .fetch_all(pool)
+                .await
+        }
+
         async fn fetch_optional(
             pool: &sqlx::Pool<$db>,
             sql: std::sync::Arc<str>,
@@ -253,6 +263,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
     /// Appends `RETURNING <the id column of table>`.
     fn push_returning_id(sql: &mut String, table: &str);
+    /// Runs a query, returns all its rows.
+    fn fetch_all<'a>(
+        pool: &'a Pool<Self::Database>,
+        sql: Arc<str>,
+        args: Arguments<Self>,
+    ) -> impl Future<Output = Result<Vec<Row<Self>>, sqlx::Error>> + Send + 'a;
     /// Runs a query that returns at most one row.
     fn fetch_optional<'a>(
         pool: &'a Pool<Self::Database>,
@@ -266,16 +282,25 @@ pub trait Backend: Send + Sync + Sized + 'static {
 /// [`MySqlStore`](crate::MySqlStore).
 pub struct SqlStore<B: Backend, T> {
     inner: Arc<Inner<B>>,
-    _data: PhantomData<fn() -> T>,
+    /// Loads waiting to share one `SELECT … WHERE id IN (…)`.
+    loads: Arc<Mutex<LoadQueue<T>>>,
 }
 
 impl<B: Backend, T> Clone for SqlStore<B, T> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            _data: PhantomData,
+            loads: self.loads.clone(),
         }
     }
+}
+
+/// Where a load's result goes.
+type Loaded<T> = oneshot::Sender<Result<Option<Record<T>>, StoreError>>;
+
+struct LoadQueue<T> {
+    waiting: Vec<(SessionId, Loaded<T>)>,
+    loading: bool,
 }
 
 struct Inner<B: Backend> {
@@ -287,6 +312,10 @@ struct Inner<B: Backend> {
     written: AtomicU64,
     commits: AtomicU64,
     load: Arc<str>,
+    /// `SELECT <the load columns>, id FROM <table>`: the start of a grouped load.
+    load_many: String,
+    /// Grouped loads by number of ids.
+    loads_sql: RwLock<HashMap<usize, Arc<str>>>,
     insert: Arc<str>,
     delete: Arc<str>,
     purge: Arc<str>,
@@ -421,6 +450,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
             load.push_str(", ");
             B::push_select(&mut load, &quote::<B>(column.name), column.sql_type);
         }
+        let load_many = format!("{load}, {} FROM {table}", quote::<B>("id"));
         let mut params = Params::<B>::new();
         let _ = write!(load, " FROM {table} WHERE {} = ", quote::<B>("id"));
         params.push(&mut load, None);
@@ -464,6 +494,8 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
                 written: AtomicU64::new(0),
                 commits: AtomicU64::new(0),
                 load: load.into(),
+                load_many,
+                loads_sql: RwLock::new(HashMap::new()),
                 insert: insert.into(),
                 delete: delete.into(),
                 purge: B::purge_statement(&table).into(),
@@ -471,7 +503,10 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
                 merged: RwLock::new(HashMap::new()),
                 schema,
             }),
-            _data: PhantomData,
+            loads: Arc::new(Mutex::new(LoadQueue {
+                waiting: Vec::new(),
+                loading: false,
+            })),
         }
     }
 
@@ -525,6 +560,141 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         result
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?
+    }
+
+    /// One session by id: one SELECT.
+    async fn load_one(
+        &self,
+        id: &SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        let mut args = Arguments::<B>::default();
+        bound(B::bind_id(&mut args, id))?;
+        bound(B::bind_time(&mut args, now))?;
+        let row = B::fetch_optional(&self.inner.pool, self.inner.load.clone(), args).await?;
+        row.map(|row| Self::decode_record(&row, *id)).transpose()
+    }
+
+    /// A loaded row (columns as in the load statements) as a record.
+    fn decode_record(row: &Row<B>, id: SessionId) -> Result<Record<T>, StoreError> {
+        let columns = T::SCHEMA.columns;
+        let mut values = Vec::with_capacity(columns.len());
+        for (offset, column) in columns.iter().enumerate() {
+            values.push(B::decode(row, 4 + offset, column.sql_type)?);
+        }
+        let data = T::decode_columns(&mut values.into_iter())?;
+        Ok(Record {
+            id,
+            data,
+            version: B::decode_i64(row, 0)?,
+            created_at: B::decode_time(row, 1)?,
+            expires_at: B::decode_time(row, 2)?,
+            remember: B::decode(row, 3, SqlType::Bool)? == Value::Bool(true),
+        })
+    }
+
+    /// Serves waiting loads a group at a time, each group one
+    /// `SELECT … WHERE id IN (…)`, until none is left (the same gathering as
+    /// the group commit: under load groups grow, alone a load runs at once).
+    async fn load_groups(self) {
+        loop {
+            let group: Vec<(SessionId, Loaded<T>)> = {
+                let mut queue = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.waiting.is_empty() {
+                    queue.loading = false;
+                    return;
+                }
+                let take = queue.waiting.len().min(MAX_GROUP);
+                queue.waiting.drain(..take).collect()
+            };
+            let now = Utc::now();
+            if group.len() == 1 {
+                let (id, done) = group.into_iter().next().expect("one load");
+                let _ = done.send(self.load_one(&id, now).await);
+                continue;
+            }
+            let mut ids: Vec<SessionId> = group.iter().map(|(id, _)| *id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let found = self.load_many(&ids, now).await;
+            for (id, done) in group {
+                let result = match &found {
+                    Ok(records) => match records.get(&id) {
+                        Some(Ok(record)) => Ok(Some(record.duplicate())),
+                        Some(Err(message)) => {
+                            Err(StoreError::Database(sqlx::Error::Protocol(message.clone())))
+                        }
+                        None => Ok(None),
+                    },
+                    Err(message) => {
+                        Err(StoreError::Database(sqlx::Error::Protocol(message.clone())))
+                    }
+                };
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    /// Several sessions in one SELECT; a row that does not decode is an
+    /// error for its own requests only.
+    #[allow(clippy::type_complexity)]
+    async fn load_many(
+        &self,
+        ids: &[SessionId],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<SessionId, Result<Record<T>, String>>, String> {
+        let sql = self.load_many_statement(ids.len());
+        let mut args = Arguments::<B>::default();
+        for id in ids {
+            bound(B::bind_id(&mut args, id)).map_err(|e| e.to_string())?;
+        }
+        bound(B::bind_time(&mut args, now)).map_err(|e| e.to_string())?;
+        let rows = B::fetch_all(&self.inner.pool, sql, args)
+            .await
+            .map_err(|e| e.to_string())?;
+        let id_column = 4 + T::SCHEMA.columns.len();
+        let mut records = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id = match B::decode(row, id_column, SqlType::Bytes) {
+                Ok(Value::Bytes(bytes)) => match <[u8; 32]>::try_from(bytes.as_ref()) {
+                    Ok(bytes) => SessionId::from_bytes(bytes),
+                    Err(_) => return Err("a session id is 32 bytes".into()),
+                },
+                Ok(_) => return Err("a session id is 32 bytes".into()),
+                Err(error) => return Err(error.to_string()),
+            };
+            records.insert(id, Self::decode_record(row, id).map_err(|e| e.to_string()));
+        }
+        Ok(records)
+    }
+
+    fn load_many_statement(&self, count: usize) -> Arc<str> {
+        if let Some(sql) = self
+            .inner
+            .loads_sql
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&count)
+        {
+            return sql.clone();
+        }
+        let mut sql = format!("{} WHERE {} IN (", self.inner.load_many, quote::<B>("id"));
+        let mut params = Params::<B>::new();
+        for position in 0..count {
+            if position > 0 {
+                sql.push_str(", ");
+            }
+            params.push(&mut sql, None);
+        }
+        let _ = write!(sql, ") AND {} > ", quote::<B>("expires_at"));
+        params.push(&mut sql, None);
+        let sql: Arc<str> = sql.into();
+        self.inner
+            .loads_sql
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(count, sql.clone());
+        sql
     }
 
     /// The connection pool.
@@ -1138,27 +1308,23 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         id: &SessionId,
         now: DateTime<Utc>,
     ) -> Result<Option<Record<T>>, StoreError> {
-        let mut args = Arguments::<B>::default();
-        bound(B::bind_id(&mut args, id))?;
-        bound(B::bind_time(&mut args, now))?;
-        let Some(row) = B::fetch_optional(&self.inner.pool, self.inner.load.clone(), args).await?
-        else {
-            return Ok(None);
-        };
-        let columns = T::SCHEMA.columns;
-        let mut values = Vec::with_capacity(columns.len());
-        for (offset, column) in columns.iter().enumerate() {
-            values.push(B::decode(&row, 4 + offset, column.sql_type)?);
+        if !self.inner.group_commit {
+            return self.load_one(id, now).await;
         }
-        let data = T::decode_columns(&mut values.into_iter())?;
-        Ok(Some(Record {
-            id: *id,
-            data,
-            version: B::decode_i64(&row, 0)?,
-            created_at: B::decode_time(&row, 1)?,
-            expires_at: B::decode_time(&row, 2)?,
-            remember: B::decode(&row, 3, SqlType::Bool)? == Value::Bool(true),
-        }))
+        let (done, result) = oneshot::channel();
+        let start_loader = {
+            let mut queue = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+            queue.waiting.push((*id, done));
+            !std::mem::replace(&mut queue.loading, true)
+        };
+        if start_loader {
+            tokio::spawn(self.clone().load_groups());
+        }
+        let record = result
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))??;
+        // A group reads with its own clock: re-check against the caller's.
+        Ok(record.filter(|record| record.expires_at > now))
     }
 
     async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
