@@ -510,9 +510,10 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         }
     }
 
-    /// Whether concurrent writes (INSERTs and UPDATEs of any sessions) are
-    /// grouped into one transaction — one commit, one log flush — instead of
-    /// one each (default `true`). On PostgreSQL and SQLite the group's
+    /// Whether concurrent loads share one `SELECT … WHERE id IN (…)` and
+    /// concurrent writes (INSERTs and UPDATEs of any sessions) are grouped
+    /// into one transaction — one commit, one log flush — instead of one each
+    /// (default `true`). On PostgreSQL and SQLite the group's
     /// UPDATEs of one shape are also one statement (`UPDATE … FROM (VALUES
     /// …) … RETURNING id`). Each write keeps its own expiry check and
     /// compare-and-swap result, and a request is answered only after the
