@@ -17,16 +17,6 @@ impl DirtyFields {
     /// No field changed.
     pub const NONE: Self = Self(0);
 
-    /// Every one of the first `count` fields.
-    pub fn all(count: usize) -> Self {
-        debug_assert!(count <= 64);
-        if count >= 64 {
-            Self(u64::MAX)
-        } else {
-            Self((1u64 << count) - 1)
-        }
-    }
-
     /// Marks field `index` as changed.
     pub fn insert(&mut self, index: usize) {
         self.0 |= 1 << index;

@@ -4,7 +4,7 @@ use std::{
     future::Future,
     ops::Deref,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
 };
 
 use axum::extract::FromRequestParts;
@@ -15,6 +15,7 @@ use crate::{
     data::{DirtyFields, SessionData},
     error::{SessionError, StoreError},
     store::Record,
+    sync::lock,
     token::{SessionId, SessionToken},
 };
 
@@ -167,14 +168,6 @@ impl<T: SessionData> PendingSession<T> {
         drop(state);
         Ok(Handle(self.0.clone()))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic in a user closure while holding the lock leaves plain data
-    // behind, which stays valid; keep serving rather than propagate poison.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A loaded session: what generated accessors read and change.

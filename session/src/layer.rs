@@ -25,6 +25,7 @@ use crate::{
     error::{SessionError, StoreError},
     extract::{LoadFuture, Loader, Location, PendingSession, State, StoredMeta, changed_fields},
     store::{Record, SessionStore, Update, memory::MemoryStore},
+    sync::lock,
     token::{SessionId, SessionToken},
 };
 
@@ -121,12 +122,7 @@ impl<T: SessionData, S: SessionStore<T>> SessionLayer<T, S> {
 
     /// Ends the background purge task.
     pub fn stop_purge(&self) {
-        let sender = self
-            .shared
-            .stop_purge
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let sender = lock(&self.shared.stop_purge).take();
         if let Some(sender) = sender {
             let _ = sender.send(());
         }
@@ -252,8 +248,7 @@ where
         Box::pin(async move {
             let Ok(response) = inner.call(request).await;
             let mut response = response.into_response();
-            let state =
-                std::mem::take(&mut *pending.0.state.lock().unwrap_or_else(|p| p.into_inner()));
+            let state = std::mem::take(&mut *lock(&pending.0.state));
             match shared.save(state).await {
                 Ok(headers) => {
                     for (name, value) in headers {

@@ -58,6 +58,7 @@ mod extract;
 mod layer;
 pub mod schema;
 pub mod store;
+mod sync;
 mod token;
 pub mod value;
 

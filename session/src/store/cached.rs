@@ -9,7 +9,12 @@ use std::{
 use chrono::{DateTime, Utc};
 
 use super::{Record, SessionStore, Update};
-use crate::{data::SessionData, error::StoreError, token::SessionId};
+use crate::{
+    data::SessionData,
+    error::StoreError,
+    sync::{read, write},
+    token::SessionId,
+};
 
 /// Keeps the typed sessions this process loaded or wrote, so a read of a
 /// cached session costs no round trip.
@@ -78,11 +83,11 @@ impl<S: SessionStore<T>, T: SessionData> CachedStore<S, T> {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SessionId, Record<T>>> {
-        self.cache.read().unwrap_or_else(|p| p.into_inner())
+        read(&self.cache)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SessionId, Record<T>>> {
-        self.cache.write().unwrap_or_else(|p| p.into_inner())
+        write(&self.cache)
     }
 
     fn remember(&self, record: Record<T>) {

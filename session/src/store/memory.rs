@@ -8,7 +8,12 @@ use std::{
 use chrono::{DateTime, Utc};
 
 use super::{Record, SessionStore, Update};
-use crate::{data::SessionData, error::StoreError, token::SessionId};
+use crate::{
+    data::SessionData,
+    error::StoreError,
+    sync::{read, write},
+    token::SessionId,
+};
 
 /// Independent locks, so concurrent requests of different sessions rarely wait.
 const SHARDS: usize = 16;
@@ -72,15 +77,6 @@ impl<T> MemoryStore<T> {
         // The id is a SHA-256 digest: any byte is uniformly distributed.
         &self.shards[usize::from(id.as_bytes()[0]) % SHARDS]
     }
-}
-
-fn read<V>(lock: &RwLock<V>) -> std::sync::RwLockReadGuard<'_, V> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<V>(lock: &RwLock<V>) -> std::sync::RwLockWriteGuard<'_, V> {
-    lock.write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl<T: SessionData> SessionStore<T> for MemoryStore<T> {

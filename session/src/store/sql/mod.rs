@@ -27,6 +27,7 @@ use crate::{
     data::{DirtyFields, SessionData},
     error::StoreError,
     schema::{LIBRARY_COLUMNS, Schema},
+    sync::{lock, read, write},
     token::SessionId,
     value::{SqlType, Value},
 };
@@ -188,8 +189,6 @@ type Row<B> = <<B as Backend>::Database as Database>::Row;
 pub trait Backend: Send + Sync + Sized + 'static {
     /// The sqlx database.
     type Database: Database;
-    /// For messages.
-    const NAME: &'static str;
     /// Quotes identifiers.
     const QUOTE: char;
 
@@ -549,7 +548,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         self.inner.written.fetch_add(1, Ordering::Relaxed);
         let (done, result) = oneshot::channel();
         let start_committer = {
-            let mut queue = self.inner.writes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queue = lock(&self.inner.writes);
             queue.waiting.push(Write { work, done });
             !std::mem::replace(&mut queue.committing, true)
         };
@@ -600,7 +599,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     async fn load_groups(self) {
         loop {
             let group: Vec<(SessionId, Loaded<T>)> = {
-                let mut queue = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+                let mut queue = lock(&self.loads);
                 if queue.waiting.is_empty() {
                     queue.loading = false;
                     return;
@@ -622,14 +621,10 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
                 let result = match &found {
                     Ok(records) => match records.get(&id) {
                         Some(Ok(record)) => Ok(Some(record.duplicate())),
-                        Some(Err(message)) => {
-                            Err(StoreError::Database(sqlx::Error::Protocol(message.clone())))
-                        }
+                        Some(Err(message)) => Err(shared_failure(message)),
                         None => Ok(None),
                     },
-                    Err(message) => {
-                        Err(StoreError::Database(sqlx::Error::Protocol(message.clone())))
-                    }
+                    Err(message) => Err(shared_failure(message)),
                 };
                 let _ = done.send(result);
             }
@@ -670,32 +665,19 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     }
 
     fn load_many_statement(&self, count: usize) -> Arc<str> {
-        if let Some(sql) = self
-            .inner
-            .loads_sql
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&count)
-        {
-            return sql.clone();
-        }
-        let mut sql = format!("{} WHERE {} IN (", self.inner.load_many, quote::<B>("id"));
-        let mut params = Params::<B>::new();
-        for position in 0..count {
-            if position > 0 {
-                sql.push_str(", ");
+        cached_statement(&self.inner.loads_sql, count, || {
+            let mut sql = format!("{} WHERE {} IN (", self.inner.load_many, quote::<B>("id"));
+            let mut params = Params::<B>::new();
+            for position in 0..count {
+                if position > 0 {
+                    sql.push_str(", ");
+                }
+                params.push(&mut sql, None);
             }
+            let _ = write!(sql, ") AND {} > ", quote::<B>("expires_at"));
             params.push(&mut sql, None);
-        }
-        let _ = write!(sql, ") AND {} > ", quote::<B>("expires_at"));
-        params.push(&mut sql, None);
-        let sql: Arc<str> = sql.into();
-        self.inner
-            .loads_sql
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(count, sql.clone());
-        sql
+            sql
+        })
     }
 
     /// The connection pool.
@@ -880,22 +862,9 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
             update.new_id.is_some(),
             update.remember.is_some(),
         );
-        if let Some(sql) = self
-            .inner
-            .updates
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return sql.clone();
-        }
-        let sql: Arc<str> = Self::build_update_statement(update).into();
-        self.inner
-            .updates
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, sql.clone());
-        sql
+        cached_statement(&self.inner.updates, key, || {
+            Self::build_update_statement(update)
+        })
     }
 
     /// Builds the UPDATE for `update`'s shape (uncached).
@@ -943,7 +912,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
 async fn commit_groups<B: Backend>(inner: Arc<Inner<B>>) {
     loop {
         let group: Vec<Write<B>> = {
-            let mut queue = inner.writes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queue = lock(&inner.writes);
             if queue.waiting.is_empty() {
                 queue.committing = false;
                 return;
@@ -956,9 +925,9 @@ async fn commit_groups<B: Backend>(inner: Arc<Inner<B>>) {
             Ok(plan) => plan,
             Err((waiting, message)) => {
                 for done in waiting {
-                    let _ = done.send(Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                    let _ = done.send(Err(shared_failure(&format!(
                         "binding a group commit failed: {message}"
-                    )))));
+                    ))));
                 }
                 continue;
             }
@@ -978,9 +947,9 @@ async fn commit_groups<B: Backend>(inner: Arc<Inner<B>>) {
                 // Rolled back as a whole: nobody's write is in, everybody hears so.
                 let message = error.to_string();
                 for done in waiting {
-                    let _ = done.send(Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                    let _ = done.send(Err(shared_failure(&format!(
                         "group commit failed: {message}"
-                    )))));
+                    ))));
                 }
             }
         }
@@ -1194,16 +1163,12 @@ fn bind_merged_row<B: Backend>(
 /// RETURNING id`: many sessions' UPDATEs of one shape in one statement, each
 /// row with its own expiry check and compare-and-swap.
 fn merged_update<B: Backend>(inner: &Inner<B>, dirty: DirtyFields, rows: usize) -> Arc<str> {
-    let key = (dirty.bits(), rows);
-    if let Some(sql) = inner
-        .merged
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
-    {
-        return sql.clone();
-    }
-    let schema = inner.schema;
+    cached_statement(&inner.merged, (dirty.bits(), rows), || {
+        build_merged_update::<B>(inner.schema, dirty, rows)
+    })
+}
+
+fn build_merged_update<B: Backend>(schema: Schema, dirty: DirtyFields, rows: usize) -> String {
     let table = quote::<B>(schema.table);
     // The VALUES columns get names no field can have (fields are `c<index>`).
     let mut names = vec![
@@ -1255,12 +1220,6 @@ fn merged_update<B: Backend>(inner: &Inner<B>, dirty: DirtyFields, rows: usize) 
         version = quote::<B>("version"),
     );
     B::push_returning_id(&mut sql, &table);
-    let sql: Arc<str> = sql.into();
-    inner
-        .merged
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key, sql.clone());
     sql
 }
 
@@ -1298,6 +1257,46 @@ fn default_literal(value: &Value<'_>) -> Option<String> {
     }
 }
 
+/// Reads column `index` as `Option<V>`: NULL becomes `Value::Null(ty)`,
+/// anything else `wrap(value)`. For the backends whose drivers decode
+/// nullable columns through `Option`.
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
+fn decode_nullable<R, V>(
+    row: &R,
+    index: usize,
+    ty: SqlType,
+    wrap: impl FnOnce(V) -> Value<'static>,
+) -> Result<Value<'static>, sqlx::Error>
+where
+    R: sqlx::Row,
+    V: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    Ok(row
+        .try_get::<Option<V>, _>(index)?
+        .map_or(Value::Null(ty), wrap))
+}
+
+/// The error each waiter of a shared statement gets when it fails (sqlx
+/// errors cannot be cloned, so every waiter gets its message).
+fn shared_failure(message: &str) -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol(message.to_owned()))
+}
+
+/// A statement from `cache`, built by `build` the first time its key is seen.
+fn cached_statement<K: std::hash::Hash + Eq>(
+    cache: &RwLock<HashMap<K, Arc<str>>>,
+    key: K,
+    build: impl FnOnce() -> String,
+) -> Arc<str> {
+    if let Some(sql) = read(cache).get(&key) {
+        return sql.clone();
+    }
+    let sql: Arc<str> = build().into();
+    write(cache).insert(key, sql.clone());
+    sql
+}
+
 /// Turns a bind failure into the error a store reports.
 fn bound(result: Result<(), sqlx::error::BoxDynError>) -> Result<(), StoreError> {
     result.map_err(|error| StoreError::Database(sqlx::Error::Encode(error)))
@@ -1314,7 +1313,7 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         }
         let (done, result) = oneshot::channel();
         let start_loader = {
-            let mut queue = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queue = lock(&self.loads);
             queue.waiting.push((*id, done));
             !std::mem::replace(&mut queue.loading, true)
         };

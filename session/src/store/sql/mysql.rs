@@ -67,7 +67,6 @@ fn normalize(found: &str) -> String {
 
 impl Backend for MySql {
     type Database = sqlx::MySql;
-    const NAME: &'static str = "MySQL";
     const QUOTE: char = '`';
     const ID_TYPE: &'static str = "BINARY(32)";
     const TIME_TYPE: &'static str = "DATETIME(6)";
@@ -174,38 +173,31 @@ impl Backend for MySql {
     }
 
     fn decode(row: &MySqlRow, index: usize, ty: SqlType) -> Result<Value<'static>, sqlx::Error> {
-        fn get<T>(
-            row: &MySqlRow,
-            index: usize,
-            wrap: impl FnOnce(T) -> Value<'static>,
-            ty: SqlType,
-        ) -> Result<Value<'static>, sqlx::Error>
-        where
-            T: for<'r> sqlx::Decode<'r, sqlx::MySql> + sqlx::Type<sqlx::MySql>,
-        {
-            Ok(row
-                .try_get::<Option<T>, _>(index)?
-                .map_or(Value::Null(ty), wrap))
-        }
         match ty {
-            SqlType::Bool => get(row, index, Value::Bool, ty),
-            SqlType::I16 => get(row, index, Value::I16, ty),
-            SqlType::I32 => get(row, index, Value::I32, ty),
-            SqlType::I64 => get(row, index, Value::I64, ty),
-            SqlType::U64 => get(row, index, Value::U64, ty),
-            SqlType::F32 => get(row, index, Value::F32, ty),
-            SqlType::F64 => get(row, index, Value::F64, ty),
-            SqlType::Text => get(row, index, |v: String| Value::Text(Cow::Owned(v)), ty),
+            SqlType::Bool => super::decode_nullable(row, index, ty, Value::Bool),
+            SqlType::I16 => super::decode_nullable(row, index, ty, Value::I16),
+            SqlType::I32 => super::decode_nullable(row, index, ty, Value::I32),
+            SqlType::I64 => super::decode_nullable(row, index, ty, Value::I64),
+            SqlType::U64 => super::decode_nullable(row, index, ty, Value::U64),
+            SqlType::F32 => super::decode_nullable(row, index, ty, Value::F32),
+            SqlType::F64 => super::decode_nullable(row, index, ty, Value::F64),
+            SqlType::Text => {
+                super::decode_nullable(row, index, ty, |v: String| Value::Text(Cow::Owned(v)))
+            }
             SqlType::Json => {
                 // MySQL reports JSON columns as JSON, MariaDB as LONGTEXT: both are text.
                 let text: Option<String> = row.try_get_unchecked(index)?;
                 Ok(text.map_or(Value::Null(ty), |v| Value::Json(Cow::Owned(v))))
             }
-            SqlType::Bytes => get(row, index, |v: Vec<u8>| Value::Bytes(Cow::Owned(v)), ty),
-            SqlType::Timestamp => get(row, index, Value::Timestamp, ty),
-            SqlType::DateTime => get::<NaiveDateTime>(row, index, Value::DateTime, ty),
-            SqlType::Date => get::<NaiveDate>(row, index, Value::Date, ty),
-            SqlType::Uuid => get::<Uuid>(row, index, Value::Uuid, ty),
+            SqlType::Bytes => {
+                super::decode_nullable(row, index, ty, |v: Vec<u8>| Value::Bytes(Cow::Owned(v)))
+            }
+            SqlType::Timestamp => super::decode_nullable(row, index, ty, Value::Timestamp),
+            SqlType::DateTime => {
+                super::decode_nullable::<_, NaiveDateTime>(row, index, ty, Value::DateTime)
+            }
+            SqlType::Date => super::decode_nullable::<_, NaiveDate>(row, index, ty, Value::Date),
+            SqlType::Uuid => super::decode_nullable::<_, Uuid>(row, index, ty, Value::Uuid),
         }
     }
 

@@ -49,7 +49,6 @@ impl<T: SessionData> SqlStore<Postgres, T> {
 
 impl Backend for Postgres {
     type Database = sqlx::Postgres;
-    const NAME: &'static str = "PostgreSQL";
     const QUOTE: char = '"';
     const ID_TYPE: &'static str = "BYTEA";
     const TIME_TYPE: &'static str = "TIMESTAMPTZ";
@@ -186,33 +185,28 @@ impl Backend for Postgres {
     }
 
     fn decode(row: &PgRow, index: usize, ty: SqlType) -> Result<Value<'static>, sqlx::Error> {
-        fn get<T>(
-            row: &PgRow,
-            index: usize,
-            wrap: impl FnOnce(T) -> Value<'static>,
-            ty: SqlType,
-        ) -> Result<Value<'static>, sqlx::Error>
-        where
-            T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
-        {
-            Ok(row
-                .try_get::<Option<T>, _>(index)?
-                .map_or(Value::Null(ty), wrap))
-        }
         match ty {
-            SqlType::Bool => get(row, index, Value::Bool, ty),
-            SqlType::I16 => get(row, index, Value::I16, ty),
-            SqlType::I32 => get(row, index, Value::I32, ty),
-            SqlType::I64 | SqlType::U64 => get(row, index, Value::I64, ty),
-            SqlType::F32 => get(row, index, Value::F32, ty),
-            SqlType::F64 => get(row, index, Value::F64, ty),
-            SqlType::Text => get(row, index, |v: String| Value::Text(Cow::Owned(v)), ty),
-            SqlType::Json => get(row, index, |v: String| Value::Json(Cow::Owned(v)), ty),
-            SqlType::Bytes => get(row, index, |v: Vec<u8>| Value::Bytes(Cow::Owned(v)), ty),
-            SqlType::Timestamp => get(row, index, Value::Timestamp, ty),
-            SqlType::DateTime => get::<NaiveDateTime>(row, index, Value::DateTime, ty),
-            SqlType::Date => get::<NaiveDate>(row, index, Value::Date, ty),
-            SqlType::Uuid => get::<Uuid>(row, index, Value::Uuid, ty),
+            SqlType::Bool => super::decode_nullable(row, index, ty, Value::Bool),
+            SqlType::I16 => super::decode_nullable(row, index, ty, Value::I16),
+            SqlType::I32 => super::decode_nullable(row, index, ty, Value::I32),
+            SqlType::I64 | SqlType::U64 => super::decode_nullable(row, index, ty, Value::I64),
+            SqlType::F32 => super::decode_nullable(row, index, ty, Value::F32),
+            SqlType::F64 => super::decode_nullable(row, index, ty, Value::F64),
+            SqlType::Text => {
+                super::decode_nullable(row, index, ty, |v: String| Value::Text(Cow::Owned(v)))
+            }
+            SqlType::Json => {
+                super::decode_nullable(row, index, ty, |v: String| Value::Json(Cow::Owned(v)))
+            }
+            SqlType::Bytes => {
+                super::decode_nullable(row, index, ty, |v: Vec<u8>| Value::Bytes(Cow::Owned(v)))
+            }
+            SqlType::Timestamp => super::decode_nullable(row, index, ty, Value::Timestamp),
+            SqlType::DateTime => {
+                super::decode_nullable::<_, NaiveDateTime>(row, index, ty, Value::DateTime)
+            }
+            SqlType::Date => super::decode_nullable::<_, NaiveDate>(row, index, ty, Value::Date),
+            SqlType::Uuid => super::decode_nullable::<_, Uuid>(row, index, ty, Value::Uuid),
         }
     }
 

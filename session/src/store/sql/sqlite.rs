@@ -90,7 +90,6 @@ fn millis(time: DateTime<Utc>) -> i64 {
 
 impl Backend for Sqlite {
     type Database = sqlx::Sqlite;
-    const NAME: &'static str = "SQLite";
     const QUOTE: char = '"';
     const ID_TYPE: &'static str = "BLOB";
     const TIME_TYPE: &'static str = "INTEGER";
