@@ -13,6 +13,10 @@
 //! plus one, and at the end that each user's stored count equals its
 //! successful increments; any mismatch makes it exit non-zero.
 //!
+//! To iterate on one part, `BENCH_DBS=sqlite,postgres,mysql` picks the
+//! stores and `BENCH_ROUTES=counter,read,untouched,first` the routes (both
+//! default to all; bare and the memory store always run, as references).
+//!
 //! Databases: `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` (defaults: the local
 //! servers); a store whose database is unreachable is reported as skipped.
 
@@ -83,6 +87,15 @@ impl Db {
             Db::Sqlite => "SQLite",
             Db::Postgres => "PostgreSQL",
             Db::MySql => "MariaDB",
+        }
+    }
+
+    /// The spelling `BENCH_DBS` uses.
+    fn key(self) -> &'static str {
+        match self {
+            Db::Sqlite => "sqlite",
+            Db::Postgres => "postgres",
+            Db::MySql => "mysql",
         }
     }
 }
@@ -633,7 +646,20 @@ async fn run() -> anyhow::Result<()> {
         )
         .await?,
     );
+    let dbs = std::env::var("BENCH_DBS")
+        .unwrap_or_default()
+        .to_lowercase();
+    let routes_filter = std::env::var("BENCH_ROUTES")
+        .unwrap_or_default()
+        .to_lowercase();
+    let routes: Vec<Route> = Route::ALL
+        .into_iter()
+        .filter(|route| routes_filter.is_empty() || routes_filter.contains(&route.path()[1..]))
+        .collect();
     for db in [Db::Sqlite, Db::Postgres, Db::MySql] {
+        if !dbs.is_empty() && !dbs.contains(db.key()) {
+            continue;
+        }
         // Pools live on the server's runtime, like the app that uses them.
         let pool = match server_runtime().spawn(connect(db)).await? {
             Ok(pool) => pool,
@@ -685,14 +711,14 @@ async fn run() -> anyhow::Result<()> {
     // Rounds interleave every server, so slow drifts of the machine hit all
     // of them alike; each figure is the median over the rounds.
     let mut samples: Vec<Vec<(f64, u32, u32, u64)>> =
-        vec![Vec::new(); targets.len() * Route::ALL.len()];
+        vec![Vec::new(); targets.len() * routes.len()];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         for (t, target) in targets.iter().enumerate() {
-            for (r, route) in Route::ALL.into_iter().enumerate() {
+            for (r, &route) in routes.iter().enumerate() {
                 let (rps, latencies, errors) =
                     measure_once(&client, target, route, duration, &mut failures).await?;
-                samples[t * Route::ALL.len() + r].push((
+                samples[t * routes.len() + r].push((
                     rps,
                     percentile(&latencies, 0.5),
                     percentile(&latencies, 0.99),
@@ -703,8 +729,8 @@ async fn run() -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     for (t, target) in targets.iter().enumerate() {
-        for (r, route) in Route::ALL.into_iter().enumerate() {
-            let runs = &samples[t * Route::ALL.len() + r];
+        for (r, &route) in routes.iter().enumerate() {
+            let runs = &samples[t * routes.len() + r];
             let mut rps: Vec<f64> = runs.iter().map(|s| s.0).collect();
             let mut p50: Vec<f64> = runs.iter().map(|s| s.1 as f64).collect();
             let mut p99: Vec<f64> = runs.iter().map(|s| s.2 as f64).collect();

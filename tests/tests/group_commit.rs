@@ -80,3 +80,126 @@ where
 }
 
 sql_conformance!(concurrent_writes_share_commits);
+
+/// With a pool of one connection, the grouped loads and writes give the
+/// connection back between groups, so deletes, purges and the app's own
+/// queries still get it under constant load, and nothing waits forever.
+async fn one_connection_serves_everyone<B: SqlBackend>(pool: sqlx::Pool<B::Database>)
+where
+    SqlStore<B, Visit>: SessionStore<Visit>,
+{
+    const CLIENTS: usize = 64;
+    let store = SqlStore::<B, Visit>::new(pool.clone());
+    store.migrate().await.expect("migrate");
+    let app = Router::new()
+        .route(
+            "/count",
+            get(|visit: Session<Visit>| async move {
+                visit.update_count(|count| *count += 1);
+                visit.count().to_string()
+            }),
+        )
+        .route(
+            "/logout",
+            get(|visit: Session<Visit>| async move { visit.destroy() }),
+        )
+        .layer(SessionLayer::new(
+            store.clone(),
+            SessionConfig::default().with_secure(false),
+        ));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut client = Client::new(app.clone(), "session");
+        client.get("/count").await;
+        clients.push(client);
+    }
+    // Visitors keep the store busy until the purge and the logouts are done
+    // (or a cap is reached, which fails the test: they starved).
+    const CAP: usize = 40;
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut counters = Vec::new();
+    for client in &clients[1..] {
+        let (app, cookie, busy) = (client.app.clone(), client.cookie_header(), busy.clone());
+        counters.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while busy.load(std::sync::atomic::Ordering::Relaxed) && answers.len() < CAP {
+                let reply = send(&app, "GET", "/count", cookie.as_deref()).await;
+                assert_eq!(reply.status, StatusCode::OK);
+                answers.push(reply.body);
+            }
+            answers
+        }));
+    }
+    let others = async {
+        // Let the visitors get going first.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let purged = store.purge_expired(chrono::Utc::now()).await;
+        let logout = send(
+            &app,
+            "GET",
+            "/logout",
+            clients[0].cookie_header().as_deref(),
+        )
+        .await;
+        (purged, logout)
+    };
+    // A guard against a hang, not a measurement.
+    let (purged, logout) = tokio::time::timeout(std::time::Duration::from_secs(120), others)
+        .await
+        .expect("a pool of one connection must not stall the store");
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(purged.expect("the purge got the connection"), 0);
+    assert_eq!(logout.status, StatusCode::OK);
+    for counter in counters {
+        let answers = counter.await.unwrap();
+        assert!(
+            answers.len() < CAP,
+            "the purge and the logout waited for the visitors to stop"
+        );
+        for (number, answer) in answers.iter().enumerate() {
+            assert_eq!(*answer, (number + 2).to_string());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pool_of_one_connection() {
+    let path = std::env::temp_dir().join(format!(
+        "ats_one_connection_{}_{}.db",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let options: sqlx::sqlite::SqliteConnectOptions =
+        format!("sqlite://{}?mode=rwc", path.display())
+            .parse()
+            .unwrap();
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal))
+        .await
+        .unwrap();
+    one_connection_serves_everyone::<axum_typed_session::store::sql::sqlite::Sqlite>(pool).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pool_of_one_connection() {
+    let Some((pool, schema)) = conformance_tests::postgres_pool().await else {
+        return;
+    };
+    let options = (*pool.connect_options()).clone();
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    one_connection_serves_everyone::<axum_typed_session::store::sql::postgres::Postgres>(one).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+}

@@ -19,7 +19,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use sqlx::{Database, Pool};
+use sqlx::{Database, Pool, pool::PoolConnection};
 use tokio::sync::oneshot;
 
 use super::{Record, SessionStore, Update};
@@ -50,7 +50,7 @@ macro_rules! sqlx_execution {
         }
 
         async fn execute_batch(
-            pool: &sqlx::Pool<$db>,
+            connection: &mut $connection,
             mut items: Vec<super::BatchItem<$backend>>,
         ) -> Result<Vec<super::BatchResult>, sqlx::Error> {
             fn session_id(
@@ -134,10 +134,9 @@ macro_rules! sqlx_execution {
             // A lone statement needs no transaction; a locked update does.
             if items.len() == 1 && !matches!(items[0], super::BatchItem::Locked(_)) {
                 let item = items.pop().expect("one statement");
-                let mut connection = pool.acquire().await?;
-                return Ok(vec![run(&mut connection, item).await?]);
+                return Ok(vec![run(connection, item).await?]);
             }
-            let mut transaction = pool.begin().await?;
+            let mut transaction = sqlx::Connection::begin(connection).await?;
             let mut results = Vec::with_capacity(items.len());
             for item in items {
                 results.push(run(&mut transaction, item).await?);
@@ -147,22 +146,22 @@ macro_rules! sqlx_execution {
         }
 
         async fn fetch_all(
-            pool: &sqlx::Pool<$db>,
+            connection: &mut $connection,
             sql: std::sync::Arc<str>,
             args: $arguments,
         ) -> Result<Vec<$row>, sqlx::Error> {
             sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-                .fetch_all(pool)
+                .fetch_all(connection)
                 .await
         }
 
         async fn fetch_optional(
-            pool: &sqlx::Pool<$db>,
+            connection: &mut $connection,
             sql: std::sync::Arc<str>,
             args: $arguments,
         ) -> Result<Option<$row>, sqlx::Error> {
             sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-                .fetch_optional(pool)
+                .fetch_optional(connection)
                 .await
         }
     };
@@ -181,6 +180,7 @@ pub const PURGE_BATCH: i64 = 1000;
 
 type Arguments<B> = <<B as Backend>::Database as Database>::Arguments;
 type Row<B> = <<B as Backend>::Database as Database>::Row;
+type Connection<B> = <<B as Backend>::Database as Database>::Connection;
 
 /// One SQL dialect: everything that differs between databases, in one place.
 ///
@@ -248,9 +248,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// runs on its own), returning what each did; any failure rolls all of
     /// them back.
     fn execute_batch<'a>(
-        pool: &'a Pool<Self::Database>,
+        connection: &'a mut Connection<Self>,
         items: Vec<BatchItem<Self>>,
     ) -> impl Future<Output = Result<Vec<BatchResult>, sqlx::Error>> + Send + 'a;
+
+    /// Whether grouped loads and writes take turns on one connection
+    /// instead of running side by side on two. For SQLite: its connections
+    /// run in-process, one writer at a time, and a commit on one connection
+    /// empties the page cache of every other; one connection keeps its cache
+    /// and halves the hand-offs between threads.
+    const ONE_LANE: bool = false;
 
     /// Whether the dialect has `UPDATE … FROM … RETURNING`, so that a group
     /// of UPDATEs of one shape can be one statement.
@@ -264,13 +271,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn push_returning_id(sql: &mut String, table: &str);
     /// Runs a query, returns all its rows.
     fn fetch_all<'a>(
-        pool: &'a Pool<Self::Database>,
+        connection: &'a mut Connection<Self>,
         sql: Arc<str>,
         args: Arguments<Self>,
     ) -> impl Future<Output = Result<Vec<Row<Self>>, sqlx::Error>> + Send + 'a;
     /// Runs a query that returns at most one row.
     fn fetch_optional<'a>(
-        pool: &'a Pool<Self::Database>,
+        connection: &'a mut Connection<Self>,
         sql: Arc<str>,
         args: Arguments<Self>,
     ) -> impl Future<Output = Result<Option<Row<Self>>, sqlx::Error>> + Send + 'a;
@@ -555,7 +562,11 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         if start_committer {
             // Its own task: a request that is cancelled (client gone) must
             // not take the commit of everybody else's writes with it.
-            tokio::spawn(commit_groups(self.inner.clone()));
+            if B::ONE_LANE {
+                tokio::spawn(self.clone().serve_lane());
+            } else {
+                tokio::spawn(self.clone().commit_groups());
+            }
         }
         result
             .await
@@ -565,13 +576,14 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     /// One session by id: one SELECT.
     async fn load_one(
         &self,
+        connection: &mut Connection<B>,
         id: &SessionId,
         now: DateTime<Utc>,
     ) -> Result<Option<Record<T>>, StoreError> {
         let mut args = Arguments::<B>::default();
         bound(B::bind_id(&mut args, id))?;
         bound(B::bind_time(&mut args, now))?;
-        let row = B::fetch_optional(&self.inner.pool, self.inner.load.clone(), args).await?;
+        let row = B::fetch_optional(connection, self.inner.load.clone(), args).await?;
         row.map(|row| Self::decode_record(&row, *id)).transpose()
     }
 
@@ -597,37 +609,90 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     /// `SELECT … WHERE id IN (…)`, until none is left (the same gathering as
     /// the group commit: under load groups grow, alone a load runs at once).
     async fn load_groups(self) {
+        let mut held = None;
         loop {
-            let group: Vec<(SessionId, Loaded<T>)> = {
+            let group = {
                 let mut queue = lock(&self.loads);
                 if queue.waiting.is_empty() {
                     queue.loading = false;
                     return;
                 }
-                let take = queue.waiting.len().min(MAX_GROUP);
-                queue.waiting.drain(..take).collect()
+                take_group(&mut queue.waiting)
             };
-            let now = Utc::now();
-            if group.len() == 1 {
-                let (id, done) = group.into_iter().next().expect("one load");
-                let _ = done.send(self.load_one(&id, now).await);
-                continue;
+            self.load_group(&mut held, group).await;
+            release_if_contended::<B>(&self.inner.pool, &mut held);
+        }
+    }
+
+    /// Serves waiting writes and loads in turns on one connection until
+    /// neither is left: each turn commits the writes waiting, then reads the
+    /// loads waiting ([`Backend::ONE_LANE`]).
+    async fn serve_lane(self) {
+        let mut held = None;
+        loop {
+            let (writes, loads) = {
+                // Lock order, here and in `load`: loads, then writes.
+                let mut loads = lock(&self.loads);
+                let mut writes = lock(&self.inner.writes);
+                if loads.waiting.is_empty() && writes.waiting.is_empty() {
+                    writes.committing = false;
+                    return;
+                }
+                (
+                    take_group(&mut writes.waiting),
+                    take_group(&mut loads.waiting),
+                )
+            };
+            if !writes.is_empty() {
+                commit_group(&self.inner, &mut held, writes).await;
             }
-            let mut ids: Vec<SessionId> = group.iter().map(|(id, _)| *id).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            let found = self.load_many(&ids, now).await;
-            for (id, done) in group {
-                let result = match &found {
-                    Ok(records) => match records.get(&id) {
-                        Some(Ok(record)) => Ok(Some(record.duplicate())),
-                        Some(Err(message)) => Err(shared_failure(message)),
-                        None => Ok(None),
-                    },
-                    Err(message) => Err(shared_failure(message)),
-                };
-                let _ = done.send(result);
+            if !loads.is_empty() {
+                self.load_group(&mut held, loads).await;
             }
+            release_if_contended::<B>(&self.inner.pool, &mut held);
+        }
+    }
+
+    /// Answers one group of loads: a lone one with the one-row SELECT,
+    /// several with one `SELECT … WHERE id IN (…)`.
+    async fn load_group(&self, held: &mut Held<B>, group: Vec<(SessionId, Loaded<T>)>) {
+        let now = Utc::now();
+        let connection = match connection::<B>(&self.inner.pool, held).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                let message = error.to_string();
+                for (_, done) in group {
+                    let _ = done.send(Err(shared_failure(&message)));
+                }
+                return;
+            }
+        };
+        if group.len() == 1 {
+            let (id, done) = group.into_iter().next().expect("one load");
+            let result = self.load_one(connection, &id, now).await;
+            if matches!(result, Err(StoreError::Database(_))) {
+                *held = None;
+            }
+            let _ = done.send(result);
+            return;
+        }
+        let mut ids: Vec<SessionId> = group.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let found = self.load_many(connection, &ids, now).await;
+        if found.is_err() {
+            *held = None;
+        }
+        for (id, done) in group {
+            let result = match &found {
+                Ok(records) => match records.get(&id) {
+                    Some(Ok(record)) => Ok(Some(record.duplicate())),
+                    Some(Err(message)) => Err(shared_failure(message)),
+                    None => Ok(None),
+                },
+                Err(message) => Err(shared_failure(message)),
+            };
+            let _ = done.send(result);
         }
     }
 
@@ -636,6 +701,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     #[allow(clippy::type_complexity)]
     async fn load_many(
         &self,
+        connection: &mut Connection<B>,
         ids: &[SessionId],
         now: DateTime<Utc>,
     ) -> Result<HashMap<SessionId, Result<Record<T>, String>>, String> {
@@ -645,7 +711,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
             bound(B::bind_id(&mut args, id)).map_err(|e| e.to_string())?;
         }
         bound(B::bind_time(&mut args, now)).map_err(|e| e.to_string())?;
-        let rows = B::fetch_all(&self.inner.pool, sql, args)
+        let rows = B::fetch_all(connection, sql, args)
             .await
             .map_err(|e| e.to_string())?;
         let id_column = 4 + T::SCHEMA.columns.len();
@@ -906,51 +972,95 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     }
 }
 
-/// Commits waiting writes, a group at a time, until none is left. While a
-/// group commits, the next one gathers: under load, groups grow by
-/// themselves; alone, a write is committed at once.
-async fn commit_groups<B: Backend>(inner: Arc<Inner<B>>) {
-    loop {
-        let group: Vec<Write<B>> = {
-            let mut queue = lock(&inner.writes);
-            if queue.waiting.is_empty() {
-                queue.committing = false;
-                return;
-            }
-            let take = queue.waiting.len().min(MAX_GROUP);
-            queue.waiting.drain(..take).collect()
-        };
-        inner.commits.fetch_add(1, Ordering::Relaxed);
-        let (items, readings, waiting) = match plan_group(&inner, group) {
-            Ok(plan) => plan,
-            Err((waiting, message)) => {
-                for done in waiting {
-                    let _ = done.send(Err(shared_failure(&format!(
-                        "binding a group commit failed: {message}"
-                    ))));
+/// A pooled connection held while a group task has work, so that
+/// consecutive groups skip the pool; dropped after a failure.
+type Held<B> = Option<PoolConnection<<B as Backend>::Database>>;
+
+/// The held connection, acquired first if none is held.
+async fn connection<'a, B: Backend>(
+    pool: &Pool<B::Database>,
+    held: &'a mut Held<B>,
+) -> Result<&'a mut Connection<B>, sqlx::Error> {
+    if held.is_none() {
+        *held = Some(pool.acquire().await?);
+    }
+    Ok(&mut **held.as_mut().expect("just acquired"))
+}
+
+/// Gives the held connection back between groups when the pool has none
+/// left, so that a pool of one (or a busy pool) still serves the other
+/// statements (deletes, purges, the app's own queries) under constant load.
+fn release_if_contended<B: Backend>(pool: &Pool<B::Database>, held: &mut Held<B>) {
+    if held.is_some() && pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections()
+    {
+        *held = None;
+    }
+}
+
+/// Takes the next group from a queue: everything waiting, up to [`MAX_GROUP`].
+fn take_group<W>(waiting: &mut Vec<W>) -> Vec<W> {
+    let take = waiting.len().min(MAX_GROUP);
+    waiting.drain(..take).collect()
+}
+
+impl<B: Backend, T: SessionData> SqlStore<B, T> {
+    /// Commits waiting writes, a group at a time, until none is left. While
+    /// a group commits, the next one gathers: under load, groups grow by
+    /// themselves; alone, a write is committed at once.
+    async fn commit_groups(self) {
+        let mut held = None;
+        loop {
+            let group = {
+                let mut queue = lock(&self.inner.writes);
+                if queue.waiting.is_empty() {
+                    queue.committing = false;
+                    return;
                 }
-                continue;
+                take_group(&mut queue.waiting)
+            };
+            commit_group(&self.inner, &mut held, group).await;
+            release_if_contended::<B>(&self.inner.pool, &mut held);
+        }
+    }
+}
+
+/// Commits one group of writes and tells each its result.
+async fn commit_group<B: Backend>(inner: &Inner<B>, held: &mut Held<B>, group: Vec<Write<B>>) {
+    inner.commits.fetch_add(1, Ordering::Relaxed);
+    let (items, readings, waiting) = match plan_group(inner, group) {
+        Ok(plan) => plan,
+        Err((waiting, message)) => {
+            for done in waiting {
+                let _ = done.send(Err(shared_failure(&format!(
+                    "binding a group commit failed: {message}"
+                ))));
             }
-        };
-        match B::execute_batch(&inner.pool, items).await {
-            Ok(results) => {
-                for (done, reading) in waiting.into_iter().zip(readings) {
-                    let rows = match (&results[reading.item], reading.id) {
-                        (BatchResult::Affected(rows), _) => *rows,
-                        (BatchResult::Ids(ids), Some(id)) => u64::from(ids.contains(&id)),
-                        (BatchResult::Ids(_), None) => 0,
-                    };
-                    let _ = done.send(Ok(rows));
-                }
+            return;
+        }
+    };
+    let results = match connection::<B>(&inner.pool, held).await {
+        Ok(connection) => B::execute_batch(connection, items).await,
+        Err(error) => Err(error),
+    };
+    match results {
+        Ok(results) => {
+            for (done, reading) in waiting.into_iter().zip(readings) {
+                let rows = match (&results[reading.item], reading.id) {
+                    (BatchResult::Affected(rows), _) => *rows,
+                    (BatchResult::Ids(ids), Some(id)) => u64::from(ids.contains(&id)),
+                    (BatchResult::Ids(_), None) => 0,
+                };
+                let _ = done.send(Ok(rows));
             }
-            Err(error) => {
-                // Rolled back as a whole: nobody's write is in, everybody hears so.
-                let message = error.to_string();
-                for done in waiting {
-                    let _ = done.send(Err(shared_failure(&format!(
-                        "group commit failed: {message}"
-                    ))));
-                }
+        }
+        Err(error) => {
+            // Rolled back as a whole: nobody's write is in, everybody hears so.
+            *held = None;
+            let message = error.to_string();
+            for done in waiting {
+                let _ = done.send(Err(shared_failure(&format!(
+                    "group commit failed: {message}"
+                ))));
             }
         }
     }
@@ -1309,16 +1419,23 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         now: DateTime<Utc>,
     ) -> Result<Option<Record<T>>, StoreError> {
         if !self.inner.group_commit {
-            return self.load_one(id, now).await;
+            let mut connection = self.inner.pool.acquire().await?;
+            return self.load_one(&mut connection, id, now).await;
         }
         let (done, result) = oneshot::channel();
-        let start_loader = {
+        let start = {
             let mut queue = lock(&self.loads);
             queue.waiting.push((*id, done));
-            !std::mem::replace(&mut queue.loading, true)
+            if B::ONE_LANE {
+                !std::mem::replace(&mut lock(&self.inner.writes).committing, true)
+            } else {
+                !std::mem::replace(&mut queue.loading, true)
+            }
         };
-        if start_loader {
-            tokio::spawn(self.clone().load_groups());
+        match start {
+            true if B::ONE_LANE => drop(tokio::spawn(self.clone().serve_lane())),
+            true => drop(tokio::spawn(self.clone().load_groups())),
+            false => {}
         }
         let record = result
             .await

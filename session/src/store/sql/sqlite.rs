@@ -237,6 +237,8 @@ impl Backend for Sqlite {
         SqliteRow
     );
 
+    const ONE_LANE: bool = true;
+
     const MERGED_UPDATES: bool = true;
 
     fn push_returning_id(sql: &mut String, _table: &str) {
