@@ -537,10 +537,21 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// The bench's SQLite database, one per run.
+fn sqlite_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("loadbench_{}.db", std::process::id()))
+}
+
+fn remove_sqlite_files() {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", sqlite_path().display()));
+    }
+}
+
 async fn connect(db: Db) -> anyhow::Result<RawPool> {
     Ok(match db {
         Db::Sqlite => {
-            let path = std::env::temp_dir().join(format!("loadbench_{}.db", std::process::id()));
+            let path = sqlite_path();
             let url = format!("sqlite://{}?mode=rwc", path.display());
             // The same durability the session store uses: WAL, synchronous NORMAL.
             let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
@@ -580,7 +591,12 @@ async fn session_app(pool: &RawPool, cache: bool) -> anyhow::Result<Router> {
     let delete = "DELETE FROM bench_sessions";
     Ok(match pool {
         RawPool::Sqlite(pool) => {
-            let store = SqliteStore::<Visit>::new(pool.clone());
+            // The store opens its own pool on the same file, as an app would
+            // (`SqliteStore::connect`), with the same durability as the raw
+            // pool: WAL and synchronous = NORMAL.
+            let path = pool.connect_options().get_filename().to_owned();
+            let store =
+                SqliteStore::<Visit>::connect(&format!("sqlite://{}", path.display())).await?;
             store.migrate().await?;
             sqlx::query(delete).execute(pool).await?;
             build(store, cache)
@@ -788,6 +804,7 @@ async fn run() -> anyhow::Result<()> {
             },
         );
     }
+    remove_sqlite_files();
     if !failures.is_empty() {
         for failure in &failures {
             eprintln!("FAILED: {failure}");

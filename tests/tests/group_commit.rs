@@ -203,3 +203,54 @@ async fn postgres_pool_of_one_connection() {
     .await
     .unwrap();
 }
+
+/// `SqliteStore::connect` turns SQLite's automatic checkpoint off and
+/// checkpoints in the background: after enough commits, the database file
+/// itself (read while ignoring the log) holds the sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_in_the_background() {
+    let path = std::env::temp_dir().join(format!(
+        "ats_checkpoint_{}_{}.db",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let store = axum_typed_session::SqliteStore::<Visit>::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        path.display()
+    ))
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let mut client = Client::new(app(store.clone()), "session");
+    for count in 1..=300 {
+        assert_eq!(client.get("/count").await.body, count.to_string());
+    }
+    // `immutable=1` reads the database file alone, without the log: only
+    // what a checkpoint copied is there. The checkpoint runs in its own
+    // task, so poll for it (a guard against a hang, not a measurement).
+    let file_only = format!("sqlite://{}?mode=ro&immutable=1", path.display());
+    let mut found = None;
+    for _ in 0..100 {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&file_only)
+            .await
+            .unwrap();
+        found = sqlx::query_scalar::<_, i64>("SELECT count FROM grouped_sessions")
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten();
+        pool.close().await;
+        if found.is_some_and(|count| count > 1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let count = found.expect("no checkpoint copied the session into the database file");
+    assert!(count > 1, "the file holds only the first write: {count}");
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}

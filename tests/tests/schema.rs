@@ -349,6 +349,9 @@ fn ddl_is_available_as_text() {
     let mysql = MySqlStore::<DdlCheck>::create_table_sql();
     assert!(mysql[0].contains("`uuid` BINARY(16) NOT NULL"));
     let sqlite = SqliteStore::<DdlCheck>::create_table_sql();
-    assert!(sqlite[0].ends_with("WITHOUT ROWID"));
+    // A rowid table (rows in creation order), the key NOT NULL by itself:
+    // SQLite's PRIMARY KEY alone allows NULL outside WITHOUT ROWID tables.
+    assert!(!sqlite[0].contains("WITHOUT ROWID"));
+    assert!(sqlite[0].contains("\"id\" BLOB NOT NULL PRIMARY KEY"));
     assert_eq!(<DdlCheck as SessionData>::SCHEMA.columns.len(), 15);
 }

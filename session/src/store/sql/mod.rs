@@ -252,6 +252,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
         items: Vec<BatchItem<Self>>,
     ) -> impl Future<Output = Result<Vec<BatchResult>, sqlx::Error>> + Send + 'a;
 
+    /// A statement that copies the write-ahead log into the database
+    /// without blocking readers or writers, returning one row of three
+    /// integers: busy, frames in the log, frames copied (SQLite's
+    /// `PRAGMA wal_checkpoint(PASSIVE)`); `None` where the server does this.
+    const CHECKPOINT: Option<&'static str> = None;
+
     /// Whether grouped loads and writes take turns on one connection
     /// instead of running side by side on two. For SQLite: its connections
     /// run in-process, one writer at a time, and a commit on one connection
@@ -331,7 +337,22 @@ struct Inner<B: Backend> {
     /// Merged UPDATEs by (dirty fields, rows).
     merged: RwLock<HashMap<(u64, usize), Arc<str>>>,
     schema: Schema,
+    /// Background checkpoints, where the store runs them ([`Backend::CHECKPOINT`]).
+    checkpoints: Option<Checkpoints>,
 }
+
+/// When the next background checkpoint is due: after `interval` group
+/// commits, an interval that adapts so that each checkpoint finds about
+/// [`CHECKPOINT_FRAMES`] frames in the log.
+struct Checkpoints {
+    since: AtomicU64,
+    interval: AtomicU64,
+    running: std::sync::atomic::AtomicBool,
+}
+
+/// Log frames (pages) a background checkpoint aims to find: SQLite's own
+/// `wal_autocheckpoint` default.
+const CHECKPOINT_FRAMES: u64 = 1000;
 
 /// One step of a group commit.
 pub enum BatchItem<B: Backend> {
@@ -508,6 +529,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
                 updates: RwLock::new(HashMap::new()),
                 merged: RwLock::new(HashMap::new()),
                 schema,
+                checkpoints: None,
             }),
             loads: Arc::new(Mutex::new(LoadQueue {
                 waiting: Vec::new(),
@@ -527,6 +549,30 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     pub fn with_group_commit(mut self, enabled: bool) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.group_commit = enabled;
+        }
+        self
+    }
+
+    /// Whether the store checkpoints the write-ahead log itself, in the
+    /// background on a connection of its own, instead of leaving it to
+    /// SQLite's automatic checkpoint (default `false`; [`SqliteStore::connect`]
+    /// turns it on and sets `wal_autocheckpoint = 0` on its pool). The
+    /// automatic checkpoint runs inside the commit that crosses the log's
+    /// size limit, so every request waiting on that connection waits for the
+    /// copy and its `fsync` too; the background one does not block readers
+    /// or writers (`PRAGMA wal_checkpoint(PASSIVE)`) and keeps the log near
+    /// the same size. On your own pool, set `wal_autocheckpoint = 0` on its
+    /// connections when you turn this on. Has no effect on PostgreSQL or
+    /// MySQL. Call it before cloning the store.
+    ///
+    /// [`SqliteStore::connect`]: crate::SqliteStore
+    pub fn with_background_checkpoints(mut self, enabled: bool) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.checkpoints = (enabled && B::CHECKPOINT.is_some()).then(|| Checkpoints {
+                since: AtomicU64::new(0),
+                interval: AtomicU64::new(64),
+                running: std::sync::atomic::AtomicBool::new(false),
+            });
         }
         self
     }
@@ -1025,7 +1071,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
 }
 
 /// Commits one group of writes and tells each its result.
-async fn commit_group<B: Backend>(inner: &Inner<B>, held: &mut Held<B>, group: Vec<Write<B>>) {
+async fn commit_group<B: Backend>(inner: &Arc<Inner<B>>, held: &mut Held<B>, group: Vec<Write<B>>) {
     inner.commits.fetch_add(1, Ordering::Relaxed);
     let (items, readings, waiting) = match plan_group(inner, group) {
         Ok(plan) => plan,
@@ -1044,6 +1090,7 @@ async fn commit_group<B: Backend>(inner: &Inner<B>, held: &mut Held<B>, group: V
     };
     match results {
         Ok(results) => {
+            checkpoint_if_due(inner);
             for (done, reading) in waiting.into_iter().zip(readings) {
                 let rows = match (&results[reading.item], reading.id) {
                     (BatchResult::Affected(rows), _) => *rows,
@@ -1064,6 +1111,45 @@ async fn commit_group<B: Backend>(inner: &Inner<B>, held: &mut Held<B>, group: V
             }
         }
     }
+}
+
+/// Counts a group commit and, when a checkpoint is due and none runs,
+/// starts one in its own task on a connection of its own.
+fn checkpoint_if_due<B: Backend>(inner: &Arc<Inner<B>>) {
+    let (Some(checkpoints), Some(statement)) = (&inner.checkpoints, B::CHECKPOINT) else {
+        return;
+    };
+    let since = checkpoints.since.fetch_add(1, Ordering::Relaxed) + 1;
+    if since < checkpoints.interval.load(Ordering::Relaxed)
+        || checkpoints.running.swap(true, Ordering::AcqRel)
+    {
+        return;
+    }
+    checkpoints.since.store(0, Ordering::Relaxed);
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let checkpoints = inner.checkpoints.as_ref().expect("checked above");
+        let result = async {
+            let mut connection = inner.pool.acquire().await?;
+            let row = B::fetch_optional(&mut connection, statement.into(), Default::default())
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            Ok::<_, sqlx::Error>((B::decode_i64(&row, 1)?, B::decode_i64(&row, 2)?))
+        }
+        .await;
+        match result {
+            Ok((frames, copied)) => {
+                // Aim the next one at CHECKPOINT_FRAMES frames.
+                let interval = checkpoints.interval.load(Ordering::Relaxed);
+                let frames = u64::try_from(frames).unwrap_or(0).max(1);
+                let next = (interval * CHECKPOINT_FRAMES / frames).clamp(8, 8192);
+                checkpoints.interval.store(next, Ordering::Relaxed);
+                tracing::trace!(frames, copied, next, "background checkpoint");
+            }
+            Err(error) => tracing::warn!(%error, "background checkpoint failed; retrying later"),
+        }
+        checkpoints.running.store(false, Ordering::Release);
+    });
 }
 
 /// How a write learns its result from its group's statements.
