@@ -154,16 +154,6 @@ macro_rules! sqlx_execution {
                 .fetch_all(connection)
                 .await
         }
-
-        async fn fetch_optional(
-            connection: &mut $connection,
-            sql: std::sync::Arc<str>,
-            args: $arguments,
-        ) -> Result<Option<$row>, sqlx::Error> {
-            sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-                .fetch_optional(connection)
-                .await
-        }
     };
 }
 
@@ -257,6 +247,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// integers: busy, frames in the log, frames copied (SQLite's
     /// `PRAGMA wal_checkpoint(PASSIVE)`); `None` where the server does this.
     const CHECKPOINT: Option<&'static str> = None;
+    /// The same, but one that also makes the next write start the log
+    /// over, waiting for readers and holding writers back while it runs
+    /// (SQLite's `RESTART` mode). A log is only started over by a write that
+    /// begins after a complete checkpoint; under steady load some write is
+    /// always in flight while a background checkpoint syncs, so without this
+    /// the log would grow for ever.
+    const CHECKPOINT_RESTART: Option<&'static str> = None;
 
     /// Whether grouped loads and writes take turns on one connection
     /// instead of running side by side on two. For SQLite: its connections
@@ -281,12 +278,6 @@ pub trait Backend: Send + Sync + Sized + 'static {
         sql: Arc<str>,
         args: Arguments<Self>,
     ) -> impl Future<Output = Result<Vec<Row<Self>>, sqlx::Error>> + Send + 'a;
-    /// Runs a query that returns at most one row.
-    fn fetch_optional<'a>(
-        connection: &'a mut Connection<Self>,
-        sql: Arc<str>,
-        args: Arguments<Self>,
-    ) -> impl Future<Output = Result<Option<Row<Self>>, sqlx::Error>> + Send + 'a;
 }
 
 /// A session store on a SQL database; use the aliases
@@ -347,12 +338,19 @@ struct Inner<B: Backend> {
 struct Checkpoints {
     since: AtomicU64,
     interval: AtomicU64,
+    /// Frames in the log at the last checkpoint.
+    frames: AtomicU64,
     running: std::sync::atomic::AtomicBool,
 }
 
-/// Log frames (pages) a background checkpoint aims to find: SQLite's own
-/// `wal_autocheckpoint` default.
+/// New log frames (pages) a background checkpoint aims to find: SQLite's
+/// own `wal_autocheckpoint` default.
 const CHECKPOINT_FRAMES: u64 = 1000;
+
+/// Log frames past which a checkpoint also starts the log over
+/// ([`Backend::CHECKPOINT_RESTART`]); the passive ones before it have copied
+/// all but the newest frames, so holding writers back is brief.
+const RESTART_FRAMES: u64 = 2 * CHECKPOINT_FRAMES;
 
 /// One step of a group commit.
 pub enum BatchItem<B: Backend> {
@@ -560,8 +558,10 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     /// automatic checkpoint runs inside the commit that crosses the log's
     /// size limit, so every request waiting on that connection waits for the
     /// copy and its `fsync` too; the background one does not block readers
-    /// or writers (`PRAGMA wal_checkpoint(PASSIVE)`) and keeps the log near
-    /// the same size. On your own pool, set `wal_autocheckpoint = 0` on its
+    /// or writers (`PRAGMA wal_checkpoint(PASSIVE)`). Once the log passes
+    /// 2000 frames, one checkpoint also starts it over (`RESTART`: writers
+    /// wait while it copies the few frames left and syncs), so the log file
+    /// stays near 12 MB with 4 KiB pages. On your own pool, set `wal_autocheckpoint = 0` on its
     /// connections when you turn this on. Has no effect on PostgreSQL or
     /// MySQL. Call it before cloning the store.
     ///
@@ -571,6 +571,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
             inner.checkpoints = (enabled && B::CHECKPOINT.is_some()).then(|| Checkpoints {
                 since: AtomicU64::new(0),
                 interval: AtomicU64::new(64),
+                frames: AtomicU64::new(0),
                 running: std::sync::atomic::AtomicBool::new(false),
             });
         }
@@ -591,7 +592,9 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         if !self.inner.group_commit {
             self.inner.written.fetch_add(1, Ordering::Relaxed);
             self.inner.commits.fetch_add(1, Ordering::Relaxed);
-            return Ok(B::execute(&self.inner.pool, sql, args).await?);
+            let affected = B::execute(&self.inner.pool, sql, args).await?;
+            checkpoint_if_due(&self.inner);
+            return Ok(affected);
         }
         self.submit(Work::Statement { sql, args }).await
     }
@@ -629,8 +632,14 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         let mut args = Arguments::<B>::default();
         bound(B::bind_id(&mut args, id))?;
         bound(B::bind_time(&mut args, now))?;
-        let row = B::fetch_optional(connection, self.inner.load.clone(), args).await?;
-        row.map(|row| Self::decode_record(&row, *id)).transpose()
+        // All rows (at most one: `id` is the key), not `fetch_optional`:
+        // on SQLite a statement left before its end keeps its read
+        // transaction open, and an open reader stops checkpoints from ever
+        // resetting the write-ahead log, which then grows without bound.
+        let rows = B::fetch_all(connection, self.inner.load.clone(), args).await?;
+        rows.first()
+            .map(|row| Self::decode_record(row, *id))
+            .transpose()
     }
 
     /// A loaded row (columns as in the load statements) as a record.
@@ -1113,6 +1122,17 @@ async fn commit_group<B: Backend>(inner: &Arc<Inner<B>>, held: &mut Held<B>, gro
     }
 }
 
+/// Runs a checkpoint statement: the frames in the log, and those copied.
+async fn checkpoint<B: Backend>(
+    connection: &mut Connection<B>,
+    statement: &'static str,
+) -> Result<(u64, i64), sqlx::Error> {
+    let rows = B::fetch_all(connection, statement.into(), Default::default()).await?;
+    let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+    let frames = u64::try_from(B::decode_i64(row, 1)?).unwrap_or(0);
+    Ok((frames, B::decode_i64(row, 2)?))
+}
+
 /// Counts a group commit and, when a checkpoint is due and none runs,
 /// starts one in its own task on a connection of its own.
 fn checkpoint_if_due<B: Backend>(inner: &Arc<Inner<B>>) {
@@ -1131,20 +1151,33 @@ fn checkpoint_if_due<B: Backend>(inner: &Arc<Inner<B>>) {
         let checkpoints = inner.checkpoints.as_ref().expect("checked above");
         let result = async {
             let mut connection = inner.pool.acquire().await?;
-            let row = B::fetch_optional(&mut connection, statement.into(), Default::default())
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            Ok::<_, sqlx::Error>((B::decode_i64(&row, 1)?, B::decode_i64(&row, 2)?))
+            let (frames, copied) = checkpoint::<B>(&mut connection, statement).await?;
+            let restarted = match B::CHECKPOINT_RESTART {
+                Some(restart) if frames >= RESTART_FRAMES => {
+                    checkpoint::<B>(&mut connection, restart).await?;
+                    true
+                }
+                _ => false,
+            };
+            Ok::<_, sqlx::Error>((frames, copied, restarted))
         }
         .await;
         match result {
-            Ok((frames, copied)) => {
-                // Aim the next one at CHECKPOINT_FRAMES frames.
+            Ok((frames, copied, restarted)) => {
+                // Aim the next one at CHECKPOINT_FRAMES new frames (a log
+                // that shrank was started over).
+                let before = checkpoints
+                    .frames
+                    .swap(if restarted { 0 } else { frames }, Ordering::Relaxed);
+                let new = if frames >= before {
+                    frames - before
+                } else {
+                    frames
+                };
                 let interval = checkpoints.interval.load(Ordering::Relaxed);
-                let frames = u64::try_from(frames).unwrap_or(0).max(1);
-                let next = (interval * CHECKPOINT_FRAMES / frames).clamp(8, 8192);
+                let next = (interval * CHECKPOINT_FRAMES / new.max(1)).clamp(8, 8192);
                 checkpoints.interval.store(next, Ordering::Relaxed);
-                tracing::trace!(frames, copied, next, "background checkpoint");
+                tracing::trace!(frames, copied, restarted, next, "background checkpoint");
             }
             Err(error) => tracing::warn!(%error, "background checkpoint failed; retrying later"),
         }

@@ -248,6 +248,7 @@ impl Backend for Sqlite {
     const ONE_LANE: bool = true;
 
     const CHECKPOINT: Option<&'static str> = Some("PRAGMA wal_checkpoint(PASSIVE)");
+    const CHECKPOINT_RESTART: Option<&'static str> = Some("PRAGMA wal_checkpoint(RESTART)");
 
     const MERGED_UPDATES: bool = true;
 
