@@ -286,12 +286,22 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
             }
             Raw::Sqlite(pool, path) => {
                 pool.close().await;
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
+                remove_sqlite_files(path);
             }
             Raw::Memory(_) => {}
         }
+    }
+}
+
+/// A fresh SQLite database file in the temporary directory.
+pub fn sqlite_path(prefix: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}.db", unique_name(prefix)))
+}
+
+/// Removes an SQLite database file with its log and shared-memory files.
+pub fn remove_sqlite_files(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
 
@@ -330,7 +340,7 @@ impl Backend for Sqlite {
     }
 
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
-        let path = std::env::temp_dir().join(format!("{}.db", unique_name("axum_typed_session")));
+        let path = sqlite_path("axum_typed_session");
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let store = SqliteStore::<T>::connect(&url)
             .await

@@ -5,7 +5,7 @@ use axum_typed_session::{
     Session, SessionConfig, SessionLayer, SessionStore,
     store::sql::{Backend as SqlBackend, SqlStore},
 };
-use conformance_tests::{Backend, Client, send, sql_conformance};
+use conformance_tests::{Backend, Client, remove_sqlite_files, send, sql_conformance, sqlite_path};
 use http::StatusCode;
 
 #[derive(Session, Default)]
@@ -22,6 +22,10 @@ fn app<S: SessionStore<Visit>>(store: S) -> Router {
                 visit.update_count(|count| *count += 1);
                 visit.count().to_string()
             }),
+        )
+        .route(
+            "/logout",
+            get(|visit: Session<Visit>| async move { visit.destroy() }),
         )
         .layer(SessionLayer::new(
             store,
@@ -91,22 +95,7 @@ where
     const CLIENTS: usize = 64;
     let store = SqlStore::<B, Visit>::new(pool.clone());
     store.migrate().await.expect("migrate");
-    let app = Router::new()
-        .route(
-            "/count",
-            get(|visit: Session<Visit>| async move {
-                visit.update_count(|count| *count += 1);
-                visit.count().to_string()
-            }),
-        )
-        .route(
-            "/logout",
-            get(|visit: Session<Visit>| async move { visit.destroy() }),
-        )
-        .layer(SessionLayer::new(
-            store.clone(),
-            SessionConfig::default().with_secure(false),
-        ));
+    let app = app(store.clone());
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         let mut client = Client::new(app.clone(), "session");
@@ -164,11 +153,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_pool_of_one_connection() {
-    let path = std::env::temp_dir().join(format!(
-        "ats_one_connection_{}_{}.db",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let path = sqlite_path("ats_one_connection");
     let options: sqlx::sqlite::SqliteConnectOptions =
         format!("sqlite://{}?mode=rwc", path.display())
             .parse()
@@ -179,9 +164,7 @@ async fn sqlite_pool_of_one_connection() {
         .await
         .unwrap();
     one_connection_serves_everyone::<axum_typed_session::store::sql::sqlite::Sqlite>(pool).await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    remove_sqlite_files(&path);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,11 +192,7 @@ async fn postgres_pool_of_one_connection() {
 /// itself (read while ignoring the log) holds the sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_checkpoints_in_the_background() {
-    let path = std::env::temp_dir().join(format!(
-        "ats_checkpoint_{}_{}.db",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let path = sqlite_path("ats_checkpoint");
     let store = axum_typed_session::SqliteStore::<Visit>::connect(&format!(
         "sqlite://{}?mode=rwc",
         path.display()
@@ -267,7 +246,5 @@ async fn sqlite_checkpoints_in_the_background() {
         "{frames} frames in the log after {REQUESTS} writes: it was never started over"
     );
     drop(store);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    remove_sqlite_files(&path);
 }

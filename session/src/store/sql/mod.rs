@@ -332,11 +332,12 @@ struct Inner<B: Backend> {
     checkpoints: Option<Checkpoints>,
 }
 
-/// When the next background checkpoint is due: after `interval` group
-/// commits, an interval that adapts so that each checkpoint finds about
-/// [`CHECKPOINT_FRAMES`] frames in the log.
+/// When the next background checkpoint is due: `interval` commits after the
+/// last, an interval that adapts so that each checkpoint finds about
+/// [`CHECKPOINT_FRAMES`] new frames in the log.
 struct Checkpoints {
-    since: AtomicU64,
+    /// The commit count ([`Inner::commits`]) at which the next one is due.
+    due_at: AtomicU64,
     interval: AtomicU64,
     /// Frames in the log at the last checkpoint.
     frames: AtomicU64,
@@ -561,15 +562,15 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     /// or writers (`PRAGMA wal_checkpoint(PASSIVE)`). Once the log passes
     /// 2000 frames, one checkpoint also starts it over (`RESTART`: writers
     /// wait while it copies the few frames left and syncs), so the log file
-    /// stays near 12 MB with 4 KiB pages. On your own pool, set `wal_autocheckpoint = 0` on its
-    /// connections when you turn this on. Has no effect on PostgreSQL or
-    /// MySQL. Call it before cloning the store.
+    /// stays near 12 MB with 4 KiB pages. On your own pool, set
+    /// `wal_autocheckpoint = 0` on its connections when you turn this on.
+    /// Has no effect on PostgreSQL or MySQL. Call it before cloning the store.
     ///
     /// [`SqliteStore::connect`]: crate::SqliteStore
     pub fn with_background_checkpoints(mut self, enabled: bool) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.checkpoints = (enabled && B::CHECKPOINT.is_some()).then(|| Checkpoints {
-                since: AtomicU64::new(0),
+                due_at: AtomicU64::new(64),
                 interval: AtomicU64::new(64),
                 frames: AtomicU64::new(0),
                 running: std::sync::atomic::AtomicBool::new(false),
@@ -611,11 +612,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         if start_committer {
             // Its own task: a request that is cancelled (client gone) must
             // not take the commit of everybody else's writes with it.
-            if B::ONE_LANE {
-                tokio::spawn(self.clone().serve_lane());
-            } else {
-                tokio::spawn(self.clone().commit_groups());
-            }
+            tokio::spawn(self.clone().serve(Lane::of_writes::<B>()));
         }
         result
             .await
@@ -632,10 +629,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         let mut args = Arguments::<B>::default();
         bound(B::bind_id(&mut args, id))?;
         bound(B::bind_time(&mut args, now))?;
-        // All rows (at most one: `id` is the key), not `fetch_optional`:
-        // on SQLite a statement left before its end keeps its read
-        // transaction open, and an open reader stops checkpoints from ever
-        // resetting the write-ahead log, which then grows without bound.
+        // At most one row: `id` is the key.
         let rows = B::fetch_all(connection, self.inner.load.clone(), args).await?;
         rows.first()
             .map(|row| Self::decode_record(row, *id))
@@ -660,43 +654,34 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         })
     }
 
-    /// Serves waiting loads a group at a time, each group one
-    /// `SELECT … WHERE id IN (…)`, until none is left (the same gathering as
-    /// the group commit: under load groups grow, alone a load runs at once).
-    async fn load_groups(self) {
-        let mut held = None;
-        loop {
-            let group = {
-                let mut queue = lock(&self.loads);
-                if queue.waiting.is_empty() {
-                    queue.loading = false;
-                    return;
-                }
-                take_group(&mut queue.waiting)
-            };
-            self.load_group(&mut held, group).await;
-            release_if_contended::<B>(&self.inner.pool, &mut held);
-        }
-    }
-
-    /// Serves waiting writes and loads in turns on one connection until
-    /// neither is left: each turn commits the writes waiting, then reads the
-    /// loads waiting ([`Backend::ONE_LANE`]).
-    async fn serve_lane(self) {
+    /// Serves the waiting work of `lane` a group at a time until none is
+    /// left: each turn commits the writes waiting, then reads the loads
+    /// waiting (one `SELECT … WHERE id IN (…)`). While a group runs, the next
+    /// one gathers: under load, groups grow by themselves; alone, a request
+    /// is served at once.
+    async fn serve(self, lane: Lane) {
         let mut held = None;
         loop {
             let (writes, loads) = {
                 // Lock order, here and in `load`: loads, then writes.
                 let mut loads = lock(&self.loads);
                 let mut writes = lock(&self.inner.writes);
-                if loads.waiting.is_empty() && writes.waiting.is_empty() {
-                    writes.committing = false;
+                let write_group = match lane {
+                    Lane::Loads => Vec::new(),
+                    Lane::Writes | Lane::Both => take_group(&mut writes.waiting),
+                };
+                let load_group = match lane {
+                    Lane::Writes => Vec::new(),
+                    Lane::Loads | Lane::Both => take_group(&mut loads.waiting),
+                };
+                if write_group.is_empty() && load_group.is_empty() {
+                    match lane {
+                        Lane::Loads => loads.loading = false,
+                        Lane::Writes | Lane::Both => writes.committing = false,
+                    }
                     return;
                 }
-                (
-                    take_group(&mut writes.waiting),
-                    take_group(&mut loads.waiting),
-                )
+                (write_group, load_group)
             };
             if !writes.is_empty() {
                 commit_group(&self.inner, &mut held, writes).await;
@@ -1052,31 +1037,33 @@ fn release_if_contended<B: Backend>(pool: &Pool<B::Database>, held: &mut Held<B>
     }
 }
 
+/// Which queues a group task serves: loads and writes each have their own
+/// task, except on [`Backend::ONE_LANE`] backends, where one task serves both.
+#[derive(Clone, Copy)]
+enum Lane {
+    Loads,
+    Writes,
+    Both,
+}
+
+impl Lane {
+    fn of_loads<B: Backend>() -> Self {
+        if B::ONE_LANE { Lane::Both } else { Lane::Loads }
+    }
+
+    fn of_writes<B: Backend>() -> Self {
+        if B::ONE_LANE {
+            Lane::Both
+        } else {
+            Lane::Writes
+        }
+    }
+}
+
 /// Takes the next group from a queue: everything waiting, up to [`MAX_GROUP`].
 fn take_group<W>(waiting: &mut Vec<W>) -> Vec<W> {
     let take = waiting.len().min(MAX_GROUP);
     waiting.drain(..take).collect()
-}
-
-impl<B: Backend, T: SessionData> SqlStore<B, T> {
-    /// Commits waiting writes, a group at a time, until none is left. While
-    /// a group commits, the next one gathers: under load, groups grow by
-    /// themselves; alone, a write is committed at once.
-    async fn commit_groups(self) {
-        let mut held = None;
-        loop {
-            let group = {
-                let mut queue = lock(&self.inner.writes);
-                if queue.waiting.is_empty() {
-                    queue.committing = false;
-                    return;
-                }
-                take_group(&mut queue.waiting)
-            };
-            commit_group(&self.inner, &mut held, group).await;
-            release_if_contended::<B>(&self.inner.pool, &mut held);
-        }
-    }
 }
 
 /// Commits one group of writes and tells each its result.
@@ -1133,19 +1120,23 @@ async fn checkpoint<B: Backend>(
     Ok((frames, B::decode_i64(row, 2)?))
 }
 
-/// Counts a group commit and, when a checkpoint is due and none runs,
-/// starts one in its own task on a connection of its own.
+/// After a commit: when a checkpoint is due and none runs, starts one in
+/// its own task on a connection of its own.
 fn checkpoint_if_due<B: Backend>(inner: &Arc<Inner<B>>) {
     let (Some(checkpoints), Some(statement)) = (&inner.checkpoints, B::CHECKPOINT) else {
         return;
     };
-    let since = checkpoints.since.fetch_add(1, Ordering::Relaxed) + 1;
-    if since < checkpoints.interval.load(Ordering::Relaxed)
+    let commits = inner.commits.load(Ordering::Relaxed);
+    if commits < checkpoints.due_at.load(Ordering::Relaxed)
         || checkpoints.running.swap(true, Ordering::AcqRel)
     {
         return;
     }
-    checkpoints.since.store(0, Ordering::Relaxed);
+    // Until this one reports, the next waits the current interval.
+    let interval = checkpoints.interval.load(Ordering::Relaxed);
+    checkpoints
+        .due_at
+        .store(commits + interval, Ordering::Relaxed);
     let inner = inner.clone();
     tokio::spawn(async move {
         let checkpoints = inner.checkpoints.as_ref().expect("checked above");
@@ -1174,9 +1165,9 @@ fn checkpoint_if_due<B: Backend>(inner: &Arc<Inner<B>>) {
                 } else {
                     frames
                 };
-                let interval = checkpoints.interval.load(Ordering::Relaxed);
                 let next = (interval * CHECKPOINT_FRAMES / new.max(1)).clamp(8, 8192);
                 checkpoints.interval.store(next, Ordering::Relaxed);
+                checkpoints.due_at.store(commits + next, Ordering::Relaxed);
                 tracing::trace!(frames, copied, restarted, next, "background checkpoint");
             }
             Err(error) => tracing::warn!(%error, "background checkpoint failed; retrying later"),
@@ -1542,19 +1533,19 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
             return self.load_one(&mut connection, id, now).await;
         }
         let (done, result) = oneshot::channel();
+        let lane = Lane::of_loads::<B>();
         let start = {
             let mut queue = lock(&self.loads);
             queue.waiting.push((*id, done));
-            if B::ONE_LANE {
-                !std::mem::replace(&mut lock(&self.inner.writes).committing, true)
-            } else {
-                !std::mem::replace(&mut queue.loading, true)
+            match lane {
+                Lane::Loads => !std::mem::replace(&mut queue.loading, true),
+                Lane::Writes | Lane::Both => {
+                    !std::mem::replace(&mut lock(&self.inner.writes).committing, true)
+                }
             }
         };
-        match start {
-            true if B::ONE_LANE => drop(tokio::spawn(self.clone().serve_lane())),
-            true => drop(tokio::spawn(self.clone().load_groups())),
-            false => {}
+        if start {
+            tokio::spawn(self.clone().serve(lane));
         }
         let record = result
             .await
