@@ -217,16 +217,19 @@ impl SessionConfig {
     }
 
     /// How long a session lives without being used (default 24 hours).
-    /// Every use extends it, but a request that changes nothing writes the
-    /// new expiry only once a [fraction](Self::with_touch_fraction) of it has passed.
+    /// Use extends it, in steps: the stored expiry (and the cookie's
+    /// `Max-Age`) moves only once a [fraction](Self::with_touch_fraction) of
+    /// it has passed, so a session may end up to that fraction early.
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self
     }
 
-    /// The part of the lifetime after which a read-only request extends the
-    /// expiry (default `0.1`: with 24 hours, a reading visitor costs at most
-    /// one write every 2.4 hours). Clamped to `0.0..=1.0`.
+    /// The part of the lifetime after which a request extends the expiry
+    /// (default `0.1`). With 24 hours, a reading visitor costs at most one
+    /// write every 2.4 hours, and a writing one moves the `expires_at` index
+    /// entry and gets a new cookie at most that often; other writes leave
+    /// both alone. `0.0` extends on every request. Clamped to `0.0..=1.0`.
     pub fn with_touch_fraction(mut self, fraction: f64) -> Self {
         self.touch_fraction = if fraction.is_nan() {
             0.1

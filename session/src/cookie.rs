@@ -22,6 +22,16 @@ pub struct SessionCookie {
 /// The headers a response gets for its session.
 pub type SessionHeaders = Vec<(HeaderName, HeaderValue)>;
 
+/// A token a request presented.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presented {
+    /// The token.
+    pub token: SessionToken,
+    /// Opened with a previous key of a rotation: the client gets the token
+    /// again under the current key on the next write.
+    pub reseal: bool,
+}
+
 impl SessionCookie {
     /// The cookie `config` describes.
     pub fn new(config: SessionConfig) -> Self {
@@ -37,7 +47,7 @@ impl SessionCookie {
     /// present, else the first of our cookies that decodes. Anything else
     /// (absent, not UTF-8, malformed, forged, under a retired key) is no
     /// token: the request gets a fresh session.
-    pub fn read(&self, headers: &HeaderMap) -> Option<SessionToken> {
+    pub fn read(&self, headers: &HeaderMap) -> Option<Presented> {
         if let Some(header) = &self.config.token_header
             && let Some(token) = headers
                 .get_all(header)
@@ -59,11 +69,12 @@ impl SessionCookie {
             .find_map(|value| self.decode(value))
     }
 
-    fn decode(&self, value: &str) -> Option<SessionToken> {
+    fn decode(&self, value: &str) -> Option<Presented> {
         // Bound the work an attacker can cause: a token cookie is short.
         if value.len() > 512 {
             return None;
         }
+        // The cookie and the position of the key that opened it.
         let opened = |keys: &[cookie::Key],
                       open: fn(
             &CookieJar,
@@ -71,11 +82,18 @@ impl SessionCookie {
             Cookie<'static>,
         ) -> Option<Cookie<'static>>| {
             let jar = CookieJar::new();
-            keys.iter()
-                .find_map(|key| open(&jar, key, Cookie::new(self.name.clone(), value.to_owned())))
+            keys.iter().enumerate().find_map(|(position, key)| {
+                open(&jar, key, Cookie::new(self.name.clone(), value.to_owned()))
+                    .map(|cookie| (cookie, position))
+            })
         };
-        let plain = match &self.config.protection {
-            CookieProtection::Plain => return SessionToken::parse(value),
+        let (plain, key) = match &self.config.protection {
+            CookieProtection::Plain => {
+                return SessionToken::parse(value).map(|token| Presented {
+                    token,
+                    reseal: false,
+                });
+            }
             CookieProtection::Signed(keys) => {
                 opened(keys, |jar, key, cookie| jar.signed(key).verify(cookie))?
             }
@@ -83,7 +101,10 @@ impl SessionCookie {
                 opened(keys, |jar, key, cookie| jar.private(key).decrypt(cookie))?
             }
         };
-        SessionToken::parse(plain.value())
+        SessionToken::parse(plain.value()).map(|token| Presented {
+            token,
+            reseal: key > 0,
+        })
     }
 
     fn encode(&self, token: &SessionToken) -> String {
@@ -186,7 +207,10 @@ mod tests {
             assert_ne!(value, token.encode(), "the token is not sent as is");
             assert_eq!(
                 cookie.read(&headers(&format!("session={value}"))),
-                Some(token.clone())
+                Some(Presented {
+                    token: token.clone(),
+                    reseal: false
+                })
             );
             let mut tampered = value.clone().into_bytes();
             tampered[3] ^= 1;
@@ -213,9 +237,20 @@ mod tests {
         );
         assert_eq!(
             rotated.read(&headers(&format!("session={value}"))),
-            Some(token.clone())
+            Some(Presented {
+                token: token.clone(),
+                reseal: true
+            }),
+            "opened with the previous key, to be resealed"
         );
         let resealed = cookie_value(&rotated.set(&token, None));
+        assert_eq!(
+            rotated.read(&headers(&format!("session={resealed}"))),
+            Some(Presented {
+                token: token.clone(),
+                reseal: false
+            })
+        );
         assert_eq!(
             before.read(&headers(&format!("session={resealed}"))),
             None,

@@ -12,11 +12,12 @@ use chrono::{DateTime, Utc};
 use http::request::Parts;
 
 use crate::{
+    cookie::Presented,
     data::{DirtyFields, SessionData},
     error::{SessionError, StoreError},
     store::Record,
     sync::lock,
-    token::{SessionId, SessionToken},
+    token::SessionId,
 };
 
 /// One recorded change, replayed on fresh data after a write conflict.
@@ -41,7 +42,7 @@ pub(crate) enum Location {
 /// extractor only knows `T`, the layer knows the store.
 pub(crate) trait Loader<T: SessionData>: Send + Sync {
     /// The token the request presents, if any is valid.
-    fn read_token(&self, headers: &http::HeaderMap) -> Option<SessionToken>;
+    fn read_token(&self, headers: &http::HeaderMap) -> Option<Presented>;
 
     fn load<'a>(&'a self, id: &'a SessionId) -> LoadFuture<'a, T>;
 }
@@ -52,7 +53,7 @@ pub(crate) struct State<T> {
     pub(crate) data: Option<T>,
     /// The token the client presented, read when the session is first
     /// extracted (a request that never extracts it parses no cookie).
-    pub(crate) presented: Option<SessionToken>,
+    pub(crate) presented: Option<Presented>,
     /// The stored row's metadata; `None` for a session not in the store.
     pub(crate) stored: Option<StoredMeta>,
     pub(crate) changes: Changes<T>,
@@ -146,7 +147,7 @@ impl<T: SessionData> PendingSession<T> {
         }
         let presented = shared.loader.read_token(headers);
         let record = match &presented {
-            Some(token) => shared.loader.load(&token.id()).await?,
+            Some(presented) => shared.loader.load(&presented.token.id()).await?,
             None => None,
         };
         let mut state = lock(&shared.state);

@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use crate::{
     config::{SessionConfig, SessionMode},
-    cookie::{SessionCookie, SessionHeaders},
+    cookie::{Presented, SessionCookie, SessionHeaders},
     data::SessionData,
     error::{SessionError, StoreError},
     extract::{LoadFuture, Loader, Location, PendingSession, State, StoredMeta, changed_fields},
@@ -162,7 +162,7 @@ async fn purge_loop<T: SessionData, S: SessionStore<T>>(
 }
 
 impl<T: SessionData, S: SessionStore<T>> Loader<T> for LayerShared<T, S> {
-    fn read_token(&self, headers: &http::HeaderMap) -> Option<SessionToken> {
+    fn read_token(&self, headers: &http::HeaderMap) -> Option<Presented> {
         self.cookie.read(headers)
     }
 
@@ -331,8 +331,8 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
             .map_or(sliding, |end| sliding.min(end))
     }
 
-    /// Whether a request that changed nothing should still write the new
-    /// expiry: once per `touch_fraction` of the lifetime, and only if it moves.
+    /// Whether this request moves the stored expiry: once per
+    /// `touch_fraction` of the lifetime, and only forward.
     fn should_touch(
         &self,
         now: DateTime<Utc>,
@@ -438,7 +438,8 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         let Some(mut data) = data else {
             return Ok(Vec::new());
         };
-        let presented = presented.as_ref();
+        let reseal = presented.as_ref().is_some_and(|presented| presented.reseal);
+        let presented = presented.as_ref().map(|presented| &presented.token);
         let now = Utc::now();
 
         if destroy {
@@ -510,15 +511,27 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
             return Ok(self.cookie(&token, now, expires_at, remember));
         }
 
+        // The expiry moves once per touch fraction of the lifetime (or when
+        // the lifetime itself changes), whatever else the request did: in
+        // between, writes leave it, its index entry and the cookie alone.
+        let moves_expiry = remember_change.is_some() || self.should_touch(now, &stored, expires_at);
+        let kept_expiry = if moves_expiry {
+            expires_at
+        } else {
+            stored.expires_at
+        };
+        // The client needs the cookie again only if it changed: a new token,
+        // a new Max-Age, or a token sealed under a retired key.
+        let send_cookie = new_token.is_some() || moves_expiry || reseal;
         let mut update = Update {
             dirty: changes.dirty,
             expected_version: changes.compare_and_swap.then_some(stored.version),
-            expires_at,
+            expires_at: moves_expiry.then_some(expires_at),
             new_id: new_token.as_ref().map(SessionToken::id),
             remember: remember_change,
             now,
         };
-        if update.is_touch() && !self.should_touch(now, &stored, expires_at) {
+        if update.is_empty() {
             return Ok(Vec::new());
         }
         let mut attempts = 0;
@@ -529,8 +542,8 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
                 .await?
             {
                 return Ok(match new_token.as_ref().or(presented) {
-                    Some(token) => self.cookie(token, now, expires_at, remember),
-                    None => Vec::new(),
+                    Some(token) if send_cookie => self.cookie(token, now, kept_expiry, remember),
+                    _ => Vec::new(),
                 });
             }
             if !changes.compare_and_swap {

@@ -222,9 +222,11 @@ async fn expired_sessions_are_never_loaded<B: Backend>() {
     fixture.cleanup().await;
 }
 
-/// A read-only request extends the expiry only once per touch fraction, and
-/// the touch does not bump the version; the cookie follows the new expiry.
-async fn reads_touch_the_expiry_at_most_once_per_fraction<B: Backend>() {
+/// Reads and writes alike move the expiry only once per touch fraction: a
+/// write in between changes its data and version but leaves the expiry and
+/// the cookie alone; a touch does not bump the version; the cookie follows
+/// each move of the expiry.
+async fn requests_move_the_expiry_at_most_once_per_fraction<B: Backend>() {
     let Some(fixture) = B::open::<Account>().await else {
         return;
     };
@@ -241,8 +243,15 @@ async fn reads_touch_the_expiry_at_most_once_per_fraction<B: Backend>() {
         early.cookies.is_empty(),
         "no touch before a quarter of the timeout"
     );
+    let early_write = client.get("/visit").await;
+    assert_eq!(early_write.body, "2");
+    assert!(
+        early_write.cookies.is_empty(),
+        "nor a new cookie for a write: {early_write:?}"
+    );
     let after_early = fixture.store.load(&id, Utc::now()).await.unwrap().unwrap();
-    assert_eq!(after_early.expires_at, before.expires_at);
+    assert_eq!(after_early.expires_at, before.expires_at, "expiry kept");
+    assert_eq!(after_early.version, before.version + 1, "the write landed");
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let late = client.get("/peek").await;
@@ -254,14 +263,25 @@ async fn reads_touch_the_expiry_at_most_once_per_fraction<B: Backend>() {
     let touched = fixture.store.load(&id, Utc::now()).await.unwrap().unwrap();
     assert!(touched.expires_at > before.expires_at, "expiry extended");
     assert_eq!(
-        touched.version, before.version,
+        touched.version, after_early.version,
         "a touch is not a data write"
     );
-
     assert!(
         client.get("/peek").await.cookies.is_empty(),
         "and not again right after"
     );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let late_write = client.get("/visit").await;
+    assert_eq!(late_write.body, "3");
+    assert_eq!(
+        max_age(&late_write),
+        Some(4),
+        "a write past the fraction moves the expiry too: {late_write:?}"
+    );
+    let written = fixture.store.load(&id, Utc::now()).await.unwrap().unwrap();
+    assert!(written.expires_at > touched.expires_at, "expiry extended");
+    assert_eq!(written.version, touched.version + 1);
     fixture.cleanup().await;
 }
 
@@ -568,7 +588,7 @@ conformance!(
     renewed_session_is_not_resurrected_by_a_late_write,
     destroy_deletes_and_clears_the_cookie,
     expired_sessions_are_never_loaded,
-    reads_touch_the_expiry_at_most_once_per_fraction,
+    requests_move_the_expiry_at_most_once_per_fraction,
     absolute_lifetime_ends_a_session_in_use,
     remember_me_switches_the_lifetime,
     keys_protect_the_cookie_and_rotate,

@@ -40,7 +40,9 @@ impl<T: SessionData> Record<T> {
         if !update.is_touch() {
             self.version += 1;
         }
-        self.expires_at = update.expires_at;
+        if let Some(expires_at) = update.expires_at {
+            self.expires_at = expires_at;
+        }
         if let Some(remember) = update.remember {
             self.remember = remember;
         }
@@ -63,8 +65,10 @@ pub struct Update {
     /// `Some(v)`: write only if the row is still at version `v`
     /// (compare-and-swap); `None`: last writer wins for these columns.
     pub expected_version: Option<i64>,
-    /// The new expiry.
-    pub expires_at: DateTime<Utc>,
+    /// The new expiry; `None` keeps the stored one (the layer moves it only
+    /// once per touch fraction of the lifetime, see
+    /// [`SessionConfig::with_touch_fraction`](crate::SessionConfig::with_touch_fraction)).
+    pub expires_at: Option<DateTime<Utc>>,
     /// Move the row to this id in the same statement (`renew`).
     pub new_id: Option<SessionId>,
     /// Change the remember-me flag.
@@ -78,6 +82,12 @@ impl Update {
     /// alone, so it never makes a concurrent compare-and-swap retry.
     pub fn is_touch(&self) -> bool {
         self.dirty.is_empty() && self.new_id.is_none() && self.remember.is_none()
+    }
+
+    /// Whether this update writes nothing at all. The layer never sends
+    /// one; the SQL stores answer it with `Ok(true)` and no round trip.
+    pub fn is_empty(&self) -> bool {
+        self.is_touch() && self.expires_at.is_none()
     }
 }
 
@@ -97,8 +107,9 @@ pub trait SessionStore<T: SessionData>: Clone + Send + Sync + 'static {
     /// Stores a new session.
     fn insert(&self, record: &Record<T>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Writes the dirty fields of `data` and sets the expiry; bumps `version`
-    /// unless the update only extends the expiry ([`Update::is_touch`]).
+    /// Writes the dirty fields of `data` and, if given, the new expiry;
+    /// bumps `version` unless the update only extends the expiry
+    /// ([`Update::is_touch`]).
     /// `Ok(false)`: no live row matched (gone, expired, or a newer version).
     fn update(
         &self,

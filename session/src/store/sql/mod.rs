@@ -325,8 +325,8 @@ struct Inner<B: Backend> {
     /// UPDATE statements by (dirty fields, compare-and-swap, renew): a
     /// handful per app, each built once and then prepared once per connection.
     updates: RwLock<HashMap<UpdateShape, Arc<str>>>,
-    /// Merged UPDATEs by (dirty fields, rows).
-    merged: RwLock<HashMap<(u64, usize), Arc<str>>>,
+    /// Merged UPDATEs by (shape, rows).
+    merged: RwLock<HashMap<(MergedShape, usize), Arc<str>>>,
     schema: Schema,
     /// Background checkpoints, where the store runs them ([`Backend::CHECKPOINT`]).
     checkpoints: Option<Checkpoints>,
@@ -416,7 +416,7 @@ enum Work<B: Backend> {
 struct MergedRow {
     dirty: DirtyFields,
     id: SessionId,
-    expires_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     expected_version: Option<i64>,
     values: Vec<Value<'static>>,
@@ -431,8 +431,18 @@ struct WriteQueue<B: Backend> {
 const MAX_GROUP: usize = 256;
 
 /// What an UPDATE statement depends on: the dirty fields, and whether it
-/// checks the version, moves the id, and sets `remember`.
-type UpdateShape = (u64, bool, bool, bool);
+/// moves the expiry, checks the version, moves the id, and sets `remember`.
+type UpdateShape = (u64, bool, bool, bool, bool);
+
+/// What a merged UPDATE depends on: the dirty fields and whether it moves
+/// the expiry.
+type MergedShape = (DirtyFields, bool);
+
+impl MergedRow {
+    fn shape(&self) -> MergedShape {
+        (self.dirty, self.expires_at.is_some())
+    }
+}
 
 /// Adds the parameter placeholders and binds as statements are built.
 struct Params<B> {
@@ -964,6 +974,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     pub fn update_statement(&self, update: &Update) -> Arc<str> {
         let key = (
             update.dirty.bits(),
+            update.expires_at.is_some(),
             update.expected_version.is_some(),
             update.new_id.is_some(),
             update.remember.is_some(),
@@ -977,27 +988,37 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     #[doc(hidden)]
     pub fn build_update_statement(update: &Update) -> String {
         // Placeholders in the order `update()` binds: dirty fields,
-        // expires_at, remember, new id, id, now, version.
+        // expires_at, remember, new id, id, now, version. An empty update
+        // never gets here (`update()` answers it without a statement).
         let schema = T::SCHEMA;
         let mut sql = format!("UPDATE {} SET ", quote::<B>(schema.table));
         let mut params = Params::<B>::new();
+        let mut first = true;
+        let mut assign = |sql: &mut String, column: &str| {
+            if !std::mem::take(&mut first) {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "{} = ", quote::<B>(column));
+        };
         for index in update.dirty.iter() {
             let column = schema.column(index);
-            let _ = write!(sql, "{} = ", quote::<B>(column.name));
+            assign(&mut sql, column.name);
             params.push(&mut sql, Some(column.sql_type));
-            sql.push_str(", ");
         }
         if !update.is_touch() {
-            let _ = write!(sql, "{v} = {v} + 1, ", v = quote::<B>("version"));
+            assign(&mut sql, "version");
+            let _ = write!(sql, "{} + 1", quote::<B>("version"));
         }
-        let _ = write!(sql, "{} = ", quote::<B>("expires_at"));
-        params.push(&mut sql, None);
+        if update.expires_at.is_some() {
+            assign(&mut sql, "expires_at");
+            params.push(&mut sql, None);
+        }
         if update.remember.is_some() {
-            let _ = write!(sql, ", {} = ", quote::<B>("remember"));
+            assign(&mut sql, "remember");
             params.push(&mut sql, None);
         }
         if update.new_id.is_some() {
-            let _ = write!(sql, ", {} = ", quote::<B>("id"));
+            assign(&mut sql, "id");
             params.push(&mut sql, None);
         }
         let _ = write!(sql, " WHERE {} = ", quote::<B>("id"));
@@ -1202,7 +1223,7 @@ fn plan_group<B: Backend>(
     let mut items = Vec::new();
     let mut readings = Vec::with_capacity(group.len());
     let mut waiting = Vec::with_capacity(group.len());
-    let mut merged: Vec<(u64, Chunks)> = Vec::new();
+    let mut merged: Vec<(MergedShape, Chunks)> = Vec::new();
     for (position, write) in group.into_iter().enumerate() {
         waiting.push(write.done);
         match write.work {
@@ -1218,7 +1239,7 @@ fn plan_group<B: Backend>(
                     item: usize::MAX,
                     id: Some(row.id),
                 });
-                let shape = row.dirty.bits();
+                let shape = row.shape();
                 let per_statement = max_merged_rows(row.values.len());
                 let chunks = match merged.iter_mut().find(|(bits, _)| *bits == shape) {
                     Some((_, chunks)) => chunks,
@@ -1244,7 +1265,7 @@ fn plan_group<B: Backend>(
             }
             let rows: Vec<MergedRow> = chunk.into_iter().map(|(_, row)| row).collect();
             let item = if B::MERGED_UPDATES {
-                let sql = merged_update(inner, rows[0].dirty, rows.len());
+                let sql = merged_update(inner, rows[0].shape(), rows.len());
                 let mut args = Arguments::<B>::default();
                 for row in &rows {
                     if let Err(error) = bind_merged_row::<B>(&mut args, row) {
@@ -1291,8 +1312,11 @@ fn locked_update<B: Backend>(
         .map(|row| (row.id, row.now, row.expected_version))
         .collect();
     let update = move |passed: &[usize]| {
-        let dirty = rows[0].dirty;
-        let mut columns = vec![quote::<B>("__id"), quote::<B>("__expires_at")];
+        let (dirty, moves_expiry) = rows[0].shape();
+        let mut columns = vec![quote::<B>("__id")];
+        if moves_expiry {
+            columns.push(quote::<B>("__expires_at"));
+        }
         columns.extend(dirty.iter().map(|index| quote::<B>(&format!("c{index}"))));
         let mut sql = format!("UPDATE {table} JOIN (");
         let mut params = Params::<B>::new();
@@ -1314,7 +1338,9 @@ fn locked_update<B: Backend>(
             }
             let row = &rows[position];
             B::bind_id(&mut args, &row.id)?;
-            B::bind_time(&mut args, row.expires_at)?;
+            if let Some(expires_at) = row.expires_at {
+                B::bind_time(&mut args, expires_at)?;
+            }
             for value in &row.values {
                 B::bind(&mut args, value.clone())?;
             }
@@ -1325,27 +1351,30 @@ fn locked_update<B: Backend>(
             quote::<B>("id"),
             quote::<B>("__id")
         );
-        for index in dirty.iter() {
-            let _ = write!(
-                sql,
-                "{table}.{} = v.{}, ",
-                quote::<B>(schema.column(index).name),
-                quote::<B>(&format!("c{index}"))
-            );
-        }
+        let mut assignments: Vec<String> = dirty
+            .iter()
+            .map(|index| {
+                format!(
+                    "{table}.{} = v.{}",
+                    quote::<B>(schema.column(index).name),
+                    quote::<B>(&format!("c{index}"))
+                )
+            })
+            .collect();
         if !dirty.is_empty() {
-            let _ = write!(
-                sql,
-                "{table}.{v} = {table}.{v} + 1, ",
+            assignments.push(format!(
+                "{table}.{v} = {table}.{v} + 1",
                 v = quote::<B>("version")
-            );
+            ));
         }
-        let _ = write!(
-            sql,
-            "{table}.{} = v.{}",
-            quote::<B>("expires_at"),
-            quote::<B>("__expires_at")
-        );
+        if moves_expiry {
+            assignments.push(format!(
+                "{table}.{} = v.{}",
+                quote::<B>("expires_at"),
+                quote::<B>("__expires_at")
+            ));
+        }
+        sql.push_str(&assignments.join(", "));
         Ok((Arc::<str>::from(sql), args))
     };
     Ok(LockedUpdate {
@@ -1367,7 +1396,9 @@ fn bind_merged_row<B: Backend>(
     row: &MergedRow,
 ) -> Result<(), sqlx::error::BoxDynError> {
     B::bind_id(args, &row.id)?;
-    B::bind_time(args, row.expires_at)?;
+    if let Some(expires_at) = row.expires_at {
+        B::bind_time(args, expires_at)?;
+    }
     B::bind_time(args, row.now)?;
     match row.expected_version {
         Some(version) => B::bind_i64(args, version)?,
@@ -1382,22 +1413,30 @@ fn bind_merged_row<B: Backend>(
 /// `WITH v(...) AS (VALUES (...), ...) UPDATE t SET ... FROM v WHERE ...
 /// RETURNING id`: many sessions' UPDATEs of one shape in one statement, each
 /// row with its own expiry check and compare-and-swap.
-fn merged_update<B: Backend>(inner: &Inner<B>, dirty: DirtyFields, rows: usize) -> Arc<str> {
-    cached_statement(&inner.merged, (dirty.bits(), rows), || {
-        build_merged_update::<B>(inner.schema, dirty, rows)
+fn merged_update<B: Backend>(inner: &Inner<B>, shape: MergedShape, rows: usize) -> Arc<str> {
+    cached_statement(&inner.merged, (shape, rows), || {
+        let (dirty, moves_expiry) = shape;
+        build_merged_update::<B>(inner.schema, dirty, moves_expiry, rows)
     })
 }
 
-fn build_merged_update<B: Backend>(schema: Schema, dirty: DirtyFields, rows: usize) -> String {
+fn build_merged_update<B: Backend>(
+    schema: Schema,
+    dirty: DirtyFields,
+    moves_expiry: bool,
+    rows: usize,
+) -> String {
     let table = quote::<B>(schema.table);
-    // The VALUES columns get names no field can have (fields are `c<index>`).
-    let mut names = vec![
-        quote::<B>("__id"),
-        quote::<B>("__expires_at"),
-        quote::<B>("__now"),
-        quote::<B>("__expected"),
-    ];
-    let mut types = vec![B::ID_TYPE, B::TIME_TYPE, B::TIME_TYPE, "BIGINT"];
+    // The VALUES columns get names no field can have (fields are `c<index>`),
+    // in the order `bind_merged_row` binds.
+    let mut names = vec![quote::<B>("__id")];
+    let mut types = vec![B::ID_TYPE];
+    if moves_expiry {
+        names.push(quote::<B>("__expires_at"));
+        types.push(B::TIME_TYPE);
+    }
+    names.extend([quote::<B>("__now"), quote::<B>("__expected")]);
+    types.extend([B::TIME_TYPE, "BIGINT"]);
     for index in dirty.iter() {
         names.push(quote::<B>(&format!("c{index}")));
         types.push(B::column_type(schema.column(index).sql_type));
@@ -1415,24 +1454,32 @@ fn build_merged_update<B: Backend>(schema: Schema, dirty: DirtyFields, rows: usi
         }
         sql.push(')');
     }
-    let _ = write!(sql, ") UPDATE {table} SET ");
-    for index in dirty.iter() {
-        let _ = write!(
-            sql,
-            "{} = v.{}, ",
-            quote::<B>(schema.column(index).name),
-            quote::<B>(&format!("c{index}"))
-        );
-    }
+    let mut assignments: Vec<String> = dirty
+        .iter()
+        .map(|index| {
+            format!(
+                "{} = v.{}",
+                quote::<B>(schema.column(index).name),
+                quote::<B>(&format!("c{index}"))
+            )
+        })
+        .collect();
     if !dirty.is_empty() {
-        let _ = write!(sql, "{v} = {v} + 1, ", v = quote::<B>("version"));
+        assignments.push(format!("{v} = {v} + 1", v = quote::<B>("version")));
+    }
+    if moves_expiry {
+        assignments.push(format!(
+            "{} = v.{}",
+            quote::<B>("expires_at"),
+            quote::<B>("__expires_at")
+        ));
     }
     let _ = write!(
         sql,
-        "{e} = v.{ne} FROM v WHERE {table}.{id} = v.{nid} AND {table}.{e} > v.{now} \
+        ") UPDATE {table} SET {} FROM v WHERE {table}.{id} = v.{nid} AND {table}.{e} > v.{now} \
          AND (v.{expected} IS NULL OR {table}.{version} = v.{expected}) ",
+        assignments.join(", "),
         e = quote::<B>("expires_at"),
-        ne = quote::<B>("__expires_at"),
         id = quote::<B>("id"),
         nid = quote::<B>("__id"),
         now = quote::<B>("__now"),
@@ -1569,6 +1616,9 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
     }
 
     async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
+        if update.is_empty() {
+            return Ok(true);
+        }
         if self.inner.group_commit && update.new_id.is_none() && update.remember.is_none() {
             let mut values = Vec::with_capacity(T::SCHEMA.columns.len());
             for index in update.dirty.iter() {
@@ -1589,7 +1639,9 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         for index in update.dirty.iter() {
             bound(B::bind(&mut args, data.encode_column(index)?))?;
         }
-        bound(B::bind_time(&mut args, update.expires_at))?;
+        if let Some(expires_at) = update.expires_at {
+            bound(B::bind_time(&mut args, expires_at))?;
+        }
         if let Some(remember) = update.remember {
             bound(B::bind(&mut args, Value::Bool(remember)))?;
         }
