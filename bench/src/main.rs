@@ -33,8 +33,8 @@ use axum::{
     routing::get,
 };
 use axum_typed_session::{
-    CachedStore, MySqlStore, PgStore, Session, SessionConfig, SessionLayer, SessionStore,
-    SqliteStore,
+    CachedStore, MySqlStore, PgStore, Session, SessionConfig, SessionData, SessionLayer,
+    SessionStore, SqliteStore,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -51,6 +51,38 @@ const IN_FLIGHT: usize = 32;
 #[session(table = "bench_sessions")]
 struct Visit {
     count: i64,
+}
+
+/// The same session for the server behind the cache, in its own table: each
+/// table grows only with its own server's first visits, as the raw one does.
+#[derive(Session, Default)]
+#[session(table = "bench_cached_sessions")]
+struct CachedVisit {
+    count: i64,
+}
+
+/// What the routes do with either session struct.
+trait Counter: SessionData + Default {
+    fn get(session: &Session<Self>) -> i64;
+    fn increment(session: &Session<Self>);
+}
+
+impl Counter for Visit {
+    fn get(session: &Session<Self>) -> i64 {
+        session.count()
+    }
+    fn increment(session: &Session<Self>) {
+        session.update_count(|count| *count += 1);
+    }
+}
+
+impl Counter for CachedVisit {
+    fn get(session: &Session<Self>) -> i64 {
+        session.count()
+    }
+    fn increment(session: &Session<Self>) {
+        session.update_count(|count| *count += 1);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +142,7 @@ fn bare() -> Router {
         .route(Route::First.path(), get(|| async { "1" }))
 }
 
-fn with_sessions<S: SessionStore<Visit>>(store: S) -> Router {
+fn with_sessions<T: Counter, S: SessionStore<T>>(store: S) -> Router {
     let config = SessionConfig::default()
         .with_secure(false)
         .with_purge_interval(None);
@@ -118,16 +150,16 @@ fn with_sessions<S: SessionStore<Visit>>(store: S) -> Router {
         .route(Route::Untouched.path(), get(|| async { "ok" }))
         .route(
             Route::Read.path(),
-            get(|visit: Session<Visit>| async move { visit.count().to_string() }),
+            get(|visit: Session<T>| async move { T::get(&visit).to_string() }),
         )
-        .route(Route::Counter.path(), get(increment))
-        .route(Route::First.path(), get(increment))
+        .route(Route::Counter.path(), get(increment::<T>))
+        .route(Route::First.path(), get(increment::<T>))
         .layer(SessionLayer::new(store, config))
 }
 
-async fn increment(visit: Session<Visit>) -> String {
-    visit.update_count(|count| *count += 1);
-    visit.count().to_string()
+async fn increment<T: Counter>(visit: Session<T>) -> String {
+    T::increment(&visit);
+    T::get(&visit).to_string()
 }
 
 /// What a careful user writes by hand: the token is the key, one SELECT to
@@ -473,6 +505,46 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The longest a phase waits for the machine to go quiet.
+const SETTLE_MAX: Duration = Duration::from_secs(2);
+
+/// Busy and total CPU time of the whole machine, in clock ticks (Linux).
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
+    let total: u64 = ticks.iter().take(8).sum();
+    Some((total - idle, total))
+}
+
+/// Waits until the machine is quiet (under 10 % busy over 100 ms) or
+/// [`SETTLE_MAX`] has passed, and says how long it waited. What one phase
+/// leaves running (a database's checkpoint or vacuum after thousands of
+/// inserts) would otherwise slow down whichever server is measured next.
+async fn settle() -> Duration {
+    let started = Instant::now();
+    let mut before = cpu_ticks();
+    while started.elapsed() < SETTLE_MAX {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = cpu_ticks();
+        let (Some((busy0, total0)), Some((busy1, total1))) = (before, now) else {
+            break;
+        };
+        if (busy1 - busy0) * 10 < (total1 - total0).max(1) {
+            break;
+        }
+        before = now;
+    }
+    started.elapsed()
+}
+
 /// A running server under test.
 struct Target {
     name: String,
@@ -492,6 +564,7 @@ async fn measure_once(
 ) -> anyhow::Result<(f64, Vec<u32>, u64)> {
     let check = target.kind != "bare";
     let address = target.address;
+    let waited = settle().await;
     let mut users = prepare(client, address).await?;
     // Warm connections and statement caches.
     load(
@@ -528,7 +601,11 @@ async fn measure_once(
             outcome.errors
         ));
     }
-    eprintln!("  {name:<28} {:<10} {rps:>9.0} req/s", route.path());
+    eprintln!(
+        "  {name:<28} {:<10} {rps:>9.0} req/s   (settled in {} ms)",
+        route.path(),
+        waited.as_millis()
+    );
     Ok((rps, latencies, outcome.errors))
 }
 
@@ -578,39 +655,46 @@ async fn connect(db: Db) -> anyhow::Result<RawPool> {
     })
 }
 
-/// The session app on `pool`'s database (table emptied), optionally behind
-/// the single-instance cache.
+/// The session app on `pool`'s database (table emptied): `Visit` on the
+/// store, `CachedVisit` behind the single-instance cache.
 async fn session_app(pool: &RawPool, cache: bool) -> anyhow::Result<Router> {
-    fn build<S: SessionStore<Visit>>(store: S, cache: bool) -> Router {
+    if cache {
+        session_app_of::<CachedVisit>(pool, true).await
+    } else {
+        session_app_of::<Visit>(pool, false).await
+    }
+}
+
+async fn session_app_of<T: Counter>(pool: &RawPool, cache: bool) -> anyhow::Result<Router> {
+    fn build<T: Counter, S: SessionStore<T>>(store: S, cache: bool) -> Router {
         if cache {
-            with_sessions(CachedStore::new(store, 100_000))
+            with_sessions::<T, _>(CachedStore::new(store, 100_000))
         } else {
-            with_sessions(store)
+            with_sessions::<T, _>(store)
         }
     }
-    let delete = "DELETE FROM bench_sessions";
+    let delete = || sqlx::AssertSqlSafe(format!("DELETE FROM {}", T::SCHEMA.table));
     Ok(match pool {
         RawPool::Sqlite(pool) => {
             // The store opens its own pool on the same file, as an app would
             // (`SqliteStore::connect`), with the same durability as the raw
             // pool: WAL and synchronous = NORMAL.
             let path = pool.connect_options().get_filename().to_owned();
-            let store =
-                SqliteStore::<Visit>::connect(&format!("sqlite://{}", path.display())).await?;
+            let store = SqliteStore::<T>::connect(&format!("sqlite://{}", path.display())).await?;
             store.migrate().await?;
-            sqlx::query(delete).execute(pool).await?;
+            sqlx::query(delete()).execute(pool).await?;
             build(store, cache)
         }
         RawPool::Postgres(pool) => {
-            let store = PgStore::<Visit>::new(pool.clone());
+            let store = PgStore::<T>::new(pool.clone());
             store.migrate().await?;
-            sqlx::query(delete).execute(pool).await?;
+            sqlx::query(delete()).execute(pool).await?;
             build(store, cache)
         }
         RawPool::MySql(pool) => {
-            let store = MySqlStore::<Visit>::new(pool.clone());
+            let store = MySqlStore::<T>::new(pool.clone());
             store.migrate().await?;
-            sqlx::query(delete).execute(pool).await?;
+            sqlx::query(delete()).execute(pool).await?;
             build(store, cache)
         }
     })
