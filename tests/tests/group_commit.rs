@@ -250,3 +250,97 @@ async fn sqlite_checkpoints_in_the_background() {
     drop(store);
     remove_sqlite_files(&path);
 }
+
+/// A write the database refuses (here: a second INSERT of an existing id)
+/// fails only its own request. It shares its group's statements with the
+/// others, so the group is rolled back; every write then runs again alone.
+async fn a_refused_write_fails_only_its_own_request<B: Backend>() {
+    use axum_typed_session::{DirtyFields, Record, SessionToken, Update};
+    use chrono::{Duration, Utc};
+
+    const SESSIONS: usize = 8;
+    let Some(fixture) = B::open::<Visit>().await else {
+        return;
+    };
+    let now = Utc::now();
+    let record = |count: i64| Record {
+        id: SessionToken::generate().id(),
+        data: Visit { count },
+        version: 1,
+        expires_at: now + Duration::hours(1),
+        created_at: now,
+        remember: false,
+    };
+    let existing: Vec<Record<Visit>> = (0..SESSIONS).map(|_| record(1)).collect();
+    for stored in &existing {
+        fixture.store.insert(stored).await.unwrap();
+    }
+    let fresh: Vec<Record<Visit>> = (0..SESSIONS).map(|_| record(7)).collect();
+    let duplicate = Record {
+        id: existing[0].id,
+        ..record(99)
+    };
+
+    // Spawned on this test's one-thread runtime, all of them queue before
+    // the group task first runs: one group.
+    let mut updates = Vec::new();
+    for stored in &existing {
+        let store = fixture.store.clone();
+        let id = stored.id;
+        updates.push(tokio::spawn(async move {
+            let mut dirty = DirtyFields::NONE;
+            dirty.insert(0);
+            let update = Update {
+                dirty,
+                expected_version: Some(1),
+                expires_at: None,
+                new_id: None,
+                remember: None,
+                now: Utc::now(),
+            };
+            store.update(&id, &Visit { count: 2 }, update).await
+        }));
+    }
+    let mut inserts = Vec::new();
+    for new in fresh.iter().map(Record::duplicate).chain([duplicate]) {
+        let store = fixture.store.clone();
+        inserts.push(tokio::spawn(async move { store.insert(&new).await }));
+    }
+    for update in updates {
+        assert!(
+            update.await.unwrap().expect("an innocent update"),
+            "updated"
+        );
+    }
+    let refused = inserts.pop().unwrap().await.unwrap();
+    assert!(refused.is_err(), "the duplicate id is refused");
+    for insert in inserts {
+        insert.await.unwrap().expect("an innocent insert");
+    }
+
+    for stored in &existing {
+        let loaded = fixture.store.load(&stored.id, Utc::now()).await.unwrap();
+        let loaded = loaded.expect("still there");
+        assert_eq!((loaded.data.count, loaded.version), (2, 2));
+    }
+    for new in &fresh {
+        let loaded = fixture.store.load(&new.id, Utc::now()).await.unwrap();
+        assert_eq!(loaded.expect("inserted").data.count, 7);
+    }
+    fixture.cleanup().await;
+}
+
+mod refused {
+    #[tokio::test]
+    async fn sqlite() {
+        super::a_refused_write_fails_only_its_own_request::<conformance_tests::Sqlite>().await;
+    }
+    #[tokio::test]
+    async fn postgres() {
+        super::a_refused_write_fails_only_its_own_request::<conformance_tests::Postgres>().await;
+    }
+    #[tokio::test]
+    async fn mysql() {
+        super::a_refused_write_fails_only_its_own_request::<conformance_tests::MySql>().await;
+    }
+}

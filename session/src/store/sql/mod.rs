@@ -309,7 +309,7 @@ struct LoadQueue<T> {
 struct Inner<B: Backend> {
     pool: Pool<B::Database>,
     /// Writes waiting for the next group commit, and whether a committer runs.
-    writes: Mutex<WriteQueue<B>>,
+    writes: Mutex<WriteQueue>,
     group_commit: bool,
     /// Writes and commits so far, for [`SqlStore::write_stats`].
     written: AtomicU64,
@@ -319,7 +319,8 @@ struct Inner<B: Backend> {
     load_many: String,
     /// Grouped loads by number of ids.
     loads_sql: RwLock<HashMap<usize, Arc<str>>>,
-    insert: Arc<str>,
+    /// INSERTs by number of rows.
+    inserts: RwLock<HashMap<usize, Arc<str>>>,
     delete: Arc<str>,
     purge: Arc<str>,
     /// UPDATE statements by (dirty fields, compare-and-swap, renew): a
@@ -400,19 +401,64 @@ pub enum BatchResult {
 }
 
 /// A write waiting for a group commit.
-struct Write<B: Backend> {
-    work: Work<B>,
+struct Write {
+    work: Work,
     done: Done,
 }
 
-enum Work<B: Backend> {
+/// What a write does, kept as data (not yet bound), so that it can be
+/// bound again: alone, after a group it was in failed.
+enum Work {
     /// Any statement, run as it is.
-    Statement { sql: Arc<str>, args: Arguments<B> },
+    Statement { sql: Arc<str>, params: Vec<Param> },
+    /// A new row (its [`insert_params`]): the group's new rows share one
+    /// multi-row INSERT.
+    Insert(Vec<Param>),
     /// An UPDATE that shares one statement with the group's others of its shape.
     Merged(MergedRow),
 }
 
+/// A statement parameter, bound by the backend's own encoding.
+enum Param {
+    Id(SessionId),
+    Time(DateTime<Utc>),
+    I64(i64),
+    Value(Value<'static>),
+}
+
+fn bind_params<B: Backend>(
+    args: &mut Arguments<B>,
+    params: &[Param],
+) -> Result<(), sqlx::error::BoxDynError> {
+    for param in params {
+        match param {
+            Param::Id(id) => B::bind_id(args, id)?,
+            Param::Time(time) => B::bind_time(args, *time)?,
+            Param::I64(value) => B::bind_i64(args, *value)?,
+            Param::Value(value) => B::bind(args, value.clone())?,
+        }
+    }
+    Ok(())
+}
+
+/// A record's parameters in the column order of [`build_insert`].
+fn insert_params<T: SessionData>(record: &Record<T>) -> Result<Vec<Param>, StoreError> {
+    let mut params = Vec::with_capacity(LIBRARY_COLUMNS.len() + T::SCHEMA.columns.len());
+    params.extend([
+        Param::Id(record.id),
+        Param::Time(record.expires_at),
+        Param::I64(record.version),
+        Param::Time(record.created_at),
+        Param::Value(Value::Bool(record.remember)),
+    ]);
+    for index in 0..T::SCHEMA.columns.len() {
+        params.push(Param::Value(record.data.encode_column(index)?.into_owned()));
+    }
+    Ok(params)
+}
+
 /// One row of a merged UPDATE: a plain UPDATE (no renew, no remember change).
+#[derive(Clone)]
 struct MergedRow {
     dirty: DirtyFields,
     id: SessionId,
@@ -422,8 +468,8 @@ struct MergedRow {
     values: Vec<Value<'static>>,
 }
 
-struct WriteQueue<B: Backend> {
-    waiting: Vec<Write<B>>,
+struct WriteQueue {
+    waiting: Vec<Write>,
     committing: bool,
 }
 
@@ -493,29 +539,6 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         let _ = write!(load, " AND {} > ", quote::<B>("expires_at"));
         params.push(&mut load, None);
 
-        let mut insert = format!("INSERT INTO {table} (");
-        for (position, name) in LIBRARY_COLUMNS.iter().enumerate() {
-            if position > 0 {
-                insert.push_str(", ");
-            }
-            insert.push_str(&quote::<B>(name));
-        }
-        for column in schema.columns {
-            let _ = write!(insert, ", {}", quote::<B>(column.name));
-        }
-        insert.push_str(") VALUES (");
-        let mut params = Params::<B>::new();
-        for position in 0..LIBRARY_COLUMNS.len() + schema.columns.len() {
-            if position > 0 {
-                insert.push_str(", ");
-            }
-            let ty = position
-                .checked_sub(LIBRARY_COLUMNS.len())
-                .map(|field| schema.columns[field].sql_type);
-            params.push(&mut insert, ty);
-        }
-        insert.push(')');
-
         let mut delete = format!("DELETE FROM {table} WHERE {} = ", quote::<B>("id"));
         Params::<B>::new().push(&mut delete, None);
 
@@ -532,7 +555,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
                 load: load.into(),
                 load_many,
                 loads_sql: RwLock::new(HashMap::new()),
-                insert: insert.into(),
+                inserts: RwLock::default(),
                 delete: delete.into(),
                 purge: B::purge_statement(&table).into(),
                 updates: RwLock::new(HashMap::new()),
@@ -599,19 +622,19 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     }
 
     /// Runs a write, grouped with the writes of concurrent requests.
-    async fn write(&self, sql: Arc<str>, args: Arguments<B>) -> Result<u64, StoreError> {
+    async fn write(&self, work: Work) -> Result<u64, StoreError> {
         if !self.inner.group_commit {
             self.inner.written.fetch_add(1, Ordering::Relaxed);
             self.inner.commits.fetch_add(1, Ordering::Relaxed);
-            let affected = B::execute(&self.inner.pool, sql, args).await?;
-            checkpoint_if_due(&self.inner);
-            return Ok(affected);
+            // A group of one on a pooled connection, given back after it.
+            let rows = run_group(&self.inner, &mut None, std::slice::from_ref(&work)).await?;
+            return Ok(rows.first().copied().unwrap_or(0));
         }
-        self.submit(Work::Statement { sql, args }).await
+        self.submit(work).await
     }
 
     /// Queues a write for the next group commit and waits for that commit.
-    async fn submit(&self, work: Work<B>) -> Result<u64, StoreError> {
+    async fn submit(&self, work: Work) -> Result<u64, StoreError> {
         self.inner.written.fetch_add(1, Ordering::Relaxed);
         let (done, result) = oneshot::channel();
         let start_committer = {
@@ -1088,19 +1111,71 @@ fn take_group<W>(waiting: &mut Vec<W>) -> Vec<W> {
 }
 
 /// Commits one group of writes and tells each its result.
-async fn commit_group<B: Backend>(inner: &Arc<Inner<B>>, held: &mut Held<B>, group: Vec<Write<B>>) {
+async fn commit_group<B: Backend>(inner: &Arc<Inner<B>>, held: &mut Held<B>, group: Vec<Write>) {
     inner.commits.fetch_add(1, Ordering::Relaxed);
-    let (items, readings, waiting) = match plan_group(inner, group) {
-        Ok(plan) => plan,
-        Err((waiting, message)) => {
+    let (works, waiting): (Vec<Work>, Vec<Done>) = group
+        .into_iter()
+        .map(|write| (write.work, write.done))
+        .unzip();
+    match run_group(inner, held, &works).await {
+        Ok(results) => {
+            for (done, rows) in waiting.into_iter().zip(results) {
+                let _ = done.send(Ok(rows));
+            }
+        }
+        // The database refused a statement and the group was rolled back
+        // as a whole: one request's bad value (a NUL byte PostgreSQL
+        // rejects, say) must not fail the others. Each write runs again
+        // alone, and only the culprit hears of the error. Any other
+        // failure (a lost connection) may have left the commit unknown:
+        // nothing is run twice.
+        Err(GroupError::Refused(_)) if works.len() > 1 => {
+            for (work, done) in works.iter().zip(waiting) {
+                let result = run_group(inner, held, std::slice::from_ref(work))
+                    .await
+                    .map(|rows| rows.first().copied().unwrap_or(0))
+                    .map_err(StoreError::from);
+                let _ = done.send(result);
+            }
+        }
+        Err(error) => {
+            let message = error.to_string();
             for done in waiting {
                 let _ = done.send(Err(shared_failure(&format!(
-                    "binding a group commit failed: {message}"
+                    "group commit failed: {message}"
                 ))));
             }
-            return;
         }
-    };
+    }
+}
+
+/// Why a group's statements did not commit.
+#[derive(Debug, thiserror::Error)]
+enum GroupError {
+    /// The database refused a statement; nothing was committed.
+    #[error("{0}")]
+    Refused(sqlx::Error),
+    /// Binding failed, or the connection did (the commit may be unknown).
+    #[error("{0}")]
+    Failed(sqlx::Error),
+}
+
+impl From<GroupError> for StoreError {
+    fn from(error: GroupError) -> Self {
+        match error {
+            GroupError::Refused(error) | GroupError::Failed(error) => StoreError::Database(error),
+        }
+    }
+}
+
+/// Runs `works` as one group on the held connection: the rows each affected.
+async fn run_group<B: Backend>(
+    inner: &Arc<Inner<B>>,
+    held: &mut Held<B>,
+    works: &[Work],
+) -> Result<Vec<u64>, GroupError> {
+    let (items, readings) =
+        plan_group(inner, works).map_err(|error| GroupError::Failed(sqlx::Error::Encode(error)))?;
     let results = match connection::<B>(&inner.pool, held).await {
         Ok(connection) => B::execute_batch(connection, items).await,
         Err(error) => Err(error),
@@ -1108,24 +1183,19 @@ async fn commit_group<B: Backend>(inner: &Arc<Inner<B>>, held: &mut Held<B>, gro
     match results {
         Ok(results) => {
             checkpoint_if_due(inner);
-            for (done, reading) in waiting.into_iter().zip(readings) {
-                let rows = match (&results[reading.item], reading.id) {
-                    (BatchResult::Affected(rows), _) => *rows,
-                    (BatchResult::Ids(ids), Some(id)) => u64::from(ids.contains(&id)),
-                    (BatchResult::Ids(_), None) => 0,
-                };
-                let _ = done.send(Ok(rows));
-            }
+            Ok(readings
+                .iter()
+                .map(|reading| reading.rows(&results))
+                .collect())
         }
         Err(error) => {
-            // Rolled back as a whole: nobody's write is in, everybody hears so.
+            // Rolled back as a whole; a connection in an unknown state is
+            // not kept.
             *held = None;
-            let message = error.to_string();
-            for done in waiting {
-                let _ = done.send(Err(shared_failure(&format!(
-                    "group commit failed: {message}"
-                ))));
-            }
+            Err(match error {
+                sqlx::Error::Database(_) => GroupError::Refused(error),
+                error => GroupError::Failed(error),
+            })
         }
     }
 }
@@ -1199,56 +1269,92 @@ fn checkpoint_if_due<B: Backend>(inner: &Arc<Inner<B>>) {
 
 /// How a write learns its result from its group's statements.
 struct Reading {
+    /// Its statement.
     item: usize,
-    /// For a merged UPDATE: the id to look for among the returned ones.
-    id: Option<SessionId>,
+    read_as: ReadAs,
+}
+
+enum ReadAs {
+    /// The statement's affected rows.
+    Affected,
+    /// A merged UPDATE: whether it returned this id.
+    Returned(SessionId),
+    /// A row of a multi-row INSERT, which inserts all its rows or fails.
+    Inserted,
+}
+
+impl Reading {
+    fn rows(&self, results: &[BatchResult]) -> u64 {
+        match (&results[self.item], &self.read_as) {
+            (BatchResult::Affected(rows), ReadAs::Affected) => *rows,
+            (BatchResult::Affected(_), ReadAs::Inserted) => 1,
+            (BatchResult::Ids(ids), ReadAs::Returned(id)) => u64::from(ids.contains(id)),
+            _ => 0,
+        }
+    }
 }
 
 /// Where a write's result goes.
 type Done = oneshot::Sender<Result<u64, StoreError>>;
 
-/// The statements of a group, how each write reads its result, and where it goes.
-type Plan<B> = (Vec<BatchItem<B>>, Vec<Reading>, Vec<Done>);
+/// Merged rows of one shape (with their position in the group), split into statements.
+type Chunks<'a> = Vec<Vec<(usize, &'a MergedRow)>>;
 
-/// Merged rows of one shape, split into statements.
-type Chunks = Vec<Vec<(usize, MergedRow)>>;
+/// The statements of a group and how each write reads its result.
+type Plan<B> = (Vec<BatchItem<B>>, Vec<Reading>);
 
-/// Turns a group of writes into statements: plain ones as they are, merged
-/// UPDATEs one statement per shape — split so that no id appears twice in
-/// one statement, which keeps each row's compare-and-swap exact.
+/// Turns a group of writes into statements: plain ones as they are, new
+/// rows in one multi-row INSERT, merged UPDATEs one statement per shape —
+/// split so that no id appears twice in one statement, which keeps each
+/// row's compare-and-swap exact.
 fn plan_group<B: Backend>(
     inner: &Inner<B>,
-    group: Vec<Write<B>>,
-) -> Result<Plan<B>, (Vec<Done>, String)> {
+    works: &[Work],
+) -> Result<Plan<B>, sqlx::error::BoxDynError> {
     let mut items = Vec::new();
-    let mut readings = Vec::with_capacity(group.len());
-    let mut waiting = Vec::with_capacity(group.len());
-    let mut merged: Vec<(MergedShape, Chunks)> = Vec::new();
-    for (position, write) in group.into_iter().enumerate() {
-        waiting.push(write.done);
-        match write.work {
-            Work::Statement { sql, args } => {
+    let mut readings: Vec<Reading> = Vec::with_capacity(works.len());
+    let mut merged: Vec<(MergedShape, Chunks<'_>)> = Vec::new();
+    let mut inserts: Vec<Vec<(usize, &[Param])>> = Vec::new();
+    let insert_rows = max_rows(LIBRARY_COLUMNS.len() + inner.schema.columns.len());
+    for (position, work) in works.iter().enumerate() {
+        match work {
+            Work::Statement { sql, params } => {
                 readings.push(Reading {
                     item: items.len(),
-                    id: None,
+                    read_as: ReadAs::Affected,
                 });
-                items.push(BatchItem::Statement { sql, args });
+                let mut args = Arguments::<B>::default();
+                bind_params::<B>(&mut args, params)?;
+                items.push(BatchItem::Statement {
+                    sql: sql.clone(),
+                    args,
+                });
+            }
+            Work::Insert(params) => {
+                readings.push(Reading {
+                    item: usize::MAX,
+                    read_as: ReadAs::Inserted,
+                });
+                match inserts.last_mut().filter(|chunk| chunk.len() < insert_rows) {
+                    Some(chunk) => chunk.push((position, params)),
+                    None => inserts.push(vec![(position, params)]),
+                }
             }
             Work::Merged(row) => {
                 readings.push(Reading {
                     item: usize::MAX,
-                    id: Some(row.id),
+                    read_as: ReadAs::Returned(row.id),
                 });
                 let shape = row.shape();
-                let per_statement = max_merged_rows(row.values.len());
-                let chunks = match merged.iter_mut().find(|(bits, _)| *bits == shape) {
+                let per_statement = max_rows(4 + row.values.len());
+                let chunks = match merged.iter_mut().find(|(other, _)| *other == shape) {
                     Some((_, chunks)) => chunks,
                     None => {
                         merged.push((shape, Vec::new()));
                         &mut merged.last_mut().expect("just pushed").1
                     }
                 };
-                let fits = |chunk: &&mut Vec<(usize, MergedRow)>| {
+                let fits = |chunk: &&mut Vec<(usize, &MergedRow)>| {
                     chunk.len() < per_statement && chunk.iter().all(|(_, other)| other.id != row.id)
                 };
                 match chunks.iter_mut().find(fits) {
@@ -1258,31 +1364,37 @@ fn plan_group<B: Backend>(
             }
         }
     }
-    for (_, chunks) in merged {
+    for chunk in inserts {
+        let sql = cached_statement(&inner.inserts, chunk.len(), || {
+            build_insert::<B>(inner.schema, chunk.len())
+        });
+        let mut args = Arguments::<B>::default();
+        for (position, params) in &chunk {
+            readings[*position].item = items.len();
+            bind_params::<B>(&mut args, params)?;
+        }
+        items.push(BatchItem::Statement { sql, args });
+    }
+    for (shape, chunks) in merged {
         for chunk in chunks {
             for (position, _) in &chunk {
                 readings[*position].item = items.len();
             }
-            let rows: Vec<MergedRow> = chunk.into_iter().map(|(_, row)| row).collect();
             let item = if B::MERGED_UPDATES {
-                let sql = merged_update(inner, rows[0].shape(), rows.len());
+                let sql = merged_update(inner, shape, chunk.len());
                 let mut args = Arguments::<B>::default();
-                for row in &rows {
-                    if let Err(error) = bind_merged_row::<B>(&mut args, row) {
-                        return Err((waiting, error.to_string()));
-                    }
+                for (_, row) in &chunk {
+                    bind_merged_row::<B>(&mut args, row)?;
                 }
                 BatchItem::Returning { sql, args }
             } else {
-                match locked_update(inner.schema, rows) {
-                    Ok(locked) => BatchItem::Locked(locked),
-                    Err(error) => return Err((waiting, error.to_string())),
-                }
+                let rows = chunk.into_iter().map(|(_, row)| row.clone()).collect();
+                BatchItem::Locked(locked_update(inner.schema, rows)?)
             };
             items.push(item);
         }
     }
-    Ok((items, readings, waiting))
+    Ok((items, readings))
 }
 
 /// The lock-check-update form of a merged UPDATE (MySQL, MariaDB).
@@ -1385,10 +1497,10 @@ fn locked_update<B: Backend>(
     })
 }
 
-/// Rows per merged statement, under every backend's parameter limit
-/// (SQLite: 32766, PostgreSQL: 65535).
-fn max_merged_rows(fields: usize) -> usize {
-    (30_000 / (4 + fields)).clamp(1, MAX_GROUP)
+/// Rows per multi-row statement of `params_per_row` parameters each, under
+/// every backend's parameter limit (SQLite: 32766, PostgreSQL: 65535).
+fn max_rows(params_per_row: usize) -> usize {
+    (30_000 / params_per_row.max(1)).clamp(1, MAX_GROUP)
 }
 
 fn bind_merged_row<B: Backend>(
@@ -1408,6 +1520,37 @@ fn bind_merged_row<B: Backend>(
         B::bind(args, value.clone())?;
     }
     Ok(())
+}
+
+/// `INSERT INTO t (every column) VALUES (...), ...` of `rows` rows, the
+/// library columns first, in the order [`insert_params`] gives them.
+fn build_insert<B: Backend>(schema: Schema, rows: usize) -> String {
+    let mut sql = format!("INSERT INTO {} (", quote::<B>(schema.table));
+    for (position, name) in LIBRARY_COLUMNS.iter().enumerate() {
+        if position > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&quote::<B>(name));
+    }
+    for column in schema.columns {
+        let _ = write!(sql, ", {}", quote::<B>(column.name));
+    }
+    sql.push_str(") VALUES ");
+    let mut params = Params::<B>::new();
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for position in 0..LIBRARY_COLUMNS.len() + schema.columns.len() {
+            if position > 0 {
+                sql.push_str(", ");
+            }
+            let ty = position
+                .checked_sub(LIBRARY_COLUMNS.len())
+                .map(|field| schema.columns[field].sql_type);
+            params.push(&mut sql, ty);
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// `WITH v(...) AS (VALUES (...), ...) UPDATE t SET ... FROM v WHERE ...
@@ -1602,16 +1745,7 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
     }
 
     async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
-        let mut args = Arguments::<B>::default();
-        bound(B::bind_id(&mut args, &record.id))?;
-        bound(B::bind_time(&mut args, record.expires_at))?;
-        bound(B::bind_i64(&mut args, record.version))?;
-        bound(B::bind_time(&mut args, record.created_at))?;
-        bound(B::bind(&mut args, Value::Bool(record.remember)))?;
-        for index in 0..T::SCHEMA.columns.len() {
-            bound(B::bind(&mut args, record.data.encode_column(index)?))?;
-        }
-        self.write(self.inner.insert.clone(), args).await?;
+        self.write(Work::Insert(insert_params(record)?)).await?;
         Ok(())
     }
 
@@ -1635,25 +1769,21 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
             return Ok(self.submit(Work::Merged(row)).await? > 0);
         }
         let sql = self.update_statement(&update);
-        let mut args = Arguments::<B>::default();
+        let mut params = Vec::new();
         for index in update.dirty.iter() {
-            bound(B::bind(&mut args, data.encode_column(index)?))?;
+            params.push(Param::Value(data.encode_column(index)?.into_owned()));
         }
-        if let Some(expires_at) = update.expires_at {
-            bound(B::bind_time(&mut args, expires_at))?;
-        }
-        if let Some(remember) = update.remember {
-            bound(B::bind(&mut args, Value::Bool(remember)))?;
-        }
-        if let Some(new_id) = &update.new_id {
-            bound(B::bind_id(&mut args, new_id))?;
-        }
-        bound(B::bind_id(&mut args, id))?;
-        bound(B::bind_time(&mut args, update.now))?;
-        if let Some(version) = update.expected_version {
-            bound(B::bind_i64(&mut args, version))?;
-        }
-        Ok(self.write(sql, args).await? > 0)
+        params.extend(update.expires_at.map(Param::Time));
+        params.extend(
+            update
+                .remember
+                .map(|remember| Param::Value(Value::Bool(remember))),
+        );
+        params.extend(update.new_id.map(Param::Id));
+        params.push(Param::Id(*id));
+        params.push(Param::Time(update.now));
+        params.extend(update.expected_version.map(Param::I64));
+        Ok(self.write(Work::Statement { sql, params }).await? > 0)
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
