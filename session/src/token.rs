@@ -77,7 +77,7 @@ impl SessionId {
     }
 
     /// Rebuilds an id from the `id` column.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
 }

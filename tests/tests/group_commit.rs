@@ -344,3 +344,112 @@ mod refused {
         super::a_refused_write_fails_only_its_own_request::<conformance_tests::MySql>().await;
     }
 }
+
+/// Multi-row statements come in a few row counts (powers of two), not one
+/// per group size, so a connection's statement cache never churns: groups
+/// of every size from 1 to 40, of new rows, updates and loads, leave only a
+/// handful of prepared statements on the store's one connection.
+#[tokio::test]
+async fn postgres_groups_prepare_few_statements() {
+    use axum_typed_session::{DirtyFields, PgStore, Record, SessionToken, Update};
+    use chrono::{Duration, Utc};
+
+    let Some((pool, schema)) = conformance_tests::postgres_pool().await else {
+        return;
+    };
+    let options = (*pool.connect_options()).clone();
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let store = PgStore::<Visit>::new(one.clone());
+    store.migrate().await.unwrap();
+    for size in 1..=40 {
+        let now = Utc::now();
+        let records: Vec<Record<Visit>> = (0..size)
+            .map(|_| Record {
+                id: SessionToken::generate().id(),
+                data: Visit { count: 1 },
+                version: 1,
+                expires_at: now + Duration::hours(1),
+                created_at: now,
+                remember: false,
+            })
+            .collect();
+        // Spawned on this test's one-thread runtime, each batch queues
+        // before the group task runs: one group of `size`.
+        let inserts: Vec<_> = records
+            .iter()
+            .map(|record| {
+                let (store, record) = (store.clone(), record.duplicate());
+                tokio::spawn(async move { store.insert(&record).await })
+            })
+            .collect();
+        for insert in inserts {
+            insert.await.unwrap().unwrap();
+        }
+        let loads: Vec<_> = records
+            .iter()
+            .map(|record| {
+                let (store, id) = (store.clone(), record.id);
+                tokio::spawn(async move { store.load(&id, Utc::now()).await })
+            })
+            .collect();
+        for load in loads {
+            assert!(load.await.unwrap().unwrap().is_some());
+        }
+        let updates: Vec<_> = records
+            .iter()
+            .map(|record| {
+                let (store, id) = (store.clone(), record.id);
+                tokio::spawn(async move {
+                    let mut dirty = DirtyFields::NONE;
+                    dirty.insert(0);
+                    let update = Update {
+                        dirty,
+                        expected_version: Some(1),
+                        expires_at: None,
+                        new_id: None,
+                        remember: None,
+                        now: Utc::now(),
+                    };
+                    store.update(&id, &Visit { count: 2 }, update).await
+                })
+            })
+            .collect();
+        for update in updates {
+            assert!(update.await.unwrap().unwrap());
+        }
+    }
+    drop(store);
+    // The store gave its connection back; this is the same one.
+    let statements: Vec<String> =
+        sqlx::query_scalar("SELECT statement FROM pg_prepared_statements")
+            .fetch_all(&one)
+            .await
+            .unwrap();
+    // Per kind, at most the sizes 1, 2, 4, ..., 64: seven, instead of one
+    // per group size (forty).
+    for (kind, prefix) in [
+        ("INSERT", "INSERT INTO"),
+        ("load", "SELECT \"version\""),
+        ("UPDATE", "WITH v"),
+    ] {
+        let of_kind = statements
+            .iter()
+            .filter(|sql| sql.starts_with(prefix))
+            .count();
+        assert!(
+            (1..=7).contains(&of_kind),
+            "{of_kind} {kind} statements prepared for groups of 1 to 40: {statements:#?}"
+        );
+    }
+    one.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+}
