@@ -13,6 +13,11 @@
 //! plus one, and at the end that each user's stored count equals its
 //! successful increments; any mismatch makes it exit non-zero.
 //!
+//! Each round runs one route on every server back to back, then the next
+//! route; a ratio is the median over rounds of the ratio within a round, so
+//! that two figures compared were measured seconds apart. Before each run
+//! the bench waits (at most 2 s) for the machine to go quiet.
+//!
 //! To iterate on one part, `BENCH_DBS=sqlite,postgres,mysql` picks the
 //! stores and `BENCH_ROUTES=counter,read,untouched,first` the routes (both
 //! default to all; bare and the memory store always run, as references).
@@ -493,9 +498,26 @@ struct Row {
     db: Option<Db>,
     kind: &'static str,
     rps: f64,
+    /// Req/s of each round, to pair with the baselines' of the same round.
+    rounds: Vec<f64>,
     p50: u32,
     p99: u32,
     errors: u64,
+}
+
+impl Row {
+    /// The median over rounds of this row's req/s over `base`'s in the same
+    /// round: pairs measured within seconds of each other, so that the
+    /// machine's drift over a run cancels out.
+    fn ratio(&self, base: &Row) -> f64 {
+        let mut ratios: Vec<f64> = self
+            .rounds
+            .iter()
+            .zip(&base.rounds)
+            .map(|(rps, base)| rps / base.max(1.0))
+            .collect();
+        median(&mut ratios)
+    }
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u32 {
@@ -808,14 +830,15 @@ async fn run() -> anyhow::Result<()> {
         );
     }
 
-    // Rounds interleave every server, so slow drifts of the machine hit all
-    // of them alike; each figure is the median over the rounds.
+    // Each round measures one route on every server back to back, so a
+    // ratio compares runs seconds apart; each figure is the median over the
+    // rounds (ratios: of the per-round ratios).
     let mut samples: Vec<Vec<(f64, u32, u32, u64)>> =
         vec![Vec::new(); targets.len() * routes.len()];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
-        for (t, target) in targets.iter().enumerate() {
-            for (r, &route) in routes.iter().enumerate() {
+        for (r, &route) in routes.iter().enumerate() {
+            for (t, target) in targets.iter().enumerate() {
                 let (rps, latencies, errors) =
                     measure_once(&client, target, route, duration, &mut failures).await?;
                 samples[t * routes.len() + r].push((
@@ -839,6 +862,7 @@ async fn run() -> anyhow::Result<()> {
                 target: target.name.clone(),
                 db: target.db,
                 kind: target.kind,
+                rounds: runs.iter().map(|s| s.0).collect(),
                 rps: median(&mut rps),
                 p50: median(&mut p50) as u32,
                 p99: median(&mut p99) as u32,
@@ -852,13 +876,12 @@ async fn run() -> anyhow::Result<()> {
     for row in &rows {
         let bare = rows
             .iter()
-            .find(|r| r.kind == "bare" && r.route == row.route)
-            .map(|r| r.rps);
+            .find(|r| r.kind == "bare" && r.route == row.route);
         let raw = rows.iter().find(|r| {
             r.kind == "raw" && r.route == row.route && r.db == row.db && row.db.is_some()
         });
-        let ratio = |base: Option<f64>| {
-            base.map_or("—".to_owned(), |base| format!("{:.2}", row.rps / base))
+        let ratio = |base: Option<&Row>| {
+            base.map_or("—".to_owned(), |base| format!("{:.2}", row.ratio(base)))
         };
         let p99_ratio = raw.map_or("—".to_owned(), |raw| {
             format!("{:.2}", row.p99 as f64 / raw.p99.max(1) as f64)
@@ -872,7 +895,7 @@ async fn run() -> anyhow::Result<()> {
             row.p99,
             ratio(bare),
             if row.kind == "session" {
-                ratio(raw.map(|r| r.rps))
+                ratio(raw)
             } else {
                 "—".into()
             },
