@@ -200,6 +200,24 @@ async fn sqlite_checkpoints_in_the_background() {
     .await
     .unwrap();
     store.migrate().await.unwrap();
+    let mut connection = store.pool().acquire().await.unwrap();
+    let cache_size: i64 = sqlx::query_scalar("PRAGMA cache_size")
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap();
+    let autocheckpoint: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap();
+    drop(connection);
+    assert_eq!(
+        (cache_size, autocheckpoint),
+        (
+            -i64::from(axum_typed_session::store::sql::sqlite::PAGE_CACHE_KIB),
+            0
+        ),
+        "the connection's page cache (KiB, negative) and automatic checkpoints (off)"
+    );
     let mut client = Client::new(app(store.clone()), "session");
     // About one log frame per request (the row's page; the expiry and its
     // index entry move only once per touch fraction): without a restart,

@@ -31,14 +31,21 @@ pub enum Sqlite {}
 /// How long a connection waits for another writer before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The page cache of each connection [`SqliteStore::connect`](crate::SqliteStore::connect)
+/// opens, in KiB. Pages are allocated as they are read, so an idle
+/// connection does not hold it.
+pub const PAGE_CACHE_KIB: u32 = 16 * 1024;
+
 impl<T: SessionData> SqlStore<Sqlite, T> {
     /// Opens a pool with the settings a session table wants: WAL (readers
     /// never wait for the writer), `synchronous = NORMAL` (durable across
     /// process crashes; a power loss may lose the last commits, the usual
     /// trade-off for WAL) and a busy timeout of [`BUSY_TIMEOUT`] so that
     /// concurrent writers queue instead of failing with "database is locked".
-    /// The write-ahead log is checkpointed in the background, off the
-    /// request path (see [`with_background_checkpoints`](Self::with_background_checkpoints)).
+    /// Each connection keeps up to [`PAGE_CACHE_KIB`] KiB of pages (SQLite's
+    /// default is 2 MiB, which a table of some 100k sessions outgrows). The
+    /// write-ahead log is checkpointed in the background, off the request
+    /// path (see [`with_background_checkpoints`](Self::with_background_checkpoints)).
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
@@ -59,7 +66,8 @@ impl<T: SessionData> SqlStore<Sqlite, T> {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             // The store checkpoints in the background instead.
-            .pragma("wal_autocheckpoint", "0");
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("cache_size", format!("-{PAGE_CACHE_KIB}"));
         let pool = SqlitePoolOptions::new().connect_with(options).await?;
         Ok(Self::new(pool).with_background_checkpoints(true))
     }
