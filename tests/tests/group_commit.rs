@@ -167,24 +167,32 @@ async fn sqlite_pool_of_one_connection() {
     remove_sqlite_files(&path);
 }
 
+/// A pool of one connection to `pool`'s database and test schema.
+async fn one_connection(pool: &sqlx::PgPool) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap()
+}
+
+async fn drop_schema(pool: &sqlx::PgPool, schema: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_pool_of_one_connection() {
     let Some((pool, schema)) = conformance_tests::postgres_pool().await else {
         return;
     };
-    let options = (*pool.connect_options()).clone();
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .unwrap();
+    let one = one_connection(&pool).await;
     one_connection_serves_everyone::<axum_typed_session::store::sql::postgres::Postgres>(one).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA \"{schema}\" CASCADE"
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    drop_schema(&pool, &schema).await;
 }
 
 /// `SqliteStore::connect` turns SQLite's automatic checkpoint off and
@@ -269,25 +277,43 @@ async fn sqlite_checkpoints_in_the_background() {
     remove_sqlite_files(&path);
 }
 
+/// A new session holding `count`, as the layer would store it.
+fn record(count: i64) -> axum_typed_session::Record<Visit> {
+    let now = chrono::Utc::now();
+    axum_typed_session::Record {
+        id: axum_typed_session::SessionToken::generate().id(),
+        data: Visit { count },
+        version: 1,
+        expires_at: now + chrono::Duration::hours(1),
+        created_at: now,
+        remember: false,
+    }
+}
+
+/// A compare-and-swap write of `count` from `version` that leaves the expiry.
+fn count_write(version: i64) -> axum_typed_session::Update {
+    let mut dirty = axum_typed_session::DirtyFields::NONE;
+    dirty.insert(0);
+    axum_typed_session::Update {
+        dirty,
+        expected_version: Some(version),
+        expires_at: None,
+        new_id: None,
+        remember: None,
+        now: chrono::Utc::now(),
+    }
+}
+
 /// A write the database refuses (here: a second INSERT of an existing id)
 /// fails only its own request. It shares its group's statements with the
 /// others, so the group is rolled back; every write then runs again alone.
 async fn a_refused_write_fails_only_its_own_request<B: Backend>() {
-    use axum_typed_session::{DirtyFields, Record, SessionToken, Update};
-    use chrono::{Duration, Utc};
+    use axum_typed_session::Record;
+    use chrono::Utc;
 
     const SESSIONS: usize = 8;
     let Some(fixture) = B::open::<Visit>().await else {
         return;
-    };
-    let now = Utc::now();
-    let record = |count: i64| Record {
-        id: SessionToken::generate().id(),
-        data: Visit { count },
-        version: 1,
-        expires_at: now + Duration::hours(1),
-        created_at: now,
-        remember: false,
     };
     let existing: Vec<Record<Visit>> = (0..SESSIONS).map(|_| record(1)).collect();
     for stored in &existing {
@@ -306,17 +332,7 @@ async fn a_refused_write_fails_only_its_own_request<B: Backend>() {
         let store = fixture.store.clone();
         let id = stored.id;
         updates.push(tokio::spawn(async move {
-            let mut dirty = DirtyFields::NONE;
-            dirty.insert(0);
-            let update = Update {
-                dirty,
-                expected_version: Some(1),
-                expires_at: None,
-                new_id: None,
-                remember: None,
-                now: Utc::now(),
-            };
-            store.update(&id, &Visit { count: 2 }, update).await
+            store.update(&id, &Visit { count: 2 }, count_write(1)).await
         }));
     }
     let mut inserts = Vec::new();
@@ -369,32 +385,17 @@ mod refused {
 /// handful of prepared statements on the store's one connection.
 #[tokio::test]
 async fn postgres_groups_prepare_few_statements() {
-    use axum_typed_session::{DirtyFields, PgStore, Record, SessionToken, Update};
-    use chrono::{Duration, Utc};
+    use axum_typed_session::{PgStore, Record};
+    use chrono::Utc;
 
     let Some((pool, schema)) = conformance_tests::postgres_pool().await else {
         return;
     };
-    let options = (*pool.connect_options()).clone();
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .unwrap();
+    let one = one_connection(&pool).await;
     let store = PgStore::<Visit>::new(one.clone());
     store.migrate().await.unwrap();
     for size in 1..=40 {
-        let now = Utc::now();
-        let records: Vec<Record<Visit>> = (0..size)
-            .map(|_| Record {
-                id: SessionToken::generate().id(),
-                data: Visit { count: 1 },
-                version: 1,
-                expires_at: now + Duration::hours(1),
-                created_at: now,
-                remember: false,
-            })
-            .collect();
+        let records: Vec<Record<Visit>> = (0..size).map(|_| record(1)).collect();
         // Spawned on this test's one-thread runtime, each batch queues
         // before the group task runs: one group of `size`.
         let inserts: Vec<_> = records
@@ -421,19 +422,9 @@ async fn postgres_groups_prepare_few_statements() {
             .iter()
             .map(|record| {
                 let (store, id) = (store.clone(), record.id);
-                tokio::spawn(async move {
-                    let mut dirty = DirtyFields::NONE;
-                    dirty.insert(0);
-                    let update = Update {
-                        dirty,
-                        expected_version: Some(1),
-                        expires_at: None,
-                        new_id: None,
-                        remember: None,
-                        now: Utc::now(),
-                    };
-                    store.update(&id, &Visit { count: 2 }, update).await
-                })
+                tokio::spawn(
+                    async move { store.update(&id, &Visit { count: 2 }, count_write(1)).await },
+                )
             })
             .collect();
         for update in updates {
@@ -464,10 +455,5 @@ async fn postgres_groups_prepare_few_statements() {
         );
     }
     one.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA \"{schema}\" CASCADE"
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    drop_schema(&pool, &schema).await;
 }

@@ -1509,30 +1509,11 @@ fn locked_update<B: Backend>(
             quote::<B>("id"),
             quote::<B>("__id")
         );
-        let mut assignments: Vec<String> = dirty
-            .iter()
-            .map(|index| {
-                format!(
-                    "{table}.{} = v.{}",
-                    quote::<B>(schema.column(index).name),
-                    quote::<B>(&format!("c{index}"))
-                )
-            })
-            .collect();
-        if !dirty.is_empty() {
-            assignments.push(format!(
-                "{table}.{v} = {table}.{v} + 1",
-                v = quote::<B>("version")
-            ));
-        }
-        if moves_expiry {
-            assignments.push(format!(
-                "{table}.{} = v.{}",
-                quote::<B>("expires_at"),
-                quote::<B>("__expires_at")
-            ));
-        }
-        sql.push_str(&assignments.join(", "));
+        sql.push_str(&merged_assignments::<B>(
+            schema,
+            (dirty, moves_expiry),
+            &format!("{table}."),
+        ));
         Ok((Arc::<str>::from(sql), args))
     };
     Ok(LockedUpdate {
@@ -1578,6 +1559,37 @@ fn bind_merged_row<B: Backend>(
         B::bind(args, value.clone())?;
     }
     Ok(())
+}
+
+/// The SET list of a merged UPDATE of `shape` from the rows of `v`: the
+/// dirty fields (`c<index>`), the version, and the expiry if it moves;
+/// `target` qualifies the updated columns (`"t."`, or `""`).
+fn merged_assignments<B: Backend>(schema: Schema, shape: MergedShape, target: &str) -> String {
+    let (dirty, moves_expiry) = shape;
+    let mut assignments: Vec<String> = dirty
+        .iter()
+        .map(|index| {
+            format!(
+                "{target}{} = v.{}",
+                quote::<B>(schema.column(index).name),
+                quote::<B>(&format!("c{index}"))
+            )
+        })
+        .collect();
+    if !dirty.is_empty() {
+        assignments.push(format!(
+            "{target}{v} = {target}{v} + 1",
+            v = quote::<B>("version")
+        ));
+    }
+    if moves_expiry {
+        assignments.push(format!(
+            "{target}{} = v.{}",
+            quote::<B>("expires_at"),
+            quote::<B>("__expires_at")
+        ));
+    }
+    assignments.join(", ")
 }
 
 /// `INSERT INTO t (every column) VALUES (...), ...` of `rows` rows, the
@@ -1655,31 +1667,12 @@ fn build_merged_update<B: Backend>(
         }
         sql.push(')');
     }
-    let mut assignments: Vec<String> = dirty
-        .iter()
-        .map(|index| {
-            format!(
-                "{} = v.{}",
-                quote::<B>(schema.column(index).name),
-                quote::<B>(&format!("c{index}"))
-            )
-        })
-        .collect();
-    if !dirty.is_empty() {
-        assignments.push(format!("{v} = {v} + 1", v = quote::<B>("version")));
-    }
-    if moves_expiry {
-        assignments.push(format!(
-            "{} = v.{}",
-            quote::<B>("expires_at"),
-            quote::<B>("__expires_at")
-        ));
-    }
+    let assignments = merged_assignments::<B>(schema, (dirty, moves_expiry), "");
     let _ = write!(
         sql,
         ") UPDATE {table} SET {} FROM v WHERE {table}.{id} = v.{nid} AND {table}.{e} > v.{now} \
          AND (v.{expected} IS NULL OR {table}.{version} = v.{expected}) ",
-        assignments.join(", "),
+        assignments,
         e = quote::<B>("expires_at"),
         id = quote::<B>("id"),
         nid = quote::<B>("__id"),
