@@ -229,7 +229,7 @@ async fn sqlite_checkpoints_in_the_background() {
     let mut client = Client::new(app(store.clone()), "session");
     // About one log frame per request (the row's page; the expiry and its
     // index entry move only once per touch fraction): without a restart,
-    // ~3000 frames, past the 2000 that trigger one.
+    // ~3000 frames, well past the 1000 that trigger one.
     const REQUESTS: i64 = 3000;
     for count in 1..=REQUESTS {
         assert_eq!(client.get("/count").await.body, count.to_string());
