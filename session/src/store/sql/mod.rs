@@ -438,7 +438,7 @@ fn bind_params<B: Backend>(
             Param::Id(id) => B::bind_id(args, id)?,
             Param::Time(time) => B::bind_time(args, *time)?,
             Param::I64(value) => B::bind_i64(args, *value)?,
-            Param::Value(value) => B::bind(args, value.clone())?,
+            Param::Value(value) => B::bind(args, value.reborrow())?,
         }
     }
     Ok(())
@@ -488,6 +488,15 @@ const MAX_GROUP: usize = 256;
 /// ACK, because sqlx 0.9 leaves Nagle's algorithm on (sqlx issue 4335).
 fn bucket(rows: usize) -> usize {
     rows.next_power_of_two().min(MAX_GROUP)
+}
+
+/// `items`, then `filler` repeated until their count reaches its [`bucket`].
+fn padded<'a, T: 'a>(
+    items: impl ExactSizeIterator<Item = &'a T>,
+    filler: &'a T,
+) -> impl Iterator<Item = &'a T> {
+    let padding = bucket(items.len()) - items.len();
+    items.chain(std::iter::repeat_n(filler, padding))
 }
 
 /// The id of the rows that pad a merged UPDATE to its bucket: all zeros,
@@ -796,15 +805,11 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         ids: &[SessionId],
         now: DateTime<Utc>,
     ) -> Result<HashMap<SessionId, Result<Record<T>, String>>, String> {
-        let count = bucket(ids.len());
-        let sql = self.load_many_statement(count);
+        let sql = self.load_many_statement(bucket(ids.len()));
         let mut args = Arguments::<B>::default();
         // Padded to the bucket by repeating the last id: `IN` ignores repeats.
         let last = ids.last().ok_or("no ids to load")?;
-        for id in ids
-            .iter()
-            .chain(std::iter::repeat_n(last, count - ids.len()))
-        {
+        for id in padded(ids.iter(), last) {
             bound(B::bind_id(&mut args, id)).map_err(|e| e.to_string())?;
         }
         bound(B::bind_time(&mut args, now)).map_err(|e| e.to_string())?;
@@ -1415,12 +1420,9 @@ fn plan_group<B: Backend>(
                 let rows = bucket(chunk.len());
                 let sql = merged_update(inner, shape, rows);
                 let mut args = Arguments::<B>::default();
-                for (_, row) in &chunk {
-                    bind_merged_row::<B>(&mut args, row)?;
-                }
                 let padding = padding_row(chunk[0].1);
-                for _ in chunk.len()..rows {
-                    bind_merged_row::<B>(&mut args, &padding)?;
+                for row in padded(chunk.iter().map(|(_, row)| *row), &padding) {
+                    bind_merged_row::<B>(&mut args, row)?;
                 }
                 BatchItem::Returning { sql, args }
             } else {
@@ -1449,10 +1451,7 @@ fn locked_update<B: Backend>(
     let mut select_args = Arguments::<B>::default();
     // Padded to the bucket by repeating the last id: `IN` ignores repeats.
     let last = rows.last().ok_or("no rows to update")?;
-    let padded = rows
-        .iter()
-        .chain(std::iter::repeat_n(last, bucket(rows.len()) - rows.len()));
-    for (position, row) in padded.enumerate() {
+    for (position, row) in padded(rows.iter(), last).enumerate() {
         if position > 0 {
             select.push_str(", ");
         }
@@ -1476,14 +1475,8 @@ fn locked_update<B: Backend>(
         let mut args = Arguments::<B>::default();
         // Padded to the bucket with rows that match nothing.
         let padding = padding_row(&rows[passed[0]]);
-        let padded = passed
-            .iter()
-            .map(|&position| &rows[position])
-            .chain(std::iter::repeat_n(
-                &padding,
-                bucket(passed.len()) - passed.len(),
-            ));
-        for (number, row) in padded.enumerate() {
+        let passing = passed.iter().map(|&position| &rows[position]);
+        for (number, row) in padded(passing, &padding).enumerate() {
             sql.push_str(if number == 0 {
                 "SELECT "
             } else {
@@ -1503,7 +1496,7 @@ fn locked_update<B: Backend>(
                 B::bind_time(&mut args, expires_at)?;
             }
             for value in &row.values {
-                B::bind(&mut args, value.clone())?;
+                B::bind(&mut args, value.reborrow())?;
             }
         }
         let _ = write!(
@@ -1559,7 +1552,7 @@ fn bind_merged_row<B: Backend>(
         None => B::bind(args, Value::Null(SqlType::I64))?,
     }
     for value in &row.values {
-        B::bind(args, value.clone())?;
+        B::bind(args, value.reborrow())?;
     }
     Ok(())
 }
