@@ -10,7 +10,7 @@ use crate::{
     ctxt::Ctxt,
 };
 
-pub struct Container<'a> {
+pub(crate) struct Container<'a> {
     pub ident: &'a Ident,
     pub vis: &'a Visibility,
     pub table: Spanned<String>,
@@ -20,7 +20,7 @@ pub struct Container<'a> {
     pub generics: &'a syn::Generics,
 }
 
-pub struct Field<'a> {
+pub(crate) struct Field<'a> {
     pub ident: &'a Ident,
     /// The field name without `r#`, used for the column and method names.
     pub name: String,
@@ -32,7 +32,7 @@ pub struct Field<'a> {
 
 /// `None` when the input is not a struct with named fields: nothing else
 /// can be checked then.
-pub fn container<'a>(cx: &mut Ctxt, input: &'a DeriveInput) -> Option<Container<'a>> {
+pub(crate) fn container<'a>(cx: &mut Ctxt, input: &'a DeriveInput) -> Option<Container<'a>> {
     let fields = match &input.data {
         Data::Struct(data) => match &data.fields {
             Fields::Named(fields) => Some(&fields.named),
@@ -108,7 +108,7 @@ pub fn container<'a>(cx: &mut Ctxt, input: &'a DeriveInput) -> Option<Container<
 }
 
 /// `Visit` → `visit_sessions`, `CartSession` → `cart_sessions`.
-pub fn default_table(struct_name: &str) -> String {
+pub(crate) fn default_table(struct_name: &str) -> String {
     let mut snake = String::new();
     for (index, ch) in struct_name.chars().enumerate() {
         if ch.is_uppercase() {
@@ -129,7 +129,7 @@ pub fn default_table(struct_name: &str) -> String {
 }
 
 impl Field<'_> {
-    pub fn ty_span(&self) -> Span {
+    pub(crate) fn ty_span(&self) -> Span {
         self.ty.span()
     }
 }

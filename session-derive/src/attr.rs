@@ -6,18 +6,18 @@ use syn::{Attribute, meta::ParseNestedMeta, spanned::Spanned as _};
 use crate::ctxt::Ctxt;
 
 /// A value given in an attribute, with where it was written.
-pub struct Spanned<T> {
+pub(crate) struct Spanned<T> {
     pub value: T,
     pub span: Span,
 }
 
 #[derive(Default)]
-pub struct ContainerAttrs {
+pub(crate) struct ContainerAttrs {
     pub table: Option<Spanned<String>>,
 }
 
 #[derive(Default)]
-pub struct FieldAttrs {
+pub(crate) struct FieldAttrs {
     pub rename: Option<Spanned<String>>,
     pub json: Option<Span>,
 }
@@ -104,7 +104,7 @@ fn set_once<T>(
     }
 }
 
-pub fn container(cx: &mut Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
+pub(crate) fn container(cx: &mut Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
     let mut out = ContainerAttrs::default();
     each_session_attr(cx, attrs, CONTAINER_KEYS, |cx, key, meta| {
         match key {
@@ -124,7 +124,7 @@ pub fn container(cx: &mut Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
     out
 }
 
-pub fn field(cx: &mut Ctxt, attrs: &[Attribute]) -> FieldAttrs {
+pub(crate) fn field(cx: &mut Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     let mut out = FieldAttrs::default();
     each_session_attr(cx, attrs, FIELD_KEYS, |cx, key, meta| {
         match key {

@@ -1,29 +1,13 @@
-//! Every check on a session struct, reported together.
+//! Every check on a session struct, one function per rule, all reported
+//! together.
 
 use std::collections::HashMap;
 
-use crate::{ast::Container, ctxt::Ctxt};
-
-/// The library's own columns (kept in sync with the runtime's `LIBRARY_COLUMNS`).
-const LIBRARY_COLUMNS: [&str; 5] = ["id", "expires_at", "version", "created_at", "remember"];
-
-/// Methods of `Session<T>` itself: a getter with one of these names would be
-/// shadowed by them.
-const SESSION_METHODS: [&str; 13] = [
-    "get",
-    "update",
-    "id",
-    "expires_at",
-    "created_at",
-    "is_stored",
-    "is_remembered",
-    "is_storable",
-    "destroy",
-    "renew",
-    "set_remember",
-    "set_store",
-    "remember",
-];
+use crate::{
+    ast::{Container, Field},
+    ctxt::Ctxt,
+    names::{LIBRARY_COLUMNS, SESSION_METHODS},
+};
 
 /// The shortest identifier limit among the backends (PostgreSQL: 63 bytes;
 /// MySQL allows 64).
@@ -32,13 +16,17 @@ const MAX_IDENTIFIER: usize = 63;
 /// Bits in `DirtyFields`.
 const MAX_FIELDS: usize = 64;
 
-pub fn container(cx: &mut Ctxt, container: &Container<'_>) {
-    generics(cx, container);
-    table(cx, container);
-    fields(cx, container);
+pub(crate) fn container(cx: &mut Ctxt, container: &Container<'_>) {
+    check_no_generics(cx, container);
+    check_table_name(cx, container);
+    check_field_count(cx, container);
+    let reserved = check_column_names(cx, container);
+    check_accessor_names(cx, container, &reserved);
 }
 
-fn generics(cx: &mut Ctxt, container: &Container<'_>) {
+/// A table has one fixed column type per field, so the struct cannot be
+/// generic; and sessions outlive the request, so they cannot borrow.
+fn check_no_generics(cx: &mut Ctxt, container: &Container<'_>) {
     for param in &container.generics.params {
         let (kind, fix) = match param {
             syn::GenericParam::Type(_) => (
@@ -58,7 +46,9 @@ fn generics(cx: &mut Ctxt, container: &Container<'_>) {
     }
 }
 
-/// Why `name` cannot be a SQL identifier, if it cannot.
+/// Why `name` cannot be a SQL identifier on every backend, if it cannot:
+/// names are quoted, but a name every backend accepts unquoted is one users
+/// can also type in their own SQL.
 fn identifier_problem(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("is empty".into());
@@ -79,7 +69,9 @@ fn identifier_problem(name: &str) -> Option<String> {
     None
 }
 
-fn table(cx: &mut Ctxt, container: &Container<'_>) {
+/// The table name must be an identifier on every backend, and SQLite
+/// refuses names starting with `sqlite_`.
+fn check_table_name(cx: &mut Ctxt, container: &Container<'_>) {
     let table = &container.table;
     let fix = if container.table_given {
         "choose another `table = \"...\"`"
@@ -102,7 +94,9 @@ fn table(cx: &mut Ctxt, container: &Container<'_>) {
     }
 }
 
-fn fields(cx: &mut Ctxt, container: &Container<'_>) {
+/// A table needs a column besides the library's, and the dirty set is one
+/// 64-bit word.
+fn check_field_count(cx: &mut Ctxt, container: &Container<'_>) {
     if container.fields.is_empty() {
         cx.error_spanned_by(
             container.ident,
@@ -118,9 +112,15 @@ fn fields(cx: &mut Ctxt, container: &Container<'_>) {
             ),
         );
     }
+}
 
+/// Each column must be an identifier, must not be one of the library's own
+/// columns, and must be unique — case-insensitively, as the databases
+/// compare them. Returns the fields whose column was reserved (already
+/// reported).
+fn check_column_names<'a>(cx: &mut Ctxt, container: &'a Container<'_>) -> Vec<&'a str> {
+    let mut reserved = Vec::new();
     let mut columns: HashMap<String, &str> = HashMap::new();
-    let mut methods: HashMap<String, &str> = HashMap::new();
     for field in &container.fields {
         let column = &field.column;
         let how = if field.renamed {
@@ -137,6 +137,7 @@ fn fields(cx: &mut Ctxt, container: &Container<'_>) {
                 ),
             ));
         } else if LIBRARY_COLUMNS.contains(&column.value.to_ascii_lowercase().as_str()) {
+            reserved.push(field.name.as_str());
             cx.syn_error(syn::Error::new(
                 column.span,
                 format!(
@@ -156,25 +157,47 @@ fn fields(cx: &mut Ctxt, container: &Container<'_>) {
                 ),
             ));
         }
+    }
+    reserved
+}
 
+/// The methods generated for a field: getter, setter, updater.
+fn accessor_names(field: &Field<'_>) -> [String; 3] {
+    [
+        field.name.clone(),
+        format!("set_{}", field.name),
+        format!("update_{}", field.name),
+    ]
+}
+
+/// Generated methods are reached through `Deref`, so an inherent method of
+/// `Session<T>` with the same name silently wins: `visit.set_store(true)`
+/// would give consent instead of setting a field `store`. Two fields must
+/// not generate the same method either. `rename` cannot help: it renames
+/// the column, not the methods.
+fn check_accessor_names(cx: &mut Ctxt, container: &Container<'_>, reserved: &[&str]) {
+    let mut methods: HashMap<String, &str> = HashMap::new();
+    for field in &container.fields {
+        let names = accessor_names(field);
         // A reserved column already got its error; a second one about the
-        // same name would only repeat it.
-        let reserved_column = LIBRARY_COLUMNS.contains(&field.name.as_str());
-        if SESSION_METHODS.contains(&field.name.as_str()) && !reserved_column {
+        // same field would only repeat it.
+        if !reserved.contains(&field.name.as_str())
+            && let Some(method) = names
+                .iter()
+                .find(|name| SESSION_METHODS.contains(&name.as_str()))
+        {
             cx.error_spanned_by(
                 field.ident,
                 format!(
-                    "a field named `{name}` would be hidden by `Session::{name}()`: rename the field \
-                     (e.g. `last_{name}`) and keep the column with `#[session(rename = \"{name}\")]`",
-                    name = field.name
+                    "a field named `{name}` would generate `{method}()`, which is hidden by `Session::{method}()`: \
+                     rename the field (e.g. `last_{name}`); `#[session(rename = \"...\")]` only renames the column, \
+                     so add `#[session(rename = \"{column}\")]` to keep the column `{column}`",
+                    name = field.name,
+                    column = field.column.value,
                 ),
             );
         }
-        for method in [
-            field.name.clone(),
-            format!("set_{}", field.name),
-            format!("update_{}", field.name),
-        ] {
+        for method in names {
             if let Some(previous) = methods.insert(method.clone(), &field.name) {
                 cx.error_spanned_by(
                     field.ident,

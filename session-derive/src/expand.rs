@@ -10,7 +10,7 @@ use crate::{
     ctxt::Ctxt,
 };
 
-pub fn derive(input: &DeriveInput) -> TokenStream {
+pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
     let mut cx = Ctxt::default();
     let container = ast::container(&mut cx, input);
     if let Some(container) = &container {

@@ -3,7 +3,7 @@
 use crate::value::SqlType;
 
 /// The library's own columns, in every session table, before the fields.
-pub const LIBRARY_COLUMNS: [&str; 5] = ["id", "expires_at", "version", "created_at", "remember"];
+pub const LIBRARY_COLUMNS: [&str; 5] = axum_typed_session_derive::__library_columns!();
 
 /// One field's column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
