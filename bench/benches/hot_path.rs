@@ -10,8 +10,11 @@ use std::hint::black_box;
 
 use axum::{Router, body::Body, routing::get};
 use axum_typed_session::{
-    __bench::SessionCookie, DirtyFields, Key, MemoryStore, PgStore, Session, SessionConfig,
-    SessionData, SessionLayer, SessionToken, SqliteStore, Update, value::Value,
+    __internals::{SessionCookie, update_statement_text},
+    DirtyFields, Key, MemoryStore, Session, SessionConfig, SessionData, SessionLayer, SessionToken,
+    SqliteStore, Update,
+    store::sql::{Postgres, Sqlite},
+    value::Value,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request, header::COOKIE};
@@ -126,10 +129,10 @@ fn rows(c: &mut Criterion) {
         now: chrono::Utc::now(),
     };
     c.bench_function("update_sql/build/postgres", |b| {
-        b.iter(|| PgStore::<Cart>::build_update_statement(black_box(&update)))
+        b.iter(|| update_statement_text::<Postgres, Cart>(black_box(&update)))
     });
     c.bench_function("update_sql/build/sqlite", |b| {
-        b.iter(|| SqliteStore::<Cart>::build_update_statement(black_box(&update)))
+        b.iter(|| update_statement_text::<Sqlite, Cart>(black_box(&update)))
     });
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let store = runtime.block_on(async {
@@ -139,9 +142,9 @@ fn rows(c: &mut Criterion) {
             .unwrap();
         SqliteStore::<Cart>::new(pool)
     });
-    store.update_statement(&update);
+    store.cached_update_statement(&update);
     c.bench_function("update_sql/cached", |b| {
-        b.iter(|| store.update_statement(black_box(&update)))
+        b.iter(|| store.cached_update_statement(black_box(&update)))
     });
 }
 

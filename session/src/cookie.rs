@@ -1,6 +1,9 @@
 //! Reading the session token from a request and writing it to a response:
 //! cookie name and flags, signing or encryption, the optional token header.
 
+// `SessionCookie` is public only to the benches (through `__internals`).
+#![cfg_attr(not(feature = "_internals"), allow(unreachable_pub))]
+
 use std::time::Duration;
 
 use cookie::{Cookie, CookieJar, SameSite, time};
@@ -20,7 +23,7 @@ pub struct SessionCookie {
 }
 
 /// The headers a response gets for its session.
-pub type SessionHeaders = Vec<(HeaderName, HeaderValue)>;
+pub(crate) type SessionHeaders = Vec<(HeaderName, HeaderValue)>;
 
 /// A token a request presented.
 #[derive(Clone, Debug, PartialEq, Eq)]

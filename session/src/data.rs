@@ -1,7 +1,7 @@
 //! The contract between `#[derive(Session)]` and the runtime.
 
 use crate::{
-    extract::Handle,
+    request::Handle,
     schema::Schema,
     value::{Column, SqlType, StorableColumn, Value, ValueError},
 };
@@ -143,6 +143,15 @@ impl<F> FieldCodec<F> {
             decode: crate::value::json::from_value::<F>,
             clone: F::clone,
         }
+    }
+}
+
+impl<F> std::fmt::Debug for FieldCodec<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FieldCodec")
+            .field("sql_type", &self.sql_type)
+            .field("nullable", &self.nullable)
+            .finish_non_exhaustive()
     }
 }
 

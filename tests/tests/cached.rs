@@ -8,9 +8,7 @@ use axum::{
     extract::Path,
     routing::{get, post},
 };
-use axum_typed_session::{
-    Session, SessionConfig, SessionLayer, SessionStore, store::cached::CachedStore,
-};
+use axum_typed_session::{Session, SessionConfig, SessionLayer, SessionStore, store::CachedStore};
 use conformance_tests::{Backend, Client, Counting, conformance, send};
 use http::StatusCode;
 

@@ -39,7 +39,8 @@ trait Stats {
 }
 impl<B: SqlBackend, T: axum_typed_session::SessionData> Stats for SqlStore<B, T> {
     fn stats(&self) -> (u64, u64) {
-        self.write_stats()
+        let stats = self.write_stats();
+        (stats.writes, stats.commits)
     }
 }
 
@@ -163,7 +164,7 @@ async fn sqlite_pool_of_one_connection() {
         .connect_with(options.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal))
         .await
         .unwrap();
-    one_connection_serves_everyone::<axum_typed_session::store::sql::sqlite::Sqlite>(pool).await;
+    one_connection_serves_everyone::<axum_typed_session::store::sql::Sqlite>(pool).await;
     remove_sqlite_files(&path);
 }
 
@@ -191,7 +192,7 @@ async fn postgres_pool_of_one_connection() {
         return;
     };
     let one = one_connection(&pool).await;
-    one_connection_serves_everyone::<axum_typed_session::store::sql::postgres::Postgres>(one).await;
+    one_connection_serves_everyone::<axum_typed_session::store::sql::Postgres>(one).await;
     drop_schema(&pool, &schema).await;
 }
 
@@ -221,7 +222,7 @@ async fn sqlite_checkpoints_in_the_background() {
     assert_eq!(
         (cache_size, autocheckpoint),
         (
-            -i64::from(axum_typed_session::store::sql::sqlite::PAGE_CACHE_KIB),
+            -i64::from(axum_typed_session::__internals::SQLITE_PAGE_CACHE_KIB),
             0
         ),
         "the connection's page cache (KiB, negative) and automatic checkpoints (off)"

@@ -28,7 +28,7 @@ use crate::{
 /// reloads from the store.
 ///
 /// ```
-/// use axum_typed_session::{MemoryStore, Session, SessionConfig, SessionLayer, store::cached::CachedStore};
+/// use axum_typed_session::{CachedStore, MemoryStore, Session, SessionConfig, SessionLayer};
 ///
 /// #[derive(Session, Default)]
 /// struct Visit {
@@ -44,6 +44,16 @@ pub struct CachedStore<S, T> {
     inner: S,
     cache: Arc<RwLock<HashMap<SessionId, Record<T>>>>,
     capacity: usize,
+}
+
+impl<S: std::fmt::Debug, T> std::fmt::Debug for CachedStore<S, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedStore")
+            .field("inner", &self.inner)
+            .field("cached", &read(&self.cache).len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
 }
 
 impl<S: Clone, T> Clone for CachedStore<S, T> {
@@ -90,7 +100,7 @@ impl<S: SessionStore<T>, T: SessionData> CachedStore<S, T> {
         write(&self.cache)
     }
 
-    fn remember(&self, record: Record<T>) {
+    fn keep(&self, record: Record<T>) {
         let mut cache = self.write();
         if cache.len() >= self.capacity && !cache.contains_key(&record.id) {
             let now = Utc::now();
@@ -123,7 +133,7 @@ impl<S: SessionStore<T>, T: SessionData> SessionStore<T> for CachedStore<S, T> {
         }
         let loaded = self.inner.load(id, now).await?;
         match &loaded {
-            Some(record) => self.remember(record.duplicate()),
+            Some(record) => self.keep(record.duplicate()),
             None => self.forget(id),
         }
         Ok(loaded)
@@ -131,7 +141,7 @@ impl<S: SessionStore<T>, T: SessionData> SessionStore<T> for CachedStore<S, T> {
 
     async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
         self.inner.insert(record).await?;
-        self.remember(record.duplicate());
+        self.keep(record.duplicate());
         Ok(())
     }
 

@@ -41,6 +41,14 @@ pub struct MemoryStore<T> {
 
 type Shard<T> = RwLock<HashMap<SessionId, Record<T>>>;
 
+impl<T> std::fmt::Debug for MemoryStore<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("sessions", &self.len())
+            .finish()
+    }
+}
+
 impl<T> Clone for MemoryStore<T> {
     fn clone(&self) -> Self {
         Self {

@@ -3,17 +3,28 @@
 //! Library timestamps are `DATETIME(6)` in UTC (sqlx binds `DateTime<Utc>` as
 //! its UTC wall time), so the connection's time zone never matters.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, collections::HashMap, fmt::Write as _};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use sqlx::{
     Arguments as _, Pool, Row as _,
     error::BoxDynError,
-    mysql::{MySqlArguments, MySqlPoolOptions, MySqlRow},
+    mysql::{MySqlArguments, MySqlConnection, MySqlPoolOptions, MySqlRow},
 };
 use uuid::Uuid;
 
-use super::{Backend, FoundColumn, SqlStore};
+use super::decode_nullable;
+use super::{
+    SqlStore,
+    backend::{Dialect, sqlx_execution},
+    group::MergedRow,
+    migrate::FoundColumn,
+    options::StoreOptions,
+    statements::{
+        MergedShape, Placeholders, StatementKey, Statements, bucket, decode_id, merged_assignments,
+        merged_value_column, padded, quote,
+    },
+};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -65,8 +76,9 @@ fn normalize(found: &str) -> String {
     found
 }
 
-impl Backend for MySql {
+impl Dialect for MySql {
     type Database = sqlx::MySql;
+    type Upkeep = ();
     const QUOTE: char = '`';
     const ID_TYPE: &'static str = "BINARY(32)";
     const TIME_TYPE: &'static str = "DATETIME(6)";
@@ -174,15 +186,15 @@ impl Backend for MySql {
 
     fn decode(row: &MySqlRow, index: usize, ty: SqlType) -> Result<Value<'static>, sqlx::Error> {
         match ty {
-            SqlType::Bool => super::decode_nullable(row, index, ty, Value::Bool),
-            SqlType::I16 => super::decode_nullable(row, index, ty, Value::I16),
-            SqlType::I32 => super::decode_nullable(row, index, ty, Value::I32),
-            SqlType::I64 => super::decode_nullable(row, index, ty, Value::I64),
-            SqlType::U64 => super::decode_nullable(row, index, ty, Value::U64),
-            SqlType::F32 => super::decode_nullable(row, index, ty, Value::F32),
-            SqlType::F64 => super::decode_nullable(row, index, ty, Value::F64),
+            SqlType::Bool => decode_nullable(row, index, ty, Value::Bool),
+            SqlType::I16 => decode_nullable(row, index, ty, Value::I16),
+            SqlType::I32 => decode_nullable(row, index, ty, Value::I32),
+            SqlType::I64 => decode_nullable(row, index, ty, Value::I64),
+            SqlType::U64 => decode_nullable(row, index, ty, Value::U64),
+            SqlType::F32 => decode_nullable(row, index, ty, Value::F32),
+            SqlType::F64 => decode_nullable(row, index, ty, Value::F64),
             SqlType::Text => {
-                super::decode_nullable(row, index, ty, |v: String| Value::Text(Cow::Owned(v)))
+                decode_nullable(row, index, ty, |v: String| Value::Text(Cow::Owned(v)))
             }
             SqlType::Json => {
                 // MySQL reports JSON columns as JSON, MariaDB as LONGTEXT: both are text.
@@ -190,14 +202,14 @@ impl Backend for MySql {
                 Ok(text.map_or(Value::Null(ty), |v| Value::Json(Cow::Owned(v))))
             }
             SqlType::Bytes => {
-                super::decode_nullable(row, index, ty, |v: Vec<u8>| Value::Bytes(Cow::Owned(v)))
+                decode_nullable(row, index, ty, |v: Vec<u8>| Value::Bytes(Cow::Owned(v)))
             }
-            SqlType::Timestamp => super::decode_nullable(row, index, ty, Value::Timestamp),
+            SqlType::Timestamp => decode_nullable(row, index, ty, Value::Timestamp),
             SqlType::DateTime => {
-                super::decode_nullable::<_, NaiveDateTime>(row, index, ty, Value::DateTime)
+                decode_nullable::<_, NaiveDateTime>(row, index, ty, Value::DateTime)
             }
-            SqlType::Date => super::decode_nullable::<_, NaiveDate>(row, index, ty, Value::Date),
-            SqlType::Uuid => super::decode_nullable::<_, Uuid>(row, index, ty, Value::Uuid),
+            SqlType::Date => decode_nullable::<_, NaiveDate>(row, index, ty, Value::Date),
+            SqlType::Uuid => decode_nullable::<_, Uuid>(row, index, ty, Value::Uuid),
         }
     }
 
@@ -209,18 +221,187 @@ impl Backend for MySql {
         row.try_get(index)
     }
 
-    sqlx_execution!(
-        MySql,
-        sqlx::MySql,
-        sqlx::MySqlConnection,
-        MySqlArguments,
-        MySqlRow
+    sqlx_execution!(sqlx::MySql);
+
+    fn upkeep(_: &StoreOptions) {}
+
+    /// MySQL and MariaDB have no `UPDATE … RETURNING`: lock the rows, check
+    /// each, and update the passing ones in one statement.
+    async fn merged_update(
+        connection: &mut MySqlConnection,
+        statements: &Statements<Self>,
+        rows: &[&MergedRow],
+        alone: bool,
+    ) -> Result<Vec<SessionId>, sqlx::Error> {
+        if !alone {
+            return locked_update(connection, statements, rows).await;
+        }
+        // The lock must be held until the UPDATE: a transaction of its own.
+        let mut transaction = sqlx::Connection::begin(connection).await?;
+        let updated = locked_update(&mut transaction, statements, rows).await?;
+        transaction.commit().await?;
+        Ok(updated)
+    }
+}
+
+/// Kinds of this dialect's own cached statements ([`StatementKey::Dialect`]).
+const LOCK_ROWS: u8 = 0;
+const JOIN_UPDATE: u8 = 1;
+
+/// The merged update as `SELECT … FOR UPDATE` of the rows, a check of each
+/// row's expiry and version, then one UPDATE of those that pass; answers
+/// the ids updated. Runs inside a transaction.
+async fn locked_update(
+    connection: &mut MySqlConnection,
+    statements: &Statements<MySql>,
+    rows: &[&MergedRow],
+) -> Result<Vec<SessionId>, sqlx::Error> {
+    let Some(last) = rows.last() else {
+        return Ok(Vec::new());
+    };
+    let count = bucket(rows.len());
+    let select = statements.cached(StatementKey::Dialect(LOCK_ROWS, None, count), || {
+        lock_rows_statement(statements.schema(), count)
+    });
+    let mut args = MySqlArguments::default();
+    // Padded to the bucket by repeating the last id: `IN` ignores repeats.
+    for row in padded(rows.iter(), last) {
+        MySql::bind_id(&mut args, &row.id).map_err(sqlx::Error::Encode)?;
+    }
+    let mut current = HashMap::with_capacity(rows.len());
+    for row in MySql::fetch_all(connection, select, args).await? {
+        let version = MySql::decode_i64(&row, 1)?;
+        let expires_at = MySql::decode_time(&row, 2)?;
+        current.insert(decode_id::<MySql>(&row, 0)?, (version, expires_at));
+    }
+    let passing: Vec<&MergedRow> = rows
+        .iter()
+        .copied()
+        .filter(|row| {
+            current.get(&row.id).is_some_and(|(version, expires_at)| {
+                *expires_at > row.now
+                    && row
+                        .expected_version
+                        .is_none_or(|expected| expected == *version)
+            })
+        })
+        .collect();
+    let Some(first) = passing.first() else {
+        return Ok(Vec::new());
+    };
+    let shape = first.shape();
+    let count = bucket(passing.len());
+    let update = statements.cached(
+        StatementKey::Dialect(JOIN_UPDATE, Some(shape), count),
+        || join_update_statement(statements.schema(), shape, count),
     );
+    let mut args = MySqlArguments::default();
+    // Padded to the bucket with rows that match nothing.
+    let padding = first.padding();
+    for row in padded(passing.iter().copied(), &padding) {
+        MySql::bind_id(&mut args, &row.id).map_err(sqlx::Error::Encode)?;
+        if let Some(expires_at) = row.expires_at {
+            MySql::bind_time(&mut args, expires_at).map_err(sqlx::Error::Encode)?;
+        }
+        row.bind_values::<MySql>(&mut args)
+            .map_err(sqlx::Error::Encode)?;
+    }
+    MySql::execute(connection, update, args).await?;
+    Ok(passing.iter().map(|row| row.id).collect())
+}
 
-    const MERGED_UPDATES: bool = false;
+/// `SELECT id, version, expires_at FROM t WHERE id IN (<count>) FOR UPDATE`.
+fn lock_rows_statement(schema: Schema, count: usize) -> String {
+    let mut sql = format!(
+        "SELECT `id`, `version`, `expires_at` FROM {} WHERE `id` IN (",
+        quote::<MySql>(schema.table)
+    );
+    Placeholders::<MySql>::new().push_list(&mut sql, count);
+    sql.push_str(") FOR UPDATE");
+    sql
+}
 
-    fn push_returning_id(sql: &mut String, _table: &str) {
-        // Never called: MySQL and MariaDB have no UPDATE … RETURNING.
-        let _ = sql;
+/// `UPDATE t JOIN (SELECT ? AS __id, … UNION ALL SELECT ?, …) AS v ON t.id =
+/// v.__id SET …` of `count` rows of `shape`.
+fn join_update_statement(schema: Schema, shape: MergedShape, count: usize) -> String {
+    let table = quote::<MySql>(schema.table);
+    let mut columns = vec![quote::<MySql>("__id")];
+    if shape.moves_expiry {
+        columns.push(quote::<MySql>("__expires_at"));
+    }
+    columns.extend(shape.dirty.iter().map(merged_value_column::<MySql>));
+    let mut placeholders = Placeholders::<MySql>::new();
+    let mut sql = format!("UPDATE {table} JOIN (");
+    for row in 0..count {
+        sql.push_str(if row == 0 {
+            "SELECT "
+        } else {
+            " UNION ALL SELECT "
+        });
+        for (position, name) in columns.iter().enumerate() {
+            if position > 0 {
+                sql.push_str(", ");
+            }
+            placeholders.push(&mut sql, None);
+            if row == 0 {
+                let _ = write!(sql, " AS {name}");
+            }
+        }
+    }
+    let _ = write!(
+        sql,
+        ") AS v ON {table}.`id` = v.`__id` SET {}",
+        merged_assignments::<MySql>(schema, shape, &format!("{table}."))
+    );
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_display_widths_are_ignored_but_boolean_stays() {
+        assert_eq!(normalize("int(11)"), "int");
+        assert_eq!(normalize("BIGINT(20) UNSIGNED"), "bigint unsigned");
+        assert_eq!(normalize("smallint(6)"), "smallint");
+        assert_eq!(normalize("tinyint(1)"), "tinyint(1)");
+        assert_eq!(normalize("datetime(6)"), "datetime(6)");
+        assert!(MySql::type_matches("BOOLEAN", "tinyint(1)"));
+        assert!(MySql::type_matches("JSON", "longtext"), "MariaDB's JSON");
+        assert!(MySql::type_matches(
+            "BIGINT UNSIGNED",
+            "bigint(20) unsigned"
+        ));
+        assert!(!MySql::type_matches("INT", "bigint(20)"));
+    }
+
+    #[test]
+    fn the_locked_update_joins_one_select_per_row() {
+        const COLUMNS: [crate::schema::ColumnDef; 1] = [crate::schema::ColumnDef {
+            name: "count",
+            field: "count",
+            sql_type: SqlType::I64,
+            nullable: false,
+        }];
+        let schema = Schema {
+            table: "visits",
+            struct_name: "Visit",
+            columns: &COLUMNS,
+        };
+        let mut dirty = crate::data::DirtyFields::NONE;
+        dirty.insert(0);
+        let shape = MergedShape {
+            dirty,
+            moves_expiry: true,
+        };
+        assert_eq!(
+            join_update_statement(schema, shape, 2),
+            "UPDATE `visits` JOIN (SELECT ? AS `__id`, ? AS `__expires_at`, ? AS `c0` UNION ALL SELECT ?, ?, ?) AS v ON `visits`.`id` = v.`__id` SET `visits`.`count` = v.`c0`, `visits`.`version` = `visits`.`version` + 1, `visits`.`expires_at` = v.`__expires_at`"
+        );
+        assert_eq!(
+            lock_rows_statement(schema, 2),
+            "SELECT `id`, `version`, `expires_at` FROM `visits` WHERE `id` IN (?, ?) FOR UPDATE"
+        );
     }
 }

@@ -13,7 +13,13 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{Backend, FoundColumn, SqlStore};
+use super::decode_nullable;
+use super::{
+    SqlStore,
+    backend::{Dialect, sqlx_execution},
+    migrate::FoundColumn,
+    options::StoreOptions,
+};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -47,8 +53,9 @@ impl<T: SessionData> SqlStore<Postgres, T> {
     }
 }
 
-impl Backend for Postgres {
+impl Dialect for Postgres {
     type Database = sqlx::Postgres;
+    type Upkeep = ();
     const QUOTE: char = '"';
     const ID_TYPE: &'static str = "BYTEA";
     const TIME_TYPE: &'static str = "TIMESTAMPTZ";
@@ -186,27 +193,27 @@ impl Backend for Postgres {
 
     fn decode(row: &PgRow, index: usize, ty: SqlType) -> Result<Value<'static>, sqlx::Error> {
         match ty {
-            SqlType::Bool => super::decode_nullable(row, index, ty, Value::Bool),
-            SqlType::I16 => super::decode_nullable(row, index, ty, Value::I16),
-            SqlType::I32 => super::decode_nullable(row, index, ty, Value::I32),
-            SqlType::I64 | SqlType::U64 => super::decode_nullable(row, index, ty, Value::I64),
-            SqlType::F32 => super::decode_nullable(row, index, ty, Value::F32),
-            SqlType::F64 => super::decode_nullable(row, index, ty, Value::F64),
+            SqlType::Bool => decode_nullable(row, index, ty, Value::Bool),
+            SqlType::I16 => decode_nullable(row, index, ty, Value::I16),
+            SqlType::I32 => decode_nullable(row, index, ty, Value::I32),
+            SqlType::I64 | SqlType::U64 => decode_nullable(row, index, ty, Value::I64),
+            SqlType::F32 => decode_nullable(row, index, ty, Value::F32),
+            SqlType::F64 => decode_nullable(row, index, ty, Value::F64),
             SqlType::Text => {
-                super::decode_nullable(row, index, ty, |v: String| Value::Text(Cow::Owned(v)))
+                decode_nullable(row, index, ty, |v: String| Value::Text(Cow::Owned(v)))
             }
             SqlType::Json => {
-                super::decode_nullable(row, index, ty, |v: String| Value::Json(Cow::Owned(v)))
+                decode_nullable(row, index, ty, |v: String| Value::Json(Cow::Owned(v)))
             }
             SqlType::Bytes => {
-                super::decode_nullable(row, index, ty, |v: Vec<u8>| Value::Bytes(Cow::Owned(v)))
+                decode_nullable(row, index, ty, |v: Vec<u8>| Value::Bytes(Cow::Owned(v)))
             }
-            SqlType::Timestamp => super::decode_nullable(row, index, ty, Value::Timestamp),
+            SqlType::Timestamp => decode_nullable(row, index, ty, Value::Timestamp),
             SqlType::DateTime => {
-                super::decode_nullable::<_, NaiveDateTime>(row, index, ty, Value::DateTime)
+                decode_nullable::<_, NaiveDateTime>(row, index, ty, Value::DateTime)
             }
-            SqlType::Date => super::decode_nullable::<_, NaiveDate>(row, index, ty, Value::Date),
-            SqlType::Uuid => super::decode_nullable::<_, Uuid>(row, index, ty, Value::Uuid),
+            SqlType::Date => decode_nullable::<_, NaiveDate>(row, index, ty, Value::Date),
+            SqlType::Uuid => decode_nullable::<_, Uuid>(row, index, ty, Value::Uuid),
         }
     }
 
@@ -218,25 +225,14 @@ impl Backend for Postgres {
         row.try_get(index)
     }
 
-    sqlx_execution!(
-        Postgres,
-        sqlx::Postgres,
-        sqlx::PgConnection,
-        PgArguments,
-        PgRow
-    );
+    sqlx_execution!(sqlx::Postgres);
 
-    const MERGED_UPDATES: bool = true;
+    fn upkeep(_: &StoreOptions) {}
 
     fn push_cast(sql: &mut String, ddl_type: &str) {
         // A VALUES list has no column types of its own: say them.
         sql.push_str("::");
         sql.push_str(ddl_type);
-    }
-    fn push_returning_id(sql: &mut String, table: &str) {
-        sql.push_str("RETURNING ");
-        sql.push_str(table);
-        sql.push_str(".\"id\"");
     }
 }
 

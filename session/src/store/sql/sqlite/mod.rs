@@ -3,7 +3,9 @@
 //! Library timestamps are `INTEGER` milliseconds since the Unix epoch, so
 //! expiry comparisons are integer comparisons on the index.
 
-use std::{borrow::Cow, str::FromStr, time::Duration};
+mod checkpoint;
+
+use std::{borrow::Cow, str::FromStr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::{
@@ -15,7 +17,14 @@ use sqlx::{
     },
 };
 
-use super::{Backend, FoundColumn, SqlStore};
+use self::checkpoint::Checkpoints;
+use super::{
+    Core, SqlStore, SqlStoreBuilder,
+    backend::{Dialect, sqlx_execution},
+    group::Lanes,
+    migrate::FoundColumn,
+    options::StoreOptions,
+};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -29,23 +38,17 @@ use crate::{
 pub enum Sqlite {}
 
 /// How long a connection waits for another writer before failing.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The page cache of each connection [`SqliteStore::connect`](crate::SqliteStore::connect)
 /// opens, in KiB. Pages are allocated as they are read, so an idle
 /// connection does not hold it.
-pub const PAGE_CACHE_KIB: u32 = 16 * 1024;
+pub(crate) const PAGE_CACHE_KIB: u32 = 16 * 1024;
 
 impl<T: SessionData> SqlStore<Sqlite, T> {
-    /// Opens a pool with the settings a session table wants: WAL (readers
-    /// never wait for the writer), `synchronous = NORMAL` (durable across
-    /// process crashes; a power loss may lose the last commits, the usual
-    /// trade-off for WAL) and a busy timeout of [`BUSY_TIMEOUT`] so that
-    /// concurrent writers queue instead of failing with "database is locked".
-    /// Each connection keeps up to [`PAGE_CACHE_KIB`] KiB of pages (SQLite's
-    /// default is 2 MiB, which a table of some 100k sessions outgrows). The
-    /// write-ahead log is checkpointed in the background, off the request
-    /// path (see [`with_background_checkpoints`](Self::with_background_checkpoints)).
+    /// Opens a pool with the settings a session table wants; the same as
+    /// `SqliteStore::builder().connect(url)`, see
+    /// [`SqlStoreBuilder::connect`](SqlStoreBuilder#method.connect-2).
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
@@ -61,15 +64,66 @@ impl<T: SessionData> SqlStore<Sqlite, T> {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+        Self::builder().connect(url).await
+    }
+}
+
+impl<T: SessionData> SqlStoreBuilder<Sqlite, T> {
+    /// Whether the store checkpoints the write-ahead log itself, in the
+    /// background on a connection of its own, instead of leaving it to
+    /// SQLite's automatic checkpoint (default: on with
+    /// [`connect`](Self::connect), off with [`build`](Self::build) on your
+    /// own pool). The automatic checkpoint runs inside the commit that
+    /// crosses the log's size limit, so every request waiting on that
+    /// connection waits for the copy and its `fsync` too; the background one
+    /// does not block readers or writers (`PRAGMA wal_checkpoint(PASSIVE)`).
+    /// Once the log passes 1000 frames, one checkpoint also starts it over
+    /// (`RESTART`: writers wait while it copies the few frames left and
+    /// syncs), so the log file stays near 6 MB with 4 KiB pages. On your own
+    /// pool, set `wal_autocheckpoint = 0` on its connections when you turn
+    /// this on.
+    pub fn background_checkpoints(mut self, enabled: bool) -> Self {
+        self.options.background_checkpoints = Some(enabled);
+        self
+    }
+
+    /// Opens a pool with the settings a session table wants: WAL (readers
+    /// never wait for the writer), `synchronous = NORMAL` (durable across
+    /// process crashes; a power loss may lose the last commits, the usual
+    /// trade-off for WAL) and a busy timeout of 10 s so that concurrent
+    /// writers queue instead of failing with "database is locked". Each
+    /// connection keeps up to 16 MiB of pages (SQLite's default is 2 MiB,
+    /// which a table of some 100k sessions outgrows). The write-ahead log
+    /// is checkpointed in the background, off the request path (see
+    /// [`background_checkpoints`](Self::background_checkpoints)).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
+    /// use axum_typed_session::{Session, SqliteStore};
+    ///
+    /// #[derive(Session, Default)]
+    /// struct Visit {
+    ///     count: i64,
+    /// }
+    ///
+    /// let store = SqliteStore::<Visit>::builder()
+    ///     .connect("sqlite://sessions.db?mode=rwc")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(mut self, url: &str) -> Result<SqlStore<Sqlite, T>, StoreError> {
+        let checkpoints = *self.options.background_checkpoints.get_or_insert(true);
+        let mut options = SqliteConnectOptions::from_str(url)?
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            // The store checkpoints in the background instead.
-            .pragma("wal_autocheckpoint", "0")
             .pragma("cache_size", format!("-{PAGE_CACHE_KIB}"));
+        if checkpoints {
+            // The store checkpoints in the background instead.
+            options = options.pragma("wal_autocheckpoint", "0");
+        }
         let pool = SqlitePoolOptions::new().connect_with(options).await?;
-        Ok(Self::new(pool).with_background_checkpoints(true))
+        Ok(self.build(pool))
     }
 }
 
@@ -100,8 +154,9 @@ fn millis(time: DateTime<Utc>) -> i64 {
     time.timestamp_millis()
 }
 
-impl Backend for Sqlite {
+impl Dialect for Sqlite {
     type Database = sqlx::Sqlite;
+    type Upkeep = Option<Checkpoints>;
     const QUOTE: char = '"';
     const ID_TYPE: &'static str = "BLOB";
     const TIME_TYPE: &'static str = "INTEGER";
@@ -245,23 +300,52 @@ impl Backend for Sqlite {
         row.try_get(index)
     }
 
-    sqlx_execution!(
-        Sqlite,
-        sqlx::Sqlite,
-        sqlx::SqliteConnection,
-        SqliteArguments,
-        SqliteRow
-    );
-
-    const ONE_LANE: bool = true;
-
-    const CHECKPOINT: Option<&'static str> = Some("PRAGMA wal_checkpoint(PASSIVE)");
-    const CHECKPOINT_RESTART: Option<&'static str> = Some("PRAGMA wal_checkpoint(RESTART)");
-
-    const MERGED_UPDATES: bool = true;
+    sqlx_execution!(sqlx::Sqlite);
 
     fn push_returning_id(sql: &mut String, _table: &str) {
         // SQLite's RETURNING names the updated table's columns unqualified.
         sql.push_str("RETURNING \"id\"");
+    }
+
+    /// Its connections run in-process, one writer at a time, and a commit on
+    /// one connection empties the page cache of every other: one connection
+    /// keeps its cache and halves the hand-offs between threads.
+    fn lanes() -> Lanes {
+        Lanes::Shared
+    }
+
+    fn upkeep(options: &StoreOptions) -> Option<Checkpoints> {
+        options
+            .background_checkpoints
+            .unwrap_or(false)
+            .then(Checkpoints::new)
+    }
+
+    fn after_commit(core: &Arc<Core<Self>>) {
+        checkpoint::checkpoint_if_due(core);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::affinity;
+
+    #[test]
+    fn affinity_follows_sqlites_rules_in_order() {
+        for (declared, expected) in [
+            ("INTEGER", "INTEGER"),
+            ("BIGINT", "INTEGER"),
+            ("POINT", "INTEGER"), // "INT" wins, as in SQLite
+            ("VARCHAR(20)", "TEXT"),
+            ("CLOB", "TEXT"),
+            ("BLOB", "BLOB"),
+            ("", "BLOB"),
+            ("DOUBLE PRECISION", "REAL"),
+            ("FLOAT", "REAL"),
+            ("BOOLEAN", "NUMERIC"),
+            ("DATETIME", "NUMERIC"),
+        ] {
+            assert_eq!(affinity(declared), expected, "{declared}");
+        }
     }
 }

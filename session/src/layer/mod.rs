@@ -1,0 +1,350 @@
+//! The tower layer: puts the request's session in place, writes it back after
+//! the handler (`save.rs`), with the lifetime policy of `expiry.rs`.
+
+mod expiry;
+mod save;
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    marker::PhantomData,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use http::Request;
+use tokio::sync::oneshot;
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use self::save::{MAX_CONFLICT_BACKOFF, MAX_WRITE_ATTEMPTS};
+use crate::{
+    config::{SessionConfig, SessionMode},
+    cookie::{Presented, SessionCookie, SessionHeaders},
+    data::SessionData,
+    error::{SessionError, StoreError},
+    purge::purge_loop,
+    request::{LoadFuture, Loader, Location, PendingSession},
+    store::{MemoryStore, Record, SessionStore, Update},
+    sync::lock,
+    token::{SessionId, SessionToken},
+};
+
+/// Adds typed sessions of `T`, kept in store `S`, to an axum router.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use axum_typed_session::{MemoryStore, Session, SessionConfig, SessionLayer};
+///
+/// #[derive(Session, Default)]
+/// struct Visit {
+///     count: i64,
+/// }
+///
+/// async fn greet(visit: Session<Visit>) -> String {
+///     visit.update_count(|count| *count += 1);
+///     visit.count().to_string()
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/", get(greet))
+///     .layer(SessionLayer::new(MemoryStore::<Visit>::new(), SessionConfig::default()));
+/// ```
+///
+/// Several layers, each with its own struct and cookie name, work side by side.
+///
+/// Created inside a tokio runtime, the layer deletes expired sessions every
+/// [purge interval](SessionConfig::with_purge_interval) in a background task
+/// that logs and outlives database errors; the task ends when the last clone
+/// of the layer (and of the services it made) is dropped, or on
+/// [`stop_purge`](Self::stop_purge) — call that from a graceful-shutdown handler.
+pub struct SessionLayer<T: SessionData, S> {
+    shared: Arc<LayerShared<T, S>>,
+}
+
+impl<T: SessionData, S: std::fmt::Debug> std::fmt::Debug for SessionLayer<T, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("struct", &T::SCHEMA.struct_name)
+            .field("store", &self.shared.store)
+            .field("config", self.shared.cookie.config())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: SessionData, S> Clone for SessionLayer<T, S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+pub(crate) struct LayerShared<T, S> {
+    store: S,
+    /// Sessions not yet storable, in [`SessionMode::Storable`].
+    memory: MemoryStore<T>,
+    cookie: SessionCookie,
+    /// Dropping (or sending on) it ends the purge task.
+    stop_purge: Mutex<Option<oneshot::Sender<()>>>,
+    _data: PhantomData<fn() -> T>,
+}
+
+impl<T: SessionData, S: SessionStore<T>> SessionLayer<T, S> {
+    /// A layer over `store`, configured by `config`.
+    pub fn new(store: S, config: SessionConfig) -> Self {
+        let purge_interval = config.purge_interval;
+        let (stop_sender, stop_receiver) = oneshot::channel();
+        let shared = Arc::new(LayerShared {
+            store,
+            memory: MemoryStore::new(),
+            cookie: SessionCookie::new(config),
+            stop_purge: Mutex::new(Some(stop_sender)),
+            _data: PhantomData,
+        });
+        if let Some(interval) = purge_interval
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(purge_loop(Arc::downgrade(&shared), interval, stop_receiver));
+        }
+        Self { shared }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.shared.store
+    }
+
+    /// Deletes expired sessions now (the background task does this every
+    /// purge interval); returns how many.
+    pub async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.shared.purge_expired().await
+    }
+
+    /// Ends the background purge task.
+    pub fn stop_purge(&self) {
+        let sender = lock(&self.shared.stop_purge).take();
+        if let Some(sender) = sender {
+            let _ = sender.send(());
+        }
+    }
+}
+
+impl<T: SessionData, S: SessionStore<T>> Loader<T> for LayerShared<T, S> {
+    fn read_token(&self, headers: &http::HeaderMap) -> Option<Presented> {
+        self.cookie.read(headers)
+    }
+
+    fn load<'a>(&'a self, id: &'a SessionId) -> LoadFuture<'a, T> {
+        Box::pin(async move {
+            let now = Utc::now();
+            let mut found = None;
+            if self.mode() == SessionMode::Storable {
+                found = self
+                    .memory
+                    .load(id, now)
+                    .await?
+                    .map(|r| (r, Location::Memory));
+            }
+            if found.is_none() {
+                found = self
+                    .store
+                    .load(id, now)
+                    .await?
+                    .map(|r| (r, Location::Store));
+            }
+            // A session past its absolute lifetime is over, even if the
+            // configuration shortened that lifetime after it was stored.
+            Ok(found.filter(|(record, _)| {
+                self.config()
+                    .absolute_end(record.created_at)
+                    .is_none_or(|end| end > now)
+            }))
+        })
+    }
+}
+
+impl<I, T: SessionData, S: SessionStore<T>> Layer<I> for SessionLayer<T, S> {
+    type Service = SessionService<I, T, S>;
+
+    fn layer(&self, inner: I) -> Self::Service {
+        SessionService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of a [`SessionLayer`].
+pub struct SessionService<I, T: SessionData, S> {
+    inner: I,
+    shared: Arc<LayerShared<T, S>>,
+}
+
+impl<I: std::fmt::Debug, T: SessionData, S> std::fmt::Debug for SessionService<I, T, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionService")
+            .field("struct", &T::SCHEMA.struct_name)
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I: Clone, T: SessionData, S> Clone for SessionService<I, T, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<I, B, T, S> Service<Request<B>> for SessionService<I, T, S>
+where
+    I: Service<Request<B>, Error = Infallible> + Clone + Send + 'static,
+    I::Response: IntoResponse,
+    I::Future: Send + 'static,
+    B: Send + 'static,
+    T: SessionData,
+    S: SessionStore<T>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        let pending = PendingSession::new(shared.default_storable(), shared.clone());
+        request.extensions_mut().insert(pending.clone());
+
+        // The clone that was driven to readiness serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let Ok(response) = inner.call(request).await;
+            let mut response = response.into_response();
+            let state = std::mem::take(&mut *lock(&pending.0.state));
+            match shared.save(state).await {
+                Ok(headers) => {
+                    for (name, value) in headers {
+                        response.headers_mut().append(name, value);
+                    }
+                }
+                Err(error) => {
+                    // The handler's answer described a change that was not
+                    // stored: never send it as if it had been.
+                    tracing::error!(
+                        session = T::SCHEMA.struct_name,
+                        table = T::SCHEMA.table,
+                        %error,
+                        "saving the session failed"
+                    );
+                    response = SessionError::Store(error).into_response();
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
+    pub(crate) fn config(&self) -> &SessionConfig {
+        self.cookie.config()
+    }
+
+    fn mode(&self) -> SessionMode {
+        self.config().mode
+    }
+
+    fn default_storable(&self) -> bool {
+        self.mode() == SessionMode::Persistent && !self.config().consent_required
+    }
+
+    pub(crate) async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let now = Utc::now();
+        let in_memory = self.memory.purge_expired(now).await?;
+        Ok(in_memory + self.store.purge_expired(now).await?)
+    }
+
+    fn cookie(
+        &self,
+        token: &SessionToken,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        remember: bool,
+    ) -> SessionHeaders {
+        self.cookie.set(
+            token,
+            self.config().cookie_max_age(now, expires_at, remember),
+        )
+    }
+
+    async fn insert_at(&self, location: Location, record: &Record<T>) -> Result<(), StoreError> {
+        match location {
+            Location::Store => self.store.insert(record).await,
+            Location::Memory => self.memory.insert(record).await,
+        }
+    }
+
+    async fn update_at(
+        &self,
+        location: Location,
+        id: &SessionId,
+        data: &T,
+        update: Update,
+    ) -> Result<bool, StoreError> {
+        match location {
+            Location::Store => self.store.update(id, data, update).await,
+            Location::Memory => self.memory.update(id, data, update).await,
+        }
+    }
+
+    async fn delete_at(&self, location: Location, id: &SessionId) -> Result<(), StoreError> {
+        match location {
+            Location::Store => self.store.delete(id).await,
+            Location::Memory => self.memory.delete(id).await,
+        }
+    }
+
+    async fn load_at(
+        &self,
+        location: Location,
+        id: &SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        match location {
+            Location::Store => self.store.load(id, now).await,
+            Location::Memory => self.memory.load(id, now).await,
+        }
+    }
+
+    /// Where a session should be kept after this request; `None`: nowhere
+    /// (consent required and not given, or withdrawn).
+    fn target_location(
+        &self,
+        storable: Option<bool>,
+        current: Option<Location>,
+    ) -> Option<Location> {
+        let not_storable = if self.config().consent_required {
+            None
+        } else {
+            Some(Location::Memory)
+        };
+        match storable {
+            Some(true) => Some(Location::Store),
+            Some(false) => not_storable,
+            None => match current {
+                Some(location) => Some(location),
+                None if self.default_storable() => Some(Location::Store),
+                None => not_storable,
+            },
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Writing back what a request did to its session, as named steps: nothing,
+//! destroy, insert a new session, move it between memory and store, or
+//! write its changes (replayed on conflict).
+
+use chrono::{DateTime, Utc};
+
+use super::LayerShared;
+use crate::{
+    cookie::{Presented, SessionHeaders},
+    data::SessionData,
+    error::StoreError,
+    request::{Changes, Location, RequestState, StoredMeta, changed_fields},
+    store::{Record, SessionStore, Update},
+    token::SessionToken,
+};
+
+/// How many times a compare-and-swap write is tried (replaying the request's
+/// changes on fresh data each time) before the request fails with
+/// [`StoreError::Conflict`]. Between tries a request waits a random time of up
+/// to [`MAX_CONFLICT_BACKOFF`] that doubles per try, so a burst of writers to one
+/// session spreads out instead of colliding again in lockstep.
+pub const MAX_WRITE_ATTEMPTS: u32 = 32;
+
+/// The longest wait between two compare-and-swap tries.
+pub const MAX_CONFLICT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Full jitter: uniform in `[0, min(MAX_CONFLICT_BACKOFF, 1 ms × 2^attempt))`.
+fn conflict_backoff(attempt: u32) -> std::time::Duration {
+    let cap = MAX_CONFLICT_BACKOFF.min(std::time::Duration::from_millis(1u64 << attempt.min(16)));
+    cap.mul_f64(rand::random::<f64>())
+}
+
+/// What a stored session's write looks like once decided.
+struct PlannedWrite {
+    update: Update,
+    /// The token the client holds after the response.
+    new_token: Option<SessionToken>,
+    /// The expiry the cookie announces.
+    expires_at: DateTime<Utc>,
+    remember: bool,
+    /// Whether the client needs the cookie again.
+    send_cookie: bool,
+}
+
+impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
+    /// Writes what the request did to its session and returns the headers
+    /// that tell the client.
+    pub(crate) async fn save(&self, state: RequestState<T>) -> Result<SessionHeaders, StoreError> {
+        let RequestState {
+            data,
+            presented,
+            stored,
+            changes,
+            destroy,
+            renew,
+            remember,
+            storable,
+        } = state;
+        // The handler never extracted the session: nothing to do.
+        let Some(data) = data else {
+            return Ok(Vec::new());
+        };
+        let now = Utc::now();
+        if destroy {
+            return self.destroy(stored, presented.is_some()).await;
+        }
+        let Some(stored) = stored else {
+            let worth_keeping =
+                !changes.dirty.is_empty() || storable == Some(true) || remember == Some(true);
+            return self
+                .insert_new(data, now, worth_keeping, storable, remember)
+                .await;
+        };
+        let target = self.target_location(storable, Some(stored.location));
+        if target != Some(stored.location) {
+            let token = renew
+                .then(SessionToken::generate)
+                .or_else(|| presented.map(|presented| presented.token));
+            let remember = remember.unwrap_or(stored.remember);
+            return self
+                .relocate(data, &stored, target, token, now, remember)
+                .await;
+        }
+        let planned = self.plan_write(&stored, &changes, presented.as_ref(), renew, remember, now);
+        if planned.update.is_empty() {
+            return Ok(Vec::new());
+        }
+        let token = planned
+            .new_token
+            .clone()
+            .or(presented.map(|presented| presented.token));
+        self.write_changes(data, &stored, changes, planned, token)
+            .await
+    }
+
+    /// Deletes the session (if stored) and removes the client's cookie (if
+    /// it presented one).
+    async fn destroy(
+        &self,
+        stored: Option<StoredMeta>,
+        presented: bool,
+    ) -> Result<SessionHeaders, StoreError> {
+        if let Some(stored) = stored {
+            self.delete_at(stored.location, &stored.id).await?;
+        }
+        Ok(if presented {
+            self.cookie.remove()
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// A session not in any store: inserted with a new token once it holds
+    /// something worth keeping, where the mode keeps it.
+    async fn insert_new(
+        &self,
+        data: T,
+        now: DateTime<Utc>,
+        worth_keeping: bool,
+        storable: Option<bool>,
+        remember: Option<bool>,
+    ) -> Result<SessionHeaders, StoreError> {
+        let Some(location) = self
+            .target_location(storable, None)
+            .filter(|_| worth_keeping)
+        else {
+            return Ok(Vec::new());
+        };
+        // Never adopt a token the client chose: a new session gets a new one.
+        let token = SessionToken::generate();
+        let remember = remember.unwrap_or(false);
+        let record = Record {
+            id: token.id(),
+            data,
+            version: 1,
+            expires_at: self.config().expires_at(now, now, remember),
+            created_at: now,
+            remember,
+        };
+        self.insert_at(location, &record).await?;
+        // The id (a hash) is safe to log; the token never is.
+        tracing::debug!(session = T::SCHEMA.struct_name, id = %record.id, ?location, "new session");
+        Ok(self.cookie(&token, now, record.expires_at, remember))
+    }
+
+    /// Marked storable (or not) in this request: moves the session, writing
+    /// the new copy before deleting the old one so that a failed write loses
+    /// nothing; `None` target: deleted (consent withdrawn).
+    async fn relocate(
+        &self,
+        data: T,
+        stored: &StoredMeta,
+        target: Option<Location>,
+        token: Option<SessionToken>,
+        now: DateTime<Utc>,
+        remember: bool,
+    ) -> Result<SessionHeaders, StoreError> {
+        let Some(location) = target else {
+            self.delete_at(stored.location, &stored.id).await?;
+            return Ok(self.cookie.remove());
+        };
+        let token = token.unwrap_or_else(SessionToken::generate);
+        let expires_at = self.config().expires_at(now, stored.created_at, remember);
+        let record = Record {
+            id: token.id(),
+            data,
+            version: stored.version + 1,
+            expires_at,
+            created_at: stored.created_at,
+            remember,
+        };
+        self.insert_at(location, &record).await?;
+        self.delete_at(stored.location, &stored.id).await?;
+        Ok(self.cookie(&token, now, expires_at, remember))
+    }
+
+    /// Decides the UPDATE of a stored session and whether the client needs
+    /// its cookie again.
+    fn plan_write(
+        &self,
+        stored: &StoredMeta,
+        changes: &Changes<T>,
+        presented: Option<&Presented>,
+        renew: bool,
+        remember: Option<bool>,
+        now: DateTime<Utc>,
+    ) -> PlannedWrite {
+        let new_token = renew.then(SessionToken::generate);
+        let remember_change = remember.filter(|remember| *remember != stored.remember);
+        let remember = remember.unwrap_or(stored.remember);
+        let expires_at = self.config().expires_at(now, stored.created_at, remember);
+        // The expiry moves once per touch fraction of the lifetime (or when
+        // the lifetime itself changes), whatever else the request did: in
+        // between, writes leave it, its index entry and the cookie alone.
+        let moves_expiry = remember_change.is_some()
+            || self
+                .config()
+                .should_touch(now, stored.expires_at, stored.remember, expires_at);
+        // A new token, a new Max-Age, or a token sealed under a retired key.
+        let reseal = presented.is_some_and(|presented| presented.reseal);
+        PlannedWrite {
+            update: Update {
+                dirty: changes.dirty,
+                expected_version: changes.compare_and_swap.then_some(stored.version),
+                expires_at: moves_expiry.then_some(expires_at),
+                new_id: new_token.as_ref().map(SessionToken::id),
+                remember: remember_change,
+                now,
+            },
+            send_cookie: new_token.is_some() || moves_expiry || reseal,
+            new_token,
+            expires_at: if moves_expiry {
+                expires_at
+            } else {
+                stored.expires_at
+            },
+            remember,
+        }
+    }
+
+    /// Writes the planned UPDATE; on a compare-and-swap conflict, replays the
+    /// request's changes on the fresh row and tries again (bounded).
+    async fn write_changes(
+        &self,
+        mut data: T,
+        stored: &StoredMeta,
+        mut changes: Changes<T>,
+        planned: PlannedWrite,
+        token: Option<SessionToken>,
+    ) -> Result<SessionHeaders, StoreError> {
+        let mut update = planned.update;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            if self
+                .update_at(stored.location, &stored.id, &data, update)
+                .await?
+            {
+                return Ok(match &token {
+                    Some(token) if planned.send_cookie => {
+                        self.cookie(token, update.now, planned.expires_at, planned.remember)
+                    }
+                    _ => Vec::new(),
+                });
+            }
+            if !changes.compare_and_swap {
+                break;
+            }
+            if attempts == MAX_WRITE_ATTEMPTS {
+                return Err(StoreError::Conflict { attempts });
+            }
+            tokio::time::sleep(conflict_backoff(attempts)).await;
+            let Some((fresh, version)) = self.replay(stored, &mut changes, update.now).await?
+            else {
+                break;
+            };
+            data = fresh;
+            update.dirty = changes.dirty;
+            update.expected_version = Some(version);
+        }
+        // The row was destroyed, renewed or expired by another request:
+        // dropping this write is what keeps it from coming back.
+        tracing::debug!(
+            session = T::SCHEMA.struct_name,
+            id = %stored.id,
+            "session vanished before its write; the write is dropped"
+        );
+        Ok(self.cookie.remove())
+    }
+
+    /// Another request wrote first: the request's changes replayed on the
+    /// fresh row, with its version; `None` if the session is gone.
+    async fn replay(
+        &self,
+        stored: &StoredMeta,
+        changes: &mut Changes<T>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(T, i64)>, StoreError> {
+        let Some(fresh) = self.load_at(stored.location, &stored.id, now).await? else {
+            return Ok(None);
+        };
+        let mut replayed = fresh.data.duplicate();
+        for change in &mut changes.log {
+            change(&mut replayed);
+        }
+        changes.dirty = changes.dirty.union(changed_fields(&fresh.data, &replayed)?);
+        Ok(Some((replayed, fresh.version)))
+    }
+}

@@ -1,0 +1,163 @@
+//! Committing a group of writes: one transaction, each waiter told its own
+//! result; a refused group runs again write by write.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use super::{
+    Held, connection,
+    plan::{Mismatch, Step, StepResult, plan_group},
+    write::Write,
+};
+use crate::{
+    error::StoreError,
+    store::sql::{
+        Core,
+        backend::{Connection, Dialect},
+        statements::Statements,
+    },
+};
+
+/// Where a write's result goes: the rows it affected.
+pub(crate) type Done = tokio::sync::oneshot::Sender<Result<u64, StoreError>>;
+
+/// A write waiting for a group commit.
+pub(crate) struct Queued {
+    pub(crate) write: Write,
+    pub(crate) done: Done,
+}
+
+/// Why a group's statements did not commit.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GroupError {
+    /// The database refused a statement; nothing was committed.
+    #[error("{0}")]
+    Refused(sqlx::Error),
+    /// Binding failed, or the connection did (the commit may be unknown).
+    #[error("{0}")]
+    Failed(sqlx::Error),
+    /// The plan and the results did not fit.
+    #[error(transparent)]
+    Mismatch(#[from] Mismatch),
+}
+
+impl From<GroupError> for StoreError {
+    fn from(error: GroupError) -> Self {
+        match error {
+            GroupError::Refused(error) | GroupError::Failed(error) => StoreError::Database(error),
+            GroupError::Mismatch(mismatch) => {
+                StoreError::Database(sqlx::Error::Protocol(mismatch.to_string()))
+            }
+        }
+    }
+}
+
+/// Commits one group of writes and tells each its result.
+pub(crate) async fn commit_group<B: Dialect>(
+    core: &Arc<Core<B>>,
+    held: &mut Held<B>,
+    group: Vec<Queued>,
+) {
+    core.commits.fetch_add(1, Ordering::Relaxed);
+    let (writes, waiting): (Vec<Write>, Vec<Done>) = group
+        .into_iter()
+        .map(|queued| (queued.write, queued.done))
+        .unzip();
+    match run_group(core, held, &writes).await {
+        Ok(results) => {
+            for (done, rows) in waiting.into_iter().zip(results) {
+                let _ = done.send(Ok(rows));
+            }
+        }
+        // The database refused a statement and the group was rolled back
+        // as a whole: one request's bad value (a NUL byte PostgreSQL
+        // rejects, say) must not fail the others. Each write runs again
+        // alone, and only the culprit hears of the error. Any other
+        // failure (a lost connection) may have left the commit unknown:
+        // nothing is run twice.
+        Err(GroupError::Refused(_)) if writes.len() > 1 => {
+            for (write, done) in writes.iter().zip(waiting) {
+                let result = run_group(core, held, std::slice::from_ref(write))
+                    .await
+                    .map(|rows| rows.first().copied().unwrap_or(0))
+                    .map_err(StoreError::from);
+                let _ = done.send(result);
+            }
+        }
+        Err(error) => {
+            let message = error.to_string();
+            for done in waiting {
+                let _ = done.send(Err(super::shared_failure(&format!(
+                    "group commit failed: {message}"
+                ))));
+            }
+        }
+    }
+}
+
+/// Runs `writes` as one group on the held connection: the rows each affected.
+pub(crate) async fn run_group<B: Dialect>(
+    core: &Arc<Core<B>>,
+    held: &mut Held<B>,
+    writes: &[Write],
+) -> Result<Vec<u64>, GroupError> {
+    let plan = plan_group::<B>(&core.statements, writes)
+        .map_err(|error| GroupError::Failed(sqlx::Error::Encode(error)))?;
+    let results = match connection::<B>(&core.pool, held).await {
+        Ok(connection) => execute_steps::<B>(connection, &core.statements, plan.steps).await,
+        Err(error) => Err(error),
+    };
+    let results = results.map_err(|error| {
+        // Rolled back as a whole; a connection in an unknown state is not kept.
+        *held = None;
+        match error {
+            sqlx::Error::Database(_) => GroupError::Refused(error),
+            error => GroupError::Failed(error),
+        }
+    })?;
+    B::after_commit(core);
+    let rows = plan
+        .readings
+        .iter()
+        .enumerate()
+        .map(|(write, reading)| reading.rows(write, &results))
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Runs the steps in one transaction (a single step runs on its own),
+/// returning what each did; any failure rolls all of them back.
+async fn execute_steps<B: Dialect>(
+    connection: &mut Connection<B>,
+    statements: &Statements<B>,
+    mut steps: Vec<Step<'_, B>>,
+) -> Result<Vec<StepResult>, sqlx::Error> {
+    if steps.len() == 1 {
+        let step = steps.pop().expect("one step");
+        return Ok(vec![
+            run_step::<B>(connection, statements, step, true).await?,
+        ]);
+    }
+    let mut transaction = sqlx::Connection::begin(connection).await?;
+    let mut results = Vec::with_capacity(steps.len());
+    for step in steps {
+        results.push(run_step::<B>(&mut transaction, statements, step, false).await?);
+    }
+    transaction.commit().await?;
+    Ok(results)
+}
+
+async fn run_step<B: Dialect>(
+    connection: &mut Connection<B>,
+    statements: &Statements<B>,
+    step: Step<'_, B>,
+    alone: bool,
+) -> Result<StepResult, sqlx::Error> {
+    match step {
+        Step::Statement { sql, args } => Ok(StepResult::Affected(
+            B::execute(connection, sql, args).await?,
+        )),
+        Step::Merged(rows) => Ok(StepResult::Ids(
+            B::merged_update(connection, statements, &rows, alone).await?,
+        )),
+    }
+}

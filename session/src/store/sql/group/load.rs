@@ -1,0 +1,142 @@
+//! Grouped loads: the loads waiting at one moment share one
+//! `SELECT … WHERE id IN (…)`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use super::{Held, connection, shared_failure};
+use crate::{
+    data::SessionData,
+    error::StoreError,
+    store::{
+        Record,
+        sql::{
+            SqlStore,
+            backend::{Arguments, Connection, Dialect, Row},
+            bound,
+            statements::{LOADED_LIBRARY_COLUMNS, bucket, decode_id, padded},
+        },
+    },
+    token::SessionId,
+    value::{SqlType, Value},
+};
+
+/// Where a load's result goes.
+pub(crate) type Loaded<T> = oneshot::Sender<Result<Option<Record<T>>, StoreError>>;
+
+/// What a grouped SELECT found: each row decoded on its own, so that a row
+/// that does not decode fails only its own requests.
+type Found<T> = HashMap<SessionId, Result<Record<T>, String>>;
+
+impl<B: Dialect, T: SessionData> SqlStore<B, T> {
+    /// One session by id: one SELECT.
+    pub(crate) async fn load_one(
+        &self,
+        connection: &mut Connection<B>,
+        id: &SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        let mut args = Arguments::<B>::default();
+        bound(B::bind_id(&mut args, id))?;
+        bound(B::bind_time(&mut args, now))?;
+        // At most one row: `id` is the key.
+        let rows = B::fetch_all(connection, self.core.statements.load.clone(), args).await?;
+        rows.first()
+            .map(|row| Self::decode_record(row, *id))
+            .transpose()
+    }
+
+    /// A loaded row (columns as in the load statements) as a record.
+    fn decode_record(row: &Row<B>, id: SessionId) -> Result<Record<T>, StoreError> {
+        let columns = T::SCHEMA.columns;
+        let mut values = Vec::with_capacity(columns.len());
+        for (offset, column) in columns.iter().enumerate() {
+            values.push(B::decode(
+                row,
+                LOADED_LIBRARY_COLUMNS + offset,
+                column.sql_type,
+            )?);
+        }
+        let data = T::decode_columns(&mut values.into_iter())?;
+        Ok(Record {
+            id,
+            data,
+            version: B::decode_i64(row, 0)?,
+            created_at: B::decode_time(row, 1)?,
+            expires_at: B::decode_time(row, 2)?,
+            remember: B::decode(row, 3, SqlType::Bool)? == Value::Bool(true),
+        })
+    }
+
+    /// Answers one group of loads: a lone one with the one-row SELECT,
+    /// several with one `SELECT … WHERE id IN (…)`.
+    pub(crate) async fn load_group(&self, held: &mut Held<B>, group: Vec<(SessionId, Loaded<T>)>) {
+        let now = Utc::now();
+        let connection = match connection::<B>(&self.core.pool, held).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                let message = error.to_string();
+                for (_, done) in group {
+                    let _ = done.send(Err(shared_failure(&message)));
+                }
+                return;
+            }
+        };
+        if group.len() == 1 {
+            let (id, done) = group.into_iter().next().expect("one load");
+            let result = self.load_one(connection, &id, now).await;
+            if matches!(result, Err(StoreError::Database(_))) {
+                *held = None;
+            }
+            let _ = done.send(result);
+            return;
+        }
+        let mut ids: Vec<SessionId> = group.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let found = self.load_many(connection, &ids, now).await;
+        if found.is_err() {
+            *held = None;
+        }
+        for (id, done) in group {
+            let result = match &found {
+                Ok(records) => match records.get(&id) {
+                    Some(Ok(record)) => Ok(Some(record.duplicate())),
+                    Some(Err(message)) => Err(shared_failure(message)),
+                    None => Ok(None),
+                },
+                Err(message) => Err(shared_failure(message)),
+            };
+            let _ = done.send(result);
+        }
+    }
+
+    /// Several sessions in one SELECT.
+    async fn load_many(
+        &self,
+        connection: &mut Connection<B>,
+        ids: &[SessionId],
+        now: DateTime<Utc>,
+    ) -> Result<Found<T>, String> {
+        let sql = self.core.statements.load_many(bucket(ids.len()));
+        let mut args = Arguments::<B>::default();
+        // Padded to the bucket by repeating the last id: `IN` ignores repeats.
+        let last = ids.last().ok_or("no ids to load")?;
+        for id in padded(ids.iter(), last) {
+            bound(B::bind_id(&mut args, id)).map_err(|e| e.to_string())?;
+        }
+        bound(B::bind_time(&mut args, now)).map_err(|e| e.to_string())?;
+        let rows = B::fetch_all(connection, sql, args)
+            .await
+            .map_err(|e| e.to_string())?;
+        let id_column = LOADED_LIBRARY_COLUMNS + T::SCHEMA.columns.len();
+        let mut records = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id = decode_id::<B>(row, id_column).map_err(|e| e.to_string())?;
+            records.insert(id, Self::decode_record(row, id).map_err(|e| e.to_string()));
+        }
+        Ok(records)
+    }
+}
