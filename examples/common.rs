@@ -53,7 +53,9 @@ async fn serve(app: Router) -> anyhow::Result<()> {
     };
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = tokio::net::TcpListener::bind(address).await?;
-    tracing::info!("listening on http://{address}");
+    // Printed as localhost: browsers treat it as a secure context, so the
+    // Secure session cookie comes back over plain HTTP there.
+    tracing::info!("listening on http://localhost:{port}");
     axum::serve(listener, app).await?;
     Ok(())
 }

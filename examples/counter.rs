@@ -5,14 +5,18 @@
 //! DATABASE_URL=postgres://postgres@127.0.0.1/test cargo run --example counter
 //! DATABASE_URL=mysql://root@127.0.0.1/test cargo run --example counter
 //! DATABASE_URL=memory cargo run --example counter   # non-persistent
-//! curl -c jar -b jar http://127.0.0.1:3000/greet    # 1, then 2, 3, ...
+//! curl -c jar -b jar http://localhost:3000/greet    # 1, then 2, 3, ...
 //! ```
+//!
+//! The cookie is `Secure`, as it should be in production: browsers and curl
+//! treat `http://localhost` as a secure context and send it back over plain
+//! HTTP there, so nothing needs turning off for development.
 
 #[path = "common.rs"]
 mod common;
 
 use axum::{Router, routing::get};
-use axum_typed_session::{Session, SessionConfig, SessionLayer, SessionStore};
+use axum_typed_session::{Session, SessionConfig, SessionError, SessionLayer, SessionStore};
 
 #[derive(Session, Default)]
 #[session(table = "counter_sessions")]
@@ -20,19 +24,24 @@ struct Visit {
     count: i64,
 }
 
-async fn greet(visit: Session<Visit>) -> String {
-    // A read-modify-write: replayed on the fresh value if two requests of
-    // this visitor race, so no visit is lost.
-    visit.update_count(|count| *count += 1);
-    visit.count().to_string()
+async fn greet(visit: Session<Visit>) -> Result<String, SessionError> {
+    // A read-modify-write, written before it answers: replayed on the fresh
+    // value if two requests of this visitor race, so no visit is lost and
+    // each answer is the count that was stored.
+    let count = visit
+        .update_count(|count| {
+            *count += 1;
+            *count
+        })
+        .await?;
+    Ok(count.to_string())
 }
 
 struct Counter;
 
 impl common::App<Visit> for Counter {
     fn router<S: SessionStore<Visit>>(store: S) -> Router {
-        // Plain HTTP on loopback: a Secure cookie would not come back.
-        let config = SessionConfig::default().with_secure(false);
+        let config = SessionConfig::default();
         Router::new()
             .route("/greet", get(greet))
             .layer(SessionLayer::new(store, config))

@@ -2,11 +2,16 @@
 //!
 //! ```sh
 //! SESSION_KEY=$(head -c 64 /dev/urandom | base64 -w0) cargo run --example login
-//! curl -c jar -b jar http://127.0.0.1:3000/me                      # anonymous
-//! curl -c jar -b jar -X POST 'http://127.0.0.1:3000/login?user=ada'
-//! curl -c jar -b jar http://127.0.0.1:3000/me                      # ada
-//! curl -c jar -b jar -X POST http://127.0.0.1:3000/logout
+//! curl -c jar -b jar http://localhost:3000/me                      # anonymous
+//! curl -c jar -b jar -X POST 'http://localhost:3000/login?user=ada'
+//! curl -c jar -b jar http://localhost:3000/me                      # ada
+//! curl -c jar -b jar -X POST http://localhost:3000/logout
 //! ```
+//!
+//! Login needs no session, so `SameSite` cannot stop a cross-site form
+//! from logging a visitor into the attacker's account (login CSRF): the
+//! [`CrossSiteGuard`] refuses state-changing requests a browser sent from
+//! another site, with a 403. Same-origin forms and curl pass.
 //!
 //! `SESSION_KEY` is base64 of 64 random bytes; without it a key is generated
 //! at start, so sessions do not survive a restart. `PORT` and `DATABASE_URL`
@@ -23,7 +28,7 @@ use axum::{
 };
 use std::sync::OnceLock;
 
-use axum_typed_session::{Key, Session, SessionConfig, SessionLayer, SessionStore};
+use axum_typed_session::{CrossSiteGuard, Key, Session, SessionConfig, SessionLayer, SessionStore};
 use base64::Engine;
 use serde::Deserialize;
 
@@ -88,15 +93,14 @@ struct LoginApp;
 impl common::App<Login> for LoginApp {
     fn router<S: SessionStore<Login>>(store: S) -> Router {
         let key = KEY.get_or_init(Key::generate).clone();
-        let config = SessionConfig::default()
-            // Plain HTTP on loopback: a Secure cookie would not come back.
-            .with_secure(false)
-            .with_private_key(key);
+        // Secure stays on: browsers send it back on http://localhost.
+        let config = SessionConfig::default().with_private_key(key);
         Router::new()
             .route("/login", post(login))
             .route("/me", get(me))
             .route("/logout", post(logout))
             .layer(SessionLayer::new(store, config))
+            .layer(CrossSiteGuard::new())
     }
 }
 

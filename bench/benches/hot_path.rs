@@ -165,7 +165,9 @@ fn requests(c: &mut Criterion) {
             )
             .route(
                 "/write",
-                get(|cart: Session<Cart>| async move { cart.update_count(|c| *c += 1) }),
+                get(|cart: Session<Cart>| async move {
+                    cart.update_count(|c| *c += 1);
+                }),
             )
             .layer(SessionLayer::new(store, config))
     });

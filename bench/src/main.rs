@@ -70,6 +70,10 @@ struct CachedVisit {
 trait Counter: SessionData + Default {
     fn get(session: &Session<Self>) -> i64;
     fn increment(session: &Session<Self>);
+    /// The increment written before the answer, answering the stored count.
+    fn increment_now(
+        session: &Session<Self>,
+    ) -> impl std::future::Future<Output = Result<i64, axum_typed_session::SessionError>> + Send;
 }
 
 impl Counter for Visit {
@@ -78,6 +82,16 @@ impl Counter for Visit {
     }
     fn increment(session: &Session<Self>) {
         session.update_count(|count| *count += 1);
+    }
+    async fn increment_now(
+        session: &Session<Self>,
+    ) -> Result<i64, axum_typed_session::SessionError> {
+        session
+            .update_count(|count| {
+                *count += 1;
+                *count
+            })
+            .await
     }
 }
 
@@ -88,6 +102,16 @@ impl Counter for CachedVisit {
     fn increment(session: &Session<Self>) {
         session.update_count(|count| *count += 1);
     }
+    async fn increment_now(
+        session: &Session<Self>,
+    ) -> Result<i64, axum_typed_session::SessionError> {
+        session
+            .update_count(|count| {
+                *count += 1;
+                *count
+            })
+            .await
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,17 +119,31 @@ enum Route {
     Untouched,
     Read,
     Counter,
+    /// The counter with the awaited increment, answering the stored count.
+    CounterAwait,
     First,
 }
 
 impl Route {
-    const ALL: [Route; 4] = [Route::Untouched, Route::Read, Route::Counter, Route::First];
+    const ALL: [Route; 5] = [
+        Route::Untouched,
+        Route::Read,
+        Route::Counter,
+        Route::CounterAwait,
+        Route::First,
+    ];
+
+    /// Whether each answer is the user's previous count plus one.
+    fn counts(self) -> bool {
+        matches!(self, Route::Counter | Route::CounterAwait)
+    }
 
     fn path(self) -> &'static str {
         match self {
             Route::Untouched => "/untouched",
             Route::Read => "/read",
             Route::Counter => "/counter",
+            Route::CounterAwait => "/counter_await",
             Route::First => "/first",
         }
     }
@@ -144,6 +182,7 @@ fn bare() -> Router {
         .route(Route::Untouched.path(), get(|| async { "ok" }))
         .route(Route::Read.path(), get(|| async { "0" }))
         .route(Route::Counter.path(), get(|| async { "1" }))
+        .route(Route::CounterAwait.path(), get(|| async { "1" }))
         .route(Route::First.path(), get(|| async { "1" }))
 }
 
@@ -158,8 +197,15 @@ fn with_sessions<T: Counter, S: SessionStore<T>>(store: S) -> Router {
             get(|visit: Session<T>| async move { T::get(&visit).to_string() }),
         )
         .route(Route::Counter.path(), get(increment::<T>))
+        .route(Route::CounterAwait.path(), get(increment_now::<T>))
         .route(Route::First.path(), get(increment::<T>))
         .layer(SessionLayer::new(store, config))
+}
+
+async fn increment_now<T: Counter>(
+    visit: Session<T>,
+) -> Result<String, axum_typed_session::SessionError> {
+    Ok(T::increment_now(&visit).await?.to_string())
 }
 
 async fn increment<T: Counter>(visit: Session<T>) -> String {
@@ -332,6 +378,7 @@ fn raw_sqlx(pool: RawPool) -> Router {
         .route(Route::Untouched.path(), get(|| async { "ok" }))
         .route(Route::Read.path(), get(raw_read))
         .route(Route::Counter.path(), get(raw_counter))
+        .route(Route::CounterAwait.path(), get(raw_counter))
         .route(Route::First.path(), get(raw_first))
         .with_state(pool)
 }
@@ -454,7 +501,7 @@ async fn load(
                         outcome
                             .latencies_us
                             .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
-                        if check && route == Route::Counter {
+                        if check && route.counts() {
                             user.count += 1;
                             if body != user.count.to_string() {
                                 outcome.wrong += 1;
@@ -609,7 +656,7 @@ async fn measure_once(
             outcome.wrong
         ));
     }
-    if check && route == Route::Counter {
+    if check && route.counts() {
         let wrong = verify(client, address, &users).await?;
         if wrong > 0 {
             failures.push(format!(

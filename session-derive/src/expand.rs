@@ -88,7 +88,7 @@ fn expand(container: &Container<'_>) -> TokenStream {
         .fields
         .iter()
         .enumerate()
-        .map(|(index, field)| accessor_methods(field, index, vis));
+        .map(|(index, field)| accessor_methods(ident, field, index, vis));
     let encode_arms = container.fields.iter().enumerate().map(|(index, field)| {
         let member = field.ident;
         let codec = codec(index);
@@ -216,7 +216,12 @@ fn column_def(field: &Field<'_>, index: usize) -> TokenStream {
     }
 }
 
-fn accessor_methods(field: &Field<'_>, index: usize, vis: &syn::Visibility) -> TokenStream {
+fn accessor_methods(
+    owner: &syn::Ident,
+    field: &Field<'_>,
+    index: usize,
+    vis: &syn::Visibility,
+) -> TokenStream {
     let member = field.ident;
     let ty = field.ty;
     let name = &field.name;
@@ -228,7 +233,7 @@ fn accessor_methods(field: &Field<'_>, index: usize, vis: &syn::Visibility) -> T
         "Sets `{name}`; only its column is written. Last writer wins: for a change that depends on the current value use [`{updater}`](Self::{updater})."
     );
     let update_doc = format!(
-        "Changes `{name}` in place, as a compare-and-swap: if another request wrote the session first, the closure is replayed on the fresh value (so it is `FnMut` and may run more than once)."
+        "Changes `{name}` in place, as a compare-and-swap: if another request wrote the session first, the closure is replayed on the fresh value (so it is `FnMut` and may run more than once). Dropped, the change is written after the handler; awaited (`let n = visit.{updater}(|v| {{ *v += 1; *v }}).await?;`), it is written now and the answer is what the closure returned on the stored attempt."
     );
     quote! {
         #[doc = #get_doc]
@@ -242,7 +247,10 @@ fn accessor_methods(field: &Field<'_>, index: usize, vis: &syn::Visibility) -> T
         }
 
         #[doc = #update_doc]
-        #vis fn #updater(&self, change: impl ::core::ops::FnMut(&mut #ty) + ::core::marker::Send + 'static) {
+        #vis fn #updater<__AxumTypedSessionAnswer: ::core::marker::Send + 'static>(
+            &self,
+            change: impl ::core::ops::FnMut(&mut #ty) -> __AxumTypedSessionAnswer + ::core::marker::Send + 'static,
+        ) -> ::axum_typed_session::__private::Updated<#owner, __AxumTypedSessionAnswer> {
             self.0.update_field(#index, change, |data| &mut data.#member)
         }
     }

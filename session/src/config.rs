@@ -67,6 +67,8 @@ pub struct SessionConfig {
     pub(crate) purge_interval: Option<Duration>,
     pub(crate) mode: SessionMode,
     pub(crate) consent_required: bool,
+    /// `with_previous_keys` was given keys while the cookie is plain.
+    pub(crate) previous_keys_without_key: bool,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -119,6 +121,7 @@ impl Default for SessionConfig {
             purge_interval: Some(Duration::from_secs(60 * 60)),
             mode: SessionMode::Persistent,
             consent_required: false,
+            previous_keys_without_key: false,
         }
     }
 }
@@ -144,8 +147,10 @@ impl SessionConfig {
     }
 
     /// Whether the cookie is `Secure`, sent over HTTPS only (default `true`).
-    /// Turn it off only for plain-HTTP development; `SameSite=None` and the
-    /// `__Host-` prefix keep it on regardless.
+    /// Browsers (Chromium, Firefox) and curl treat `http://localhost` as a
+    /// secure context and send `Secure` cookies there, so development on
+    /// localhost needs no change. `SameSite=None` and the `__Host-` prefix
+    /// need it: the layer refuses `false` with them.
     pub fn with_secure(mut self, secure: bool) -> Self {
         self.secure = secure;
         self
@@ -157,14 +162,15 @@ impl SessionConfig {
         self
     }
 
-    /// The cookie's `SameSite` (default `Lax`). `None` makes the cookie `Secure`.
+    /// The cookie's `SameSite` (default `Lax`). `None` needs `Secure`.
     pub fn with_same_site(mut self, same_site: SameSite) -> Self {
         self.same_site = same_site;
         self
     }
 
     /// Names the cookie `__Host-<name>`: browsers then accept it only if it is
-    /// `Secure`, has `Path=/` and no `Domain`, which this enforces.
+    /// `Secure`, has `Path=/` and no `Domain`; the layer refuses a
+    /// configuration that asks for anything else ([`ConfigError`]).
     pub fn with_host_prefix(mut self, host_prefix: bool) -> Self {
         self.host_prefix = host_prefix;
         self
@@ -196,10 +202,14 @@ impl SessionConfig {
     /// Keys that still verify (or decrypt) cookies during a rotation; the key
     /// given to `with_signed_key`/`with_private_key` signs new ones. A cookie
     /// under an old key is re-issued under the current one on its next write.
-    /// Has no effect on plain cookies.
+    /// Needs [`with_signed_key`](Self::with_signed_key) or
+    /// [`with_private_key`](Self::with_private_key) first: on plain cookies
+    /// the layer refuses it ([`ConfigError::PreviousKeysWithoutKey`]).
     pub fn with_previous_keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
         match &mut self.protection {
-            CookieProtection::Plain => {}
+            CookieProtection::Plain => {
+                self.previous_keys_without_key = keys.into_iter().next().is_some();
+            }
             CookieProtection::Signed(current) | CookieProtection::Private(current) => {
                 current.truncate(1);
                 current.extend(keys);
@@ -229,13 +239,12 @@ impl SessionConfig {
     /// (default `0.1`). With 24 hours, a reading visitor costs at most one
     /// write every 2.4 hours, and a writing one moves the `expires_at` index
     /// entry and gets a new cookie at most that often; other writes leave
-    /// both alone. `0.0` extends on every request. Clamped to `0.0..=1.0`.
+    /// both alone. `1.0` extends only once the whole lifetime has passed
+    /// since the last extension (so never, for an idle timeout); a tiny value
+    /// extends on nearly every request. Outside `(0, 1]` the layer refuses it
+    /// ([`ConfigError::TouchFraction`]).
     pub fn with_touch_fraction(mut self, fraction: f64) -> Self {
-        self.touch_fraction = if fraction.is_nan() {
-            0.1
-        } else {
-            fraction.clamp(0.0, 1.0)
-        };
+        self.touch_fraction = fraction;
         self
     }
 
@@ -287,5 +296,303 @@ impl SessionConfig {
     /// How long a session lives without being used.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
+    }
+}
+
+/// A [`SessionConfig`] that contradicts itself or can only be a mistake,
+/// refused when the layer is built
+/// ([`SessionLayer::try_new`](crate::SessionLayer::try_new)). Each names the
+/// setting and the fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `with_host_prefix(true)` with `with_cookie_domain(..)`.
+    #[error(
+        "with_host_prefix(true) forbids a Domain, but with_cookie_domain({domain:?}) sets one: browsers drop a __Host- cookie with a Domain; remove one of the two"
+    )]
+    HostPrefixWithDomain {
+        /// The domain given.
+        domain: String,
+    },
+    /// `with_host_prefix(true)` with a path other than `/`.
+    #[error(
+        "with_host_prefix(true) needs Path=/, but with_cookie_path({path:?}) sets another: browsers drop such a __Host- cookie; remove one of the two"
+    )]
+    HostPrefixWithPath {
+        /// The path given.
+        path: String,
+    },
+    /// `Secure` turned off where browsers require it.
+    #[error(
+        "with_secure(false) with {requires}: browsers drop such a cookie unless it is Secure; keep Secure on (http://localhost counts as secure in browsers)"
+    )]
+    InsecureCookie {
+        /// What requires `Secure`: the `__Host-` prefix or `SameSite=None`.
+        requires: &'static str,
+    },
+    /// A touch fraction outside `(0, 1]`.
+    #[error(
+        "with_touch_fraction({0}) is outside (0, 1]: it is the part of the lifetime after which a request extends the expiry, e.g. 0.1"
+    )]
+    TouchFraction(f64),
+    /// A lifetime or interval of zero.
+    #[error(
+        "{setting}(0) ends every session (or purges without pause) at once: give it a positive duration{fix}"
+    )]
+    Zero {
+        /// The setting.
+        setting: &'static str,
+        /// How to say "none" instead, where that exists.
+        fix: &'static str,
+    },
+    /// A cookie name that is not an HTTP token.
+    #[error(
+        "with_cookie_name({0:?}) is not a valid cookie name: use letters, digits and !#$%&'*+-.^_`|~, nothing else"
+    )]
+    CookieName(String),
+    /// A cookie path that is not a path a browser keeps.
+    #[error("with_cookie_path({0:?}) must start with '/' and hold no ';' or control characters")]
+    CookiePath(String),
+    /// A cookie domain that cannot be sent.
+    #[error(
+        "with_cookie_domain({0:?}) must be a host name: no ';', spaces or control characters, not empty"
+    )]
+    CookieDomain(String),
+    /// A token header that is a header browsers and proxies own.
+    #[error(
+        "with_token_header({0}) names a header HTTP already uses; pick your own, e.g. x-session-token"
+    )]
+    TokenHeader(String),
+    /// `with_previous_keys` on plain cookies.
+    #[error(
+        "with_previous_keys(..) without with_signed_key or with_private_key: previous keys only verify signed or private cookies; set the current key first"
+    )]
+    PreviousKeysWithoutKey,
+}
+
+/// Whether `name` is an HTTP token (RFC 9110 section 5.6.2), what a cookie
+/// name must be (RFC 6265 section 4.1.1).
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Characters that end or break a cookie attribute.
+fn breaks_attribute(value: &str) -> bool {
+    value.chars().any(|c| c == ';' || c.is_control())
+}
+
+impl SessionConfig {
+    /// Checks the configuration once; the layer calls it when it is built.
+    ///
+    /// ```
+    /// use axum_typed_session::{ConfigError, SessionConfig};
+    ///
+    /// let config = SessionConfig::default()
+    ///     .with_host_prefix(true)
+    ///     .with_cookie_domain("example.com");
+    /// assert!(matches!(config.validate(), Err(ConfigError::HostPrefixWithDomain { .. })));
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_cookie()?;
+        self.validate_lifetimes()?;
+        if self.previous_keys_without_key {
+            return Err(ConfigError::PreviousKeysWithoutKey);
+        }
+        if let Some(header) = &self.token_header
+            && [
+                http::header::COOKIE,
+                http::header::SET_COOKIE,
+                http::header::AUTHORIZATION,
+            ]
+            .contains(header)
+        {
+            return Err(ConfigError::TokenHeader(header.to_string()));
+        }
+        Ok(())
+    }
+
+    fn validate_cookie(&self) -> Result<(), ConfigError> {
+        if !is_token(&self.cookie_name) {
+            return Err(ConfigError::CookieName(self.cookie_name.to_string()));
+        }
+        if !self.cookie_path.starts_with('/') || breaks_attribute(&self.cookie_path) {
+            return Err(ConfigError::CookiePath(self.cookie_path.to_string()));
+        }
+        if let Some(domain) = &self.cookie_domain
+            && (domain.is_empty() || domain.contains(' ') || breaks_attribute(domain))
+        {
+            return Err(ConfigError::CookieDomain(domain.to_string()));
+        }
+        if self.host_prefix {
+            if let Some(domain) = &self.cookie_domain {
+                return Err(ConfigError::HostPrefixWithDomain {
+                    domain: domain.to_string(),
+                });
+            }
+            if self.cookie_path != "/" {
+                return Err(ConfigError::HostPrefixWithPath {
+                    path: self.cookie_path.to_string(),
+                });
+            }
+            if !self.secure {
+                return Err(ConfigError::InsecureCookie {
+                    requires: "with_host_prefix(true)",
+                });
+            }
+        }
+        if self.same_site == SameSite::None && !self.secure {
+            return Err(ConfigError::InsecureCookie {
+                requires: "with_same_site(SameSite::None)",
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_lifetimes(&self) -> Result<(), ConfigError> {
+        if !(self.touch_fraction > 0.0 && self.touch_fraction <= 1.0) {
+            return Err(ConfigError::TouchFraction(self.touch_fraction));
+        }
+        let zero = |setting, fix| Err(ConfigError::Zero { setting, fix });
+        if self.idle_timeout.is_zero() {
+            return zero("with_idle_timeout", "");
+        }
+        if self.remember_lifetime.is_zero() {
+            return zero("with_remember_lifetime", "");
+        }
+        if self
+            .absolute_lifetime
+            .is_some_and(|lifetime| lifetime.is_zero())
+        {
+            return zero("with_absolute_lifetime", "");
+        }
+        if self
+            .purge_interval
+            .is_some_and(|interval| interval.is_zero())
+        {
+            return zero("with_purge_interval", ", or None to turn the purge off");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(SessionConfig::default().validate(), Ok(()));
+        assert_eq!(
+            SessionConfig::default()
+                .with_host_prefix(true)
+                .with_same_site(SameSite::None)
+                .with_private_key(Key::generate())
+                .with_previous_keys([Key::generate()])
+                .with_touch_fraction(1.0)
+                .validate(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn contradictions_and_mistakes_are_named() {
+        let cases: Vec<(SessionConfig, &str)> = vec![
+            (
+                SessionConfig::default()
+                    .with_host_prefix(true)
+                    .with_cookie_domain("example.com"),
+                "with_cookie_domain(\"example.com\")",
+            ),
+            (
+                SessionConfig::default()
+                    .with_host_prefix(true)
+                    .with_cookie_path("/app"),
+                "with_cookie_path(\"/app\")",
+            ),
+            (
+                SessionConfig::default()
+                    .with_host_prefix(true)
+                    .with_secure(false),
+                "with_secure(false) with with_host_prefix(true)",
+            ),
+            (
+                SessionConfig::default()
+                    .with_same_site(SameSite::None)
+                    .with_secure(false),
+                "with_same_site(SameSite::None)",
+            ),
+            (
+                SessionConfig::default().with_touch_fraction(0.0),
+                "with_touch_fraction(0)",
+            ),
+            (
+                SessionConfig::default().with_touch_fraction(1.5),
+                "with_touch_fraction(1.5)",
+            ),
+            (
+                SessionConfig::default().with_touch_fraction(f64::NAN),
+                "with_touch_fraction(NaN)",
+            ),
+            (
+                SessionConfig::default().with_idle_timeout(Duration::ZERO),
+                "with_idle_timeout(0)",
+            ),
+            (
+                SessionConfig::default().with_remember_lifetime(Duration::ZERO),
+                "with_remember_lifetime(0)",
+            ),
+            (
+                SessionConfig::default().with_absolute_lifetime(Duration::ZERO),
+                "with_absolute_lifetime(0)",
+            ),
+            (
+                SessionConfig::default().with_purge_interval(Some(Duration::ZERO)),
+                "None to turn the purge off",
+            ),
+            (
+                SessionConfig::default().with_cookie_name("my session"),
+                "with_cookie_name(\"my session\")",
+            ),
+            (
+                SessionConfig::default().with_cookie_name(""),
+                "not a valid cookie name",
+            ),
+            (
+                SessionConfig::default().with_cookie_name("a;b"),
+                "not a valid cookie name",
+            ),
+            (
+                SessionConfig::default().with_cookie_path("app"),
+                "must start with '/'",
+            ),
+            (
+                SessionConfig::default().with_cookie_path("/a;b"),
+                "must start with '/'",
+            ),
+            (
+                SessionConfig::default().with_cookie_domain("a b"),
+                "must be a host name",
+            ),
+            (
+                SessionConfig::default().with_token_header(http::header::COOKIE),
+                "with_token_header(cookie)",
+            ),
+            (
+                SessionConfig::default().with_previous_keys([Key::generate()]),
+                "set the current key first",
+            ),
+        ];
+        for (config, expected) in cases {
+            let error = config.validate().expect_err(expected).to_string();
+            assert!(
+                error.contains(expected),
+                "{error:?} should name {expected:?}"
+            );
+        }
     }
 }

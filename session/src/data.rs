@@ -3,6 +3,7 @@
 use crate::{
     request::Handle,
     schema::Schema,
+    sync::catch_panic,
     value::{Column, SqlType, StorableColumn, Value, ValueError},
 };
 
@@ -128,19 +129,30 @@ impl<F> FieldCodec<F> {
         }
     }
 
-    /// A `#[session(json)]` field.
+    /// A `#[session(json)]` field. Its serde code is the app's: a panic in
+    /// it becomes this field's encode or decode error, so that it fails only
+    /// the request (or the row) it belongs to, never a task that serves
+    /// other sessions too.
     pub const fn json() -> Self
     where
         F: JsonField,
     {
         fn encode<F: JsonField>(field: &F) -> Result<Value<'static>, serde_json::Error> {
-            crate::value::json::to_value(field)
+            catch_panic(|| crate::value::json::to_value(field)).unwrap_or_else(|message| {
+                Err(serde::ser::Error::custom(format_args!(
+                    "its Serialize panicked: {message}"
+                )))
+            })
+        }
+        fn decode<F: JsonField>(value: Value<'static>) -> Result<F, ValueError> {
+            catch_panic(|| crate::value::json::from_value::<F>(value))
+                .unwrap_or_else(|message| Err(ValueError::Panicked(message)))
         }
         Self {
             sql_type: SqlType::Json,
             nullable: false,
             encode: encode::<F>,
-            decode: crate::value::json::from_value::<F>,
+            decode: decode::<F>,
             clone: F::clone,
         }
     }

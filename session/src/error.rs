@@ -1,5 +1,8 @@
 //! Errors: what a store can fail with, and how a request sees it.
 
+#[cfg(feature = "_sql")]
+use std::sync::Arc;
+
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
@@ -9,10 +12,12 @@ use crate::data::{DecodeError, EncodeError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database returned an error or could not be reached.
+    /// The database returned an error or could not be reached. Shared: when
+    /// a statement served several requests (group commit, grouped loads),
+    /// each of them gets this same error, its source kept.
     #[cfg(feature = "_sql")]
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] Arc<sqlx::Error>),
     /// A stored row does not decode into the session struct (the table does
     /// not match the struct; run `migrate()` to see how).
     #[error(transparent)]
@@ -37,6 +42,13 @@ pub enum StoreError {
     },
 }
 
+#[cfg(feature = "_sql")]
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Database(Arc::new(error))
+    }
+}
+
 /// Why a request could not use its session; answered as a response.
 ///
 /// Every variant is a server-side problem (500): client input never causes
@@ -56,6 +68,14 @@ pub enum SessionError {
     /// The store failed while loading or saving.
     #[error("session store error: {0}")]
     Store(#[from] StoreError),
+    /// An awaited change could not be written because the session is gone:
+    /// this request called [`destroy`](crate::Session::destroy), or another
+    /// request destroyed or renewed it (or it expired) first. The change was
+    /// dropped; the session will not come back.
+    #[error(
+        "the session is gone (destroyed, renewed elsewhere or expired); the change was dropped"
+    )]
+    Gone,
 }
 
 impl IntoResponse for SessionError {
@@ -63,6 +83,7 @@ impl IntoResponse for SessionError {
         let body = match &self {
             SessionError::MissingLayer { .. } => self.to_string(),
             SessionError::Store(_) => "session storage is unavailable".to_owned(),
+            SessionError::Gone => "the session has ended; sign in again".to_owned(),
         };
         (StatusCode::INTERNAL_SERVER_ERROR, body).into_response()
     }

@@ -21,16 +21,17 @@ use crate::{
 /// `update_field(|value| ...)` per field.
 ///
 /// ```
-/// use axum_typed_session::Session;
+/// use axum_typed_session::{Session, SessionError};
 ///
 /// #[derive(Session, Default)]
 /// struct Visit {
 ///     count: i64,
 /// }
 ///
-/// async fn greet(visit: Session<Visit>) -> String {
-///     visit.update_count(|count| *count += 1);
-///     visit.count().to_string()
+/// async fn greet(visit: Session<Visit>) -> Result<String, SessionError> {
+///     // Written before it answers: the count that was stored.
+///     let count = visit.update_count(|count| { *count += 1; *count }).await?;
+///     Ok(count.to_string())
 /// }
 /// ```
 ///
@@ -44,7 +45,10 @@ use crate::{
 /// `set_field` is last-writer-wins for its column; `update_field` and
 /// [`update`](Self::update) are compare-and-swap: replayed on the fresh row
 /// when a concurrent request wrote first, so the closures must be `FnMut`
-/// and may run more than once.
+/// and may run more than once. Awaiting `update_field(..)` writes the
+/// request's changes now and answers what the closure returned on the
+/// stored attempt ([`Updated`](crate::Updated)): use it when the response
+/// shows the changed value.
 pub struct Session<T: SessionData> {
     accessors: T::Accessors,
 }
@@ -171,15 +175,8 @@ impl<T: SessionData, S: Send + Sync> FromRequestParts<S> for Session<T> {
                 struct_name: T::SCHEMA.struct_name,
             },
         )?;
-        let handle = pending.load(&parts.headers).await.map_err(|error| {
-            tracing::error!(
-                session = T::SCHEMA.struct_name,
-                table = T::SCHEMA.table,
-                %error,
-                "loading the session failed"
-            );
-            SessionError::Store(error)
-        })?;
+        // The load logs its own failure, with the session's id.
+        let handle = pending.load(&parts.headers).await?;
         Ok(Session {
             accessors: T::Accessors::from(handle),
         })

@@ -60,6 +60,7 @@ mod cookie;
 mod data;
 mod error;
 mod extract;
+mod guard;
 mod layer;
 mod purge;
 mod request;
@@ -70,11 +71,13 @@ mod token;
 pub mod value;
 
 pub use axum_typed_session_derive::Session;
-pub use config::{Key, SameSite, SessionConfig, SessionMode};
+pub use config::{ConfigError, Key, SameSite, SessionConfig, SessionMode};
 pub use data::{ColumnSource, DecodeError, DirtyFields, EncodeError, SessionData};
 pub use error::{SessionError, StoreError};
 pub use extract::Session;
+pub use guard::{CrossSiteGuard, CrossSiteGuardService, CrossSiteRefusal};
 pub use layer::{MAX_CONFLICT_BACKOFF, MAX_WRITE_ATTEMPTS, SessionLayer, SessionService};
+pub use request::Updated;
 pub use store::{CachedStore, MemoryStore, Record, SessionStore, Update};
 pub use token::{SessionId, SessionToken};
 
@@ -110,7 +113,7 @@ pub mod __private {
         ColumnSource, DecodeError, DirtyFields, EncodeError, FieldCodec, SessionData, decode_field,
         encode_field,
     };
-    pub use crate::request::Handle;
+    pub use crate::request::{Handle, Updated};
     pub use crate::schema::{ColumnDef, Schema};
     pub use crate::value::{SqlType, Value};
     pub use core;

@@ -10,12 +10,12 @@ use std::{
 use chrono::{DateTime, Utc};
 
 use crate::{
-    cookie::Presented,
+    cookie::{Presented, SessionHeaders},
     data::{DirtyFields, EncodeError, SessionData},
-    error::StoreError,
+    error::{SessionError, StoreError},
     store::Record,
     sync::lock,
-    token::SessionId,
+    token::{SessionId, SessionToken},
 };
 
 /// One recorded change, replayed on fresh data after a write conflict.
@@ -34,15 +34,43 @@ pub(crate) enum Location {
     Memory,
 }
 
-/// Loads a session for the extractor without naming the store's type.
-///
-/// This is the one dynamic call per request that touches the session: the
-/// extractor only knows `T`, the layer knows the store.
-pub(crate) trait Loader<T: SessionData>: Send + Sync {
+/// What writing a request's session now yields, boxed for the dynamic call.
+pub(crate) type SaveFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<Saved<T>, StoreError>> + Send + 'a>>;
+
+/// What a save did, for the response and for the rest of the request.
+pub(crate) struct Saved<T> {
+    /// The headers that tell the client (a cookie, or nothing).
+    pub(crate) headers: SessionHeaders,
+    pub(crate) after: After<T>,
+}
+
+/// The session after a save.
+pub(crate) enum After<T> {
+    /// Nothing was written.
+    Unchanged,
+    /// Written: the session as stored now, and the token the client holds.
+    Stored {
+        data: T,
+        meta: StoredMeta,
+        token: SessionToken,
+    },
+    /// Gone: destroyed, or renewed, destroyed or expired by another request
+    /// before this one's write, which was dropped.
+    Gone,
+}
+
+/// What the layer does for a request's session, without the extractor
+/// naming the store's type: the dynamic calls per request that touches it.
+pub(crate) trait Backing<T: SessionData>: Send + Sync {
     /// The token the request presents, if any is valid.
     fn read_token(&self, headers: &http::HeaderMap) -> Option<Presented>;
 
     fn load<'a>(&'a self, id: &'a SessionId) -> LoadFuture<'a, T>;
+
+    /// Writes what the request did so far, as the layer does after the
+    /// handler (the awaited `update_<field>`).
+    fn save<'a>(&'a self, state: RequestState<T>) -> SaveFuture<'a, T>;
 }
 
 /// What a request did to its session, as seen by the layer afterwards.
@@ -61,6 +89,13 @@ pub(crate) struct RequestState<T> {
     pub(crate) remember: Option<bool>,
     /// A storable (consent) change asked for by the handler.
     pub(crate) storable: Option<bool>,
+    /// The headers of a write made during the request (the awaited
+    /// `update_<field>`), sent with the response unless a later write
+    /// replaces them.
+    pub(crate) headers: SessionHeaders,
+    /// The session went away under a write during the request: nothing
+    /// more is written for it, and no cookie is sent.
+    pub(crate) gone: bool,
 }
 
 impl<T> Default for RequestState<T> {
@@ -74,6 +109,8 @@ impl<T> Default for RequestState<T> {
             renew: false,
             remember: None,
             storable: None,
+            headers: Vec::new(),
+            gone: false,
         }
     }
 }
@@ -112,7 +149,7 @@ pub(crate) struct StoredMeta {
 pub(crate) struct Shared<T: SessionData> {
     /// Whether a new session goes to the store without `set_store(true)`.
     pub(crate) default_storable: bool,
-    loader: Arc<dyn Loader<T>>,
+    backing: Arc<dyn Backing<T>>,
     load_lock: tokio::sync::Mutex<()>,
     pub(crate) state: Mutex<RequestState<T>>,
 }
@@ -127,10 +164,10 @@ impl<T: SessionData> Clone for PendingSession<T> {
 }
 
 impl<T: SessionData> PendingSession<T> {
-    pub(crate) fn new(default_storable: bool, loader: Arc<dyn Loader<T>>) -> Self {
+    pub(crate) fn new(default_storable: bool, loader: Arc<dyn Backing<T>>) -> Self {
         Self(Arc::new(Shared {
             default_storable,
-            loader,
+            backing: loader,
             load_lock: tokio::sync::Mutex::new(()),
             state: Mutex::new(RequestState::default()),
         }))
@@ -143,9 +180,21 @@ impl<T: SessionData> PendingSession<T> {
         if lock(&shared.state).data.is_some() {
             return Ok(Handle(self.0.clone()));
         }
-        let presented = shared.loader.read_token(headers);
+        let presented = shared.backing.read_token(headers);
         let record = match &presented {
-            Some(presented) => shared.loader.load(&presented.token.id()).await?,
+            Some(presented) => {
+                let id = presented.token.id();
+                shared.backing.load(&id).await.inspect_err(|error| {
+                    // The id (a hash) is safe to log; the token never is.
+                    tracing::error!(
+                        session = T::SCHEMA.struct_name,
+                        table = T::SCHEMA.table,
+                        %id,
+                        %error,
+                        "loading the session failed"
+                    );
+                })?
+            }
             None => None,
         };
         let mut state = lock(&shared.state);
@@ -235,20 +284,84 @@ impl<T: SessionData> Handle<T> {
 
     /// Read-modify-write of field `index` (generated `update_<field>`): the
     /// closure is replayed on fresh data if another request wrote first.
-    pub fn update_field<F: 'static, C>(
+    /// Awaiting the answer writes now and yields what the closure returned
+    /// on the attempt that was stored.
+    pub fn update_field<F: 'static, R, C>(
         &self,
         index: usize,
         mut change: C,
         field: fn(&mut T) -> &mut F,
-    ) where
-        C: FnMut(&mut F) + Send + 'static,
+    ) -> Updated<T, R>
+    where
+        C: FnMut(&mut F) -> R + Send + 'static,
+        R: Send + 'static,
     {
+        let answer = Arc::new(Mutex::new(None));
         self.with_changes(|changes, data| {
-            change(field(data));
+            *lock(&answer) = Some(change(field(data)));
             changes.dirty.insert(index);
             changes.compare_and_swap = true;
-            changes.log.push(Box::new(move |data| change(field(data))));
+            let slot = answer.clone();
+            changes.log.push(Box::new(move |data| {
+                *lock(&slot) = Some(change(field(data)));
+            }));
         });
+        Updated {
+            handle: self.clone(),
+            answer,
+        }
+    }
+
+    /// Writes what the request changed so far, now, the way the layer does
+    /// after the handler; the rest of the request goes on from the stored
+    /// session. One write at a time per request.
+    pub(crate) async fn write_now(&self) -> Result<(), SessionError> {
+        let shared = &self.0;
+        let _one_at_a_time = shared.load_lock.lock().await;
+        let snapshot = {
+            let mut state = lock(&shared.state);
+            if state.destroy || state.gone {
+                return Err(SessionError::Gone);
+            }
+            RequestState {
+                data: state.data.as_ref().map(T::duplicate),
+                presented: state.presented.clone(),
+                stored: state.stored,
+                changes: std::mem::take(&mut state.changes),
+                destroy: false,
+                renew: std::mem::take(&mut state.renew),
+                remember: state.remember.take(),
+                storable: state.storable.take(),
+                headers: Vec::new(),
+                gone: false,
+            }
+        };
+        let saved = shared.backing.save(snapshot).await?;
+        let mut state = lock(&shared.state);
+        if !saved.headers.is_empty() {
+            state.headers = saved.headers;
+        }
+        match saved.after {
+            After::Unchanged => Ok(()),
+            After::Stored { data, meta, token } => {
+                // Changes made while the write was out apply on top of it.
+                let mut data = data;
+                for change in &mut state.changes.log {
+                    change(&mut data);
+                }
+                state.data = Some(data);
+                state.stored = Some(meta);
+                state.presented = Some(Presented {
+                    token,
+                    reseal: false,
+                });
+                Ok(())
+            }
+            After::Gone => {
+                state.gone = true;
+                Err(SessionError::Gone)
+            }
+        }
     }
 
     /// Read-modify-write of several fields at once; only fields whose value
@@ -269,6 +382,41 @@ impl<T: SessionData> Handle<T> {
 
     pub(crate) fn meta(&self) -> Option<StoredMeta> {
         lock(&self.0.state).stored
+    }
+}
+
+/// The answer of a read-modify-write (`update_<field>`).
+///
+/// Dropped, it changes nothing more: the change is written after the
+/// handler, with the request's others. Awaited, it writes the request's
+/// changes now (sharing a round trip with concurrent requests, replayed on
+/// conflict) and yields what the closure returned on the attempt that was
+/// stored: the committed value, not this request's earlier copy.
+pub struct Updated<T: SessionData, R> {
+    handle: Handle<T>,
+    answer: Arc<Mutex<Option<R>>>,
+}
+
+impl<T: SessionData, R> std::fmt::Debug for Updated<T, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updated")
+            .field("session", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: SessionData, R: Send + 'static> std::future::IntoFuture for Updated<T, R> {
+    type Output = Result<R, SessionError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            self.handle.write_now().await?;
+            // Set when the closure first ran, and by each replay since.
+            Ok(lock(&self.answer)
+                .take()
+                .expect("the closure ran when the change was made"))
+        })
     }
 }
 

@@ -195,6 +195,9 @@ pub enum ValueError {
     /// A JSON column did not deserialize into the field's type.
     #[error("invalid JSON for the field's type: {0}")]
     Json(#[from] serde_json::Error),
+    /// The field type's own decoding code (its `Deserialize`) panicked.
+    #[error("the field type's decoding panicked: {0}")]
+    Panicked(String),
 }
 
 /// A Rust type that is stored in one SQL column.

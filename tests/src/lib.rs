@@ -475,6 +475,88 @@ impl Backend for MySql {
     }
 }
 
+/// The SQL stores again with group commit off: every load and write alone.
+pub enum SqliteUngrouped {}
+pub enum PostgresUngrouped {}
+pub enum MySqlUngrouped {}
+
+impl Backend for SqliteUngrouped {
+    type Store<T: SessionData> = SqliteStore<T>;
+    const NAME: &'static str = "SQLite, group commit off";
+
+    fn store_on<U: SessionData>(raw: &Raw) -> SqliteStore<U> {
+        match raw {
+            Raw::Sqlite(pool, _) => SqliteStore::builder()
+                .group_commit(false)
+                .build(pool.clone()),
+            _ => unreachable!("an SQLite fixture holds an SQLite pool"),
+        }
+    }
+
+    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
+        let path = sqlite_path("axum_typed_session_ungrouped");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let store = SqliteStore::<T>::builder()
+            .group_commit(false)
+            .connect(&url)
+            .await
+            .expect("open SQLite file");
+        store.migrate().await.expect("migrate SQLite");
+        let raw = SqlitePoolOptions::new()
+            .connect(&url)
+            .await
+            .expect("second SQLite pool");
+        Some(Fixture {
+            store,
+            raw: Raw::Sqlite(raw, path),
+        })
+    }
+}
+
+impl Backend for PostgresUngrouped {
+    type Store<T: SessionData> = PgStore<T>;
+    const NAME: &'static str = "PostgreSQL, group commit off";
+
+    fn store_on<U: SessionData>(raw: &Raw) -> PgStore<U> {
+        match raw {
+            Raw::Postgres(pool, _) => PgStore::builder().group_commit(false).build(pool.clone()),
+            _ => unreachable!("a PostgreSQL fixture holds a PostgreSQL pool"),
+        }
+    }
+
+    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
+        let (pool, schema) = postgres_pool().await?;
+        let raw = Raw::Postgres(pool, schema);
+        Some(Fixture {
+            store: Self::store_on::<T>(&raw),
+            raw,
+        })
+    }
+}
+
+impl Backend for MySqlUngrouped {
+    type Store<T: SessionData> = MySqlStore<T>;
+    const NAME: &'static str = "MariaDB, group commit off";
+
+    fn store_on<U: SessionData>(raw: &Raw) -> MySqlStore<U> {
+        match raw {
+            Raw::MySql(pool, _) => MySqlStore::builder()
+                .group_commit(false)
+                .build(pool.clone()),
+            _ => unreachable!("a MariaDB fixture holds a MariaDB pool"),
+        }
+    }
+
+    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
+        let (pool, database) = mysql_pool().await?;
+        let raw = Raw::MySql(pool, database);
+        Some(Fixture {
+            store: Self::store_on::<T>(&raw),
+            raw,
+        })
+    }
+}
+
 /// Counts the calls (each one round trip on the SQL stores) made to a real store.
 #[derive(Clone)]
 pub struct Counting<S> {
@@ -640,6 +722,16 @@ macro_rules! sql_conformance {
         $crate::conformance!(@backend sqlite, $crate::Sqlite, $($case),*);
         $crate::conformance!(@backend postgres, $crate::Postgres, $($case),*);
         $crate::conformance!(@backend mysql, $crate::MySql, $($case),*);
+    };
+}
+
+/// Runs each case against the three SQL stores with group commit off.
+#[macro_export]
+macro_rules! ungrouped_conformance {
+    ($($case:ident),* $(,)?) => {
+        $crate::conformance!(@backend sqlite_ungrouped, $crate::SqliteUngrouped, $($case),*);
+        $crate::conformance!(@backend postgres_ungrouped, $crate::PostgresUngrouped, $($case),*);
+        $crate::conformance!(@backend mysql_ungrouped, $crate::MySqlUngrouped, $($case),*);
     };
 }
 

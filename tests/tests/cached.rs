@@ -37,7 +37,7 @@ fn app<S: SessionStore<Visit>>(store: S) -> Router {
         .route(
             "/append/{item}",
             post(|visit: Session<Visit>, Path(item): Path<u32>| async move {
-                visit.update_items(move |items| items.push(item))
+                visit.update_items(move |items| items.push(item));
             }),
         )
         .route(

@@ -27,9 +27,9 @@ use crate::{
     data::SessionData,
     error::{SessionError, StoreError},
     purge::purge_loop,
-    request::{LoadFuture, Loader, Location, PendingSession},
+    request::{Backing, LoadFuture, Location, PendingSession, RequestState, SaveFuture},
     store::{MemoryStore, Record, SessionStore, Update},
-    sync::lock,
+    sync::{CatchPanic, lock},
     token::{SessionId, SessionToken},
 };
 
@@ -37,16 +37,17 @@ use crate::{
 ///
 /// ```
 /// use axum::{Router, routing::get};
-/// use axum_typed_session::{MemoryStore, Session, SessionConfig, SessionLayer};
+/// use axum_typed_session::{MemoryStore, Session, SessionConfig, SessionError, SessionLayer};
 ///
 /// #[derive(Session, Default)]
 /// struct Visit {
 ///     count: i64,
 /// }
 ///
-/// async fn greet(visit: Session<Visit>) -> String {
-///     visit.update_count(|count| *count += 1);
-///     visit.count().to_string()
+/// async fn greet(visit: Session<Visit>) -> Result<String, SessionError> {
+///     // Written before it answers: the count that was stored.
+///     let count = visit.update_count(|count| { *count += 1; *count }).await?;
+///     Ok(count.to_string())
 /// }
 ///
 /// let app: Router = Router::new()
@@ -95,7 +96,41 @@ pub(crate) struct LayerShared<T, S> {
 
 impl<T: SessionData, S: SessionStore<T>> SessionLayer<T, S> {
     /// A layer over `store`, configured by `config`.
+    ///
+    /// # Panics
+    ///
+    /// If `config` contradicts itself ([`SessionConfig::validate`]), with
+    /// the [`ConfigError`](crate::ConfigError) naming the setting and the
+    /// fix: at start-up, like a conflicting route. Use
+    /// [`try_new`](Self::try_new) to handle it instead.
     pub fn new(store: S, config: SessionConfig) -> Self {
+        match Self::try_new(store, config) {
+            Ok(layer) => layer,
+            Err(error) => panic!("invalid SessionConfig: {error}"),
+        }
+    }
+
+    /// A layer over `store`, or why `config` cannot work. The configuration
+    /// is checked here once; requests never check it again.
+    ///
+    /// ```
+    /// use axum_typed_session::{ConfigError, MemoryStore, Session, SessionConfig, SessionLayer};
+    ///
+    /// #[derive(Session, Default)]
+    /// struct Visit {
+    ///     count: i64,
+    /// }
+    ///
+    /// let config = SessionConfig::default().with_touch_fraction(0.0);
+    /// let refused = SessionLayer::try_new(MemoryStore::<Visit>::new(), config);
+    /// assert!(matches!(refused, Err(ConfigError::TouchFraction(_))));
+    /// ```
+    pub fn try_new(store: S, config: SessionConfig) -> Result<Self, crate::ConfigError> {
+        config.validate()?;
+        Ok(Self::validated(store, config))
+    }
+
+    fn validated(store: S, config: SessionConfig) -> Self {
         let purge_interval = config.purge_interval;
         let (stop_sender, stop_receiver) = oneshot::channel();
         let shared = Arc::new(LayerShared {
@@ -133,7 +168,7 @@ impl<T: SessionData, S: SessionStore<T>> SessionLayer<T, S> {
     }
 }
 
-impl<T: SessionData, S: SessionStore<T>> Loader<T> for LayerShared<T, S> {
+impl<T: SessionData, S: SessionStore<T>> Backing<T> for LayerShared<T, S> {
     fn read_token(&self, headers: &http::HeaderMap) -> Option<Presented> {
         self.cookie.read(headers)
     }
@@ -164,6 +199,10 @@ impl<T: SessionData, S: SessionStore<T>> Loader<T> for LayerShared<T, S> {
                     .is_none_or(|end| end > now)
             }))
         })
+    }
+
+    fn save<'a>(&'a self, state: RequestState<T>) -> SaveFuture<'a, T> {
+        Box::pin(LayerShared::save(self, state))
     }
 }
 
@@ -230,23 +269,50 @@ where
         Box::pin(async move {
             let Ok(response) = inner.call(request).await;
             let mut response = response.into_response();
-            let state = std::mem::take(&mut *lock(&pending.0.state));
-            match shared.save(state).await {
-                Ok(headers) => {
+            let mut state = std::mem::take(&mut *lock(&pending.0.state));
+            let id = state.stored.map(|stored| stored.id);
+            // Headers of a write made during the handler, unless the final
+            // one replaces them.
+            let written = std::mem::take(&mut state.headers);
+            // The app's code runs in here (serde, `Clone`): a panic in it
+            // fails this request with a 500, not the connection.
+            let saved = CatchPanic(Box::pin(shared.save(state))).await;
+            match saved {
+                Ok(Ok(saved)) => {
+                    let headers = if saved.headers.is_empty() {
+                        written
+                    } else {
+                        saved.headers
+                    };
                     for (name, value) in headers {
                         response.headers_mut().append(name, value);
                     }
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     // The handler's answer described a change that was not
                     // stored: never send it as if it had been.
                     tracing::error!(
                         session = T::SCHEMA.struct_name,
                         table = T::SCHEMA.table,
+                        id = ?id,
                         %error,
                         "saving the session failed"
                     );
                     response = SessionError::Store(error).into_response();
+                }
+                Err(panic) => {
+                    tracing::error!(
+                        session = T::SCHEMA.struct_name,
+                        table = T::SCHEMA.table,
+                        id = ?id,
+                        %panic,
+                        "saving the session panicked in the session type's own code"
+                    );
+                    response = (
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "session storage is unavailable",
+                    )
+                        .into_response();
                 }
             }
             Ok(response)

@@ -6,10 +6,10 @@ use chrono::{DateTime, Utc};
 
 use super::LayerShared;
 use crate::{
-    cookie::{Presented, SessionHeaders},
+    cookie::Presented,
     data::SessionData,
     error::StoreError,
-    request::{Changes, Location, RequestState, StoredMeta, changed_fields},
+    request::{After, Changes, Location, RequestState, Saved, StoredMeta, changed_fields},
     store::{Record, SessionStore, Update},
     token::SessionToken,
 };
@@ -30,6 +30,14 @@ fn conflict_backoff(attempt: u32) -> std::time::Duration {
     cap.mul_f64(rand::random::<f64>())
 }
 
+/// A save that wrote nothing.
+fn unchanged<T>() -> Saved<T> {
+    Saved {
+        headers: Vec::new(),
+        after: After::Unchanged,
+    }
+}
+
 /// What a stored session's write looks like once decided.
 struct PlannedWrite {
     update: Update,
@@ -43,9 +51,9 @@ struct PlannedWrite {
 }
 
 impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
-    /// Writes what the request did to its session and returns the headers
-    /// that tell the client.
-    pub(crate) async fn save(&self, state: RequestState<T>) -> Result<SessionHeaders, StoreError> {
+    /// Writes what the request did to its session: the headers that tell
+    /// the client, and the session as it is now.
+    pub(crate) async fn save(&self, state: RequestState<T>) -> Result<Saved<T>, StoreError> {
         let RequestState {
             data,
             presented,
@@ -55,10 +63,13 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
             renew,
             remember,
             storable,
+            headers: _,
+            gone,
         } = state;
-        // The handler never extracted the session: nothing to do.
-        let Some(data) = data else {
-            return Ok(Vec::new());
+        // The handler never extracted the session, or it went away under an
+        // earlier write of this request: nothing to do.
+        let Some(data) = data.filter(|_| !gone) else {
+            return Ok(unchanged());
         };
         let now = Utc::now();
         if destroy {
@@ -83,7 +94,7 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         }
         let planned = self.plan_write(&stored, &changes, presented.as_ref(), renew, remember, now);
         if planned.update.is_empty() {
-            return Ok(Vec::new());
+            return Ok(unchanged());
         }
         let token = planned
             .new_token
@@ -99,14 +110,17 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         &self,
         stored: Option<StoredMeta>,
         presented: bool,
-    ) -> Result<SessionHeaders, StoreError> {
+    ) -> Result<Saved<T>, StoreError> {
         if let Some(stored) = stored {
             self.delete_at(stored.location, &stored.id).await?;
         }
-        Ok(if presented {
-            self.cookie.remove()
-        } else {
-            Vec::new()
+        Ok(Saved {
+            headers: if presented {
+                self.cookie.remove()
+            } else {
+                Vec::new()
+            },
+            after: After::Gone,
         })
     }
 
@@ -119,12 +133,12 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         worth_keeping: bool,
         storable: Option<bool>,
         remember: Option<bool>,
-    ) -> Result<SessionHeaders, StoreError> {
+    ) -> Result<Saved<T>, StoreError> {
         let Some(location) = self
             .target_location(storable, None)
             .filter(|_| worth_keeping)
         else {
-            return Ok(Vec::new());
+            return Ok(unchanged());
         };
         // Never adopt a token the client chose: a new session gets a new one.
         let token = SessionToken::generate();
@@ -140,7 +154,39 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         self.insert_at(location, &record).await?;
         // The id (a hash) is safe to log; the token never is.
         tracing::debug!(session = T::SCHEMA.struct_name, id = %record.id, ?location, "new session");
-        Ok(self.cookie(&token, now, record.expires_at, remember))
+        Ok(self.stored(record, location, token, now, true))
+    }
+
+    /// What a write that stored `record` answers: the cookie if the client
+    /// needs it, and the session as stored.
+    fn stored(
+        &self,
+        record: Record<T>,
+        location: Location,
+        token: SessionToken,
+        now: DateTime<Utc>,
+        send_cookie: bool,
+    ) -> Saved<T> {
+        let headers = if send_cookie {
+            self.cookie(&token, now, record.expires_at, record.remember)
+        } else {
+            Vec::new()
+        };
+        Saved {
+            headers,
+            after: After::Stored {
+                meta: StoredMeta {
+                    id: record.id,
+                    version: record.version,
+                    expires_at: record.expires_at,
+                    created_at: record.created_at,
+                    remember: record.remember,
+                    location,
+                },
+                data: record.data,
+                token,
+            },
+        }
     }
 
     /// Marked storable (or not) in this request: moves the session, writing
@@ -154,10 +200,13 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         token: Option<SessionToken>,
         now: DateTime<Utc>,
         remember: bool,
-    ) -> Result<SessionHeaders, StoreError> {
+    ) -> Result<Saved<T>, StoreError> {
         let Some(location) = target else {
             self.delete_at(stored.location, &stored.id).await?;
-            return Ok(self.cookie.remove());
+            return Ok(Saved {
+                headers: self.cookie.remove(),
+                after: After::Gone,
+            });
         };
         let token = token.unwrap_or_else(SessionToken::generate);
         let expires_at = self.config().expires_at(now, stored.created_at, remember);
@@ -171,7 +220,7 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         };
         self.insert_at(location, &record).await?;
         self.delete_at(stored.location, &stored.id).await?;
-        Ok(self.cookie(&token, now, expires_at, remember))
+        Ok(self.stored(record, location, token, now, true))
     }
 
     /// Decides the UPDATE of a stored session and whether the client needs
@@ -227,8 +276,9 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         mut changes: Changes<T>,
         planned: PlannedWrite,
         token: Option<SessionToken>,
-    ) -> Result<SessionHeaders, StoreError> {
+    ) -> Result<Saved<T>, StoreError> {
         let mut update = planned.update;
+        let mut version = stored.version;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -236,12 +286,32 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
                 .update_at(stored.location, &stored.id, &data, update)
                 .await?
             {
-                return Ok(match &token {
-                    Some(token) if planned.send_cookie => {
-                        self.cookie(token, update.now, planned.expires_at, planned.remember)
-                    }
-                    _ => Vec::new(),
-                });
+                let Some(token) = token else {
+                    // A stored session was always presented with a token.
+                    return Ok(unchanged());
+                };
+                let record = Record {
+                    id: update.new_id.unwrap_or(stored.id),
+                    data,
+                    // Exact after a compare-and-swap; after a
+                    // last-writer-wins set, a later compare-and-swap that
+                    // finds another version replays, as it should.
+                    version: if update.is_touch() {
+                        version
+                    } else {
+                        version + 1
+                    },
+                    expires_at: planned.expires_at,
+                    created_at: stored.created_at,
+                    remember: planned.remember,
+                };
+                return Ok(self.stored(
+                    record,
+                    stored.location,
+                    token,
+                    update.now,
+                    planned.send_cookie,
+                ));
             }
             if !changes.compare_and_swap {
                 break;
@@ -250,22 +320,31 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
                 return Err(StoreError::Conflict { attempts });
             }
             tokio::time::sleep(conflict_backoff(attempts)).await;
-            let Some((fresh, version)) = self.replay(stored, &mut changes, update.now).await?
+            let Some((fresh, fresh_version)) =
+                self.replay(stored, &mut changes, update.now).await?
             else {
                 break;
             };
             data = fresh;
+            version = fresh_version;
             update.dirty = changes.dirty;
-            update.expected_version = Some(version);
+            update.expected_version = Some(fresh_version);
         }
         // The row was destroyed, renewed or expired by another request:
-        // dropping this write is what keeps it from coming back.
-        tracing::debug!(
+        // dropping this write is what keeps it from coming back, and sending
+        // no cookie is what keeps the browser's newer one (a login's renewed
+        // token, say) in place. Only the request that destroyed a session
+        // removes its cookie.
+        tracing::warn!(
             session = T::SCHEMA.struct_name,
             id = %stored.id,
-            "session vanished before its write; the write is dropped"
+            dropped = ?changes.dirty,
+            "the session was renewed, destroyed or expired by another request before this write; the write is dropped"
         );
-        Ok(self.cookie.remove())
+        Ok(Saved {
+            headers: Vec::new(),
+            after: After::Gone,
+        })
     }
 
     /// Another request wrote first: the request's changes replayed on the

@@ -279,7 +279,7 @@ pub fn update_statement_text<B: Backend, T: SessionData>(update: &Update) -> Str
 
 /// Turns a bind failure into the error a store reports.
 fn bound(result: Result<(), sqlx::error::BoxDynError>) -> Result<(), StoreError> {
-    result.map_err(|error| StoreError::Database(sqlx::Error::Encode(error)))
+    result.map_err(|error| sqlx::Error::Encode(error).into())
 }
 
 /// Reads column `index` as `Option<V>`: NULL becomes `Value::Null(ty)`,

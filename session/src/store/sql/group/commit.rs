@@ -43,10 +43,8 @@ pub(crate) enum GroupError {
 impl From<GroupError> for StoreError {
     fn from(error: GroupError) -> Self {
         match error {
-            GroupError::Refused(error) | GroupError::Failed(error) => StoreError::Database(error),
-            GroupError::Mismatch(mismatch) => {
-                StoreError::Database(sqlx::Error::Protocol(mismatch.to_string()))
-            }
+            GroupError::Refused(error) | GroupError::Failed(error) => error.into(),
+            GroupError::Mismatch(mismatch) => sqlx::Error::Protocol(mismatch.to_string()).into(),
         }
     }
 }
@@ -83,12 +81,14 @@ pub(crate) async fn commit_group<B: Dialect>(
                 let _ = done.send(result);
             }
         }
+        // Every waiter gets the same error, its source kept.
         Err(error) => {
-            let message = error.to_string();
+            let error = StoreError::from(error);
+            let StoreError::Database(shared) = &error else {
+                unreachable!("a group error is a database error")
+            };
             for done in waiting {
-                let _ = done.send(Err(super::shared_failure(&format!(
-                    "group commit failed: {message}"
-                ))));
+                let _ = done.send(Err(StoreError::Database(shared.clone())));
             }
         }
     }

@@ -1,12 +1,12 @@
 //! Grouped loads: the loads waiting at one moment share one
 //! `SELECT … WHERE id IN (…)`.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use super::{Held, connection, shared_failure};
+use super::{Held, connection};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -26,9 +26,8 @@ use crate::{
 /// Where a load's result goes.
 pub(crate) type Loaded<T> = oneshot::Sender<Result<Option<Record<T>>, StoreError>>;
 
-/// What a grouped SELECT found: each row decoded on its own, so that a row
-/// that does not decode fails only its own requests.
-type Found<T> = HashMap<SessionId, Result<Record<T>, String>>;
+/// What a grouped SELECT found, by id: the rows, still to decode.
+type Found<B> = HashMap<SessionId, Row<B>>;
 
 impl<B: Dialect, T: SessionData> SqlStore<B, T> {
     /// One session by id: one SELECT.
@@ -71,15 +70,17 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
     }
 
     /// Answers one group of loads: a lone one with the one-row SELECT,
-    /// several with one `SELECT … WHERE id IN (…)`.
+    /// several with one `SELECT … WHERE id IN (…)`. Each waiter decodes its
+    /// own row, so a row that does not decode fails only its own requests,
+    /// with the same typed error it would get loaded alone.
     pub(crate) async fn load_group(&self, held: &mut Held<B>, group: Vec<(SessionId, Loaded<T>)>) {
         let now = Utc::now();
         let connection = match connection::<B>(&self.core.pool, held).await {
             Ok(connection) => connection,
             Err(error) => {
-                let message = error.to_string();
+                let error = Arc::new(error);
                 for (_, done) in group {
-                    let _ = done.send(Err(shared_failure(&message)));
+                    let _ = done.send(Err(StoreError::Database(error.clone())));
                 }
                 return;
             }
@@ -96,47 +97,49 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
         let mut ids: Vec<SessionId> = group.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.dedup();
-        let found = self.load_many(connection, &ids, now).await;
-        if found.is_err() {
-            *held = None;
-        }
+        let found = match self.load_many(connection, &ids, now).await {
+            Ok(found) => found,
+            Err(error) => {
+                *held = None;
+                let error = Arc::new(error);
+                for (_, done) in group {
+                    let _ = done.send(Err(StoreError::Database(error.clone())));
+                }
+                return;
+            }
+        };
         for (id, done) in group {
-            let result = match &found {
-                Ok(records) => match records.get(&id) {
-                    Some(Ok(record)) => Ok(Some(record.duplicate())),
-                    Some(Err(message)) => Err(shared_failure(message)),
-                    None => Ok(None),
-                },
-                Err(message) => Err(shared_failure(message)),
+            let result = match found.get(&id) {
+                Some(row) => Self::decode_record(row, id).map(Some),
+                None => Ok(None),
             };
             let _ = done.send(result);
         }
     }
 
-    /// Several sessions in one SELECT.
+    /// Several sessions' rows in one SELECT, by id.
     async fn load_many(
         &self,
         connection: &mut Connection<B>,
         ids: &[SessionId],
         now: DateTime<Utc>,
-    ) -> Result<Found<T>, String> {
+    ) -> Result<Found<B>, sqlx::Error> {
         let sql = self.core.statements.load_many(bucket(ids.len()));
         let mut args = Arguments::<B>::default();
         // Padded to the bucket by repeating the last id: `IN` ignores repeats.
-        let last = ids.last().ok_or("no ids to load")?;
+        let last = ids
+            .last()
+            .ok_or(sqlx::Error::Protocol("no ids to load".into()))?;
         for id in padded(ids.iter(), last) {
-            bound(B::bind_id(&mut args, id)).map_err(|e| e.to_string())?;
+            B::bind_id(&mut args, id).map_err(sqlx::Error::Encode)?;
         }
-        bound(B::bind_time(&mut args, now)).map_err(|e| e.to_string())?;
-        let rows = B::fetch_all(connection, sql, args)
-            .await
-            .map_err(|e| e.to_string())?;
+        B::bind_time(&mut args, now).map_err(sqlx::Error::Encode)?;
+        let rows = B::fetch_all(connection, sql, args).await?;
         let id_column = LOADED_LIBRARY_COLUMNS + T::SCHEMA.columns.len();
-        let mut records = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let id = decode_id::<B>(row, id_column).map_err(|e| e.to_string())?;
-            records.insert(id, Self::decode_record(row, id).map_err(|e| e.to_string()));
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            found.insert(decode_id::<B>(&row, id_column)?, row);
         }
-        Ok(records)
+        Ok(found)
     }
 }

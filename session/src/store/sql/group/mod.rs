@@ -113,10 +113,36 @@ fn take_group<W>(waiting: &mut Vec<W>) -> Vec<W> {
     waiting.drain(..take).collect()
 }
 
-/// The error each waiter of a shared statement gets when it fails (sqlx
-/// errors cannot be cloned, so every waiter gets its message).
-pub(crate) fn shared_failure(message: &str) -> StoreError {
-    StoreError::Database(sqlx::Error::Protocol(message.to_owned()))
+/// What a request hears when the group task that held its work is gone
+/// (it panicked): an error, never a wait for ever.
+fn task_gone() -> StoreError {
+    sqlx::Error::WorkerCrashed.into()
+}
+
+/// Keeps a lane from wedging when its task ends without finishing (a panic
+/// in it): work still queued gets a new task, else the lane is marked idle
+/// so that the next request starts one. The groups the task had taken fail:
+/// their waiters' channels close, and they hear [`task_gone`].
+struct LaneGuard<B: Dialect, T: SessionData> {
+    store: SqlStore<B, T>,
+    lane: Lane,
+    finished: bool,
+}
+
+impl<B: Dialect, T: SessionData> Drop for LaneGuard<B, T> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        tracing::error!(
+            session = T::SCHEMA.struct_name,
+            lane = ?self.lane,
+            "a group task ended early; its requests failed and the lane starts again"
+        );
+        if self.store.release_unless_waiting(self.lane) {
+            tokio::spawn(self.store.clone().serve(self.lane));
+        }
+    }
 }
 
 impl<B: Dialect, T: SessionData> SqlStore<B, T> {
@@ -141,9 +167,7 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
             // not take the commit of everybody else's writes with it.
             tokio::spawn(self.clone().serve(Lane::of_writes::<B>()));
         }
-        result
-            .await
-            .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?
+        result.await.map_err(|_| task_gone())?
     }
 
     /// Queues a load for the next grouped SELECT and waits for it.
@@ -166,18 +190,22 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
         if start {
             tokio::spawn(self.clone().serve(lane));
         }
-        result
-            .await
-            .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?
+        result.await.map_err(|_| task_gone())?
     }
 
     /// Serves the waiting work of `lane` a group at a time until none is
     /// left: each turn commits the writes waiting, then reads the loads
     /// waiting.
     async fn serve(self, lane: Lane) {
+        let mut guard = LaneGuard {
+            store: self.clone(),
+            lane,
+            finished: false,
+        };
         let mut held = None;
         loop {
             let Some((writes, loads)) = self.next_groups(lane) else {
+                guard.finished = true;
                 return;
             };
             if !writes.is_empty() {
@@ -188,6 +216,26 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
             }
             release_if_contended::<B>(&self.core.pool, &mut held);
         }
+    }
+
+    /// Marks `lane` idle unless work is waiting, under the queues' locks
+    /// (so no request can queue in between and wait unserved); `true`: work
+    /// is waiting and the lane stays busy, for a new task to serve.
+    fn release_unless_waiting(&self, lane: Lane) -> bool {
+        let mut loads = lock(&self.loads);
+        let mut writes = lock(&self.core.writes);
+        let waiting = match lane {
+            Lane::Loads => !loads.waiting.is_empty(),
+            Lane::Writes => !writes.waiting.is_empty(),
+            Lane::Both => !loads.waiting.is_empty() || !writes.waiting.is_empty(),
+        };
+        if !waiting {
+            match lane {
+                Lane::Loads => loads.loading = false,
+                Lane::Writes | Lane::Both => writes.committing = false,
+            }
+        }
+        waiting
     }
 
     /// The next groups of `lane`'s queues; `None` (and the lane marked
