@@ -25,6 +25,18 @@ pub enum StoreError {
     /// A `#[session(json)]` field could not be serialized.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// A field's value is one the database cannot store (a date outside its
+    /// range, NaN on MySQL, NUL in PostgreSQL text): refused before it is
+    /// sent, so nothing is stored in its place.
+    #[error("field `{field}` of `{struct_name}` cannot be stored: {problem}")]
+    Unstorable {
+        /// The struct.
+        struct_name: &'static str,
+        /// The field.
+        field: &'static str,
+        /// Why, and the range the database has.
+        problem: String,
+    },
     /// Other requests kept writing the same session; the read-modify-write
     /// was replayed this many times without getting its write in.
     #[error("gave up after {attempts} conflicting writes to the same session")]

@@ -31,6 +31,23 @@
 //! with `#[session(json)]`). `usize`/`isize` are not mapped because their
 //! width depends on the platform. Date-times are stored with microsecond
 //! precision on PostgreSQL and MySQL; finer parts are dropped by the database.
+//!
+//! # Ranges
+//!
+//! Every value in these ranges round-trips on every write path; a value
+//! outside them is refused before it is sent, with
+//! [`StoreError::Unstorable`](crate::StoreError::Unstorable) naming the
+//! field, and nothing is stored in its place.
+//!
+//! | type | PostgreSQL | MySQL / MariaDB | SQLite |
+//! |---|---|---|---|
+//! | `DateTime<Utc>`, `NaiveDateTime`, `NaiveDate` | 4713 BC to chrono's end | years 1000 to 9999 (`DATETIME`, bound as such, never as a 1970–2038 `TIMESTAMP`) | chrono's whole range |
+//! | `f32`, `f64` | all, NaN and ±∞ included | finite only | all but NaN (SQLite stores NaN as NULL) |
+//! | `String` | no NUL character | any | any |
+//! | `#[session(json)]` | no `\u0000` in the JSON (JSONB refuses it) | any | any |
+//!
+//! The library's own `expires_at` on MySQL is capped at 9999-12-31: a
+//! lifetime longer than that lasts until then.
 
 use std::borrow::Cow;
 

@@ -55,8 +55,12 @@ impl SessionConfig {
         new_expiry: DateTime<Utc>,
     ) -> bool {
         let lifetime = self.lifetime(remember);
-        let extended_at =
-            stored_expiry - chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::MAX);
+        // When the expiry was last moved: one lifetime before it (saturating,
+        // for lifetimes longer than chrono's range).
+        let extended_at = chrono::Duration::from_std(lifetime)
+            .ok()
+            .and_then(|lifetime| stored_expiry.checked_sub_signed(lifetime))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let since = (now - extended_at).to_std().unwrap_or(Duration::ZERO);
         new_expiry > stored_expiry && since >= lifetime.mul_f64(self.touch_fraction)
     }
@@ -104,6 +108,12 @@ mod tests {
     #[test]
     fn a_lifetime_past_chronos_range_saturates() {
         assert_eq!(add(at(0), Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        let forever = SessionConfig::default().with_remember_lifetime(Duration::MAX);
+        let expiry = forever.expires_at(at(0), at(0), true);
+        assert!(
+            !forever.should_touch(at(1), expiry, true, expiry),
+            "no overflow"
+        );
     }
 
     #[test]

@@ -95,6 +95,13 @@ pub trait Dialect: Send + Sync + Sized + 'static {
 
     // --- Binding and decoding --------------------------------------------
 
+    /// Why the database cannot store `value` as it is, if it cannot
+    /// (default: it can). Checked before binding, so that an out-of-range
+    /// value is an error naming its field, never a silent change.
+    fn check_value(value: &Value<'_>) -> Result<(), String> {
+        let _ = value;
+        Ok(())
+    }
     /// Binds a field value.
     fn bind(args: &mut Arguments<Self>, value: Value<'_>) -> Result<(), BoxDynError>;
     /// Binds a session id.

@@ -37,8 +37,8 @@ pub use self::postgres::Postgres;
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::Sqlite;
 pub(crate) use self::state::Core;
-use backend::Arguments;
 pub use backend::Backend;
+use backend::{Arguments, Dialect};
 use group::{LoadQueue, Param, Write};
 use options::StoreOptions;
 use statements::Statements;
@@ -229,7 +229,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     fn update_params(id: &SessionId, data: &T, update: &Update) -> Result<Vec<Param>, StoreError> {
         let mut params = Vec::with_capacity(update.dirty.iter().count() + 6);
         for index in update.dirty.iter() {
-            params.push(Param::Value(data.encode_column(index)?.into_owned()));
+            params.push(Param::Value(encode_for::<B, T>(data, index)?));
         }
         params.extend(update.expires_at.map(Param::Time));
         params.extend(
@@ -253,7 +253,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         let values = update
             .dirty
             .iter()
-            .map(|index| Ok(data.encode_column(index)?.into_owned()))
+            .map(|index| encode_for::<B, T>(data, index))
             .collect::<Result<_, StoreError>>()?;
         Ok(group::MergedRow {
             dirty: update.dirty,
@@ -275,6 +275,21 @@ pub const SQLITE_PAGE_CACHE_KIB: u32 = sqlite::PAGE_CACHE_KIB;
 #[cfg(feature = "_internals")]
 pub fn update_statement_text<B: Backend, T: SessionData>(update: &Update) -> String {
     statements::build_update::<B>(T::SCHEMA, statements::UpdateShape::of(update))
+}
+
+/// Field `index` of `data` as the column value to bind, refused (naming
+/// the field) if the database cannot store it.
+fn encode_for<B: Dialect, T: SessionData>(
+    data: &T,
+    index: usize,
+) -> Result<Value<'static>, StoreError> {
+    let value = data.encode_column(index)?.into_owned();
+    B::check_value(&value).map_err(|problem| StoreError::Unstorable {
+        struct_name: T::SCHEMA.struct_name,
+        field: T::SCHEMA.column(index).field,
+        problem,
+    })?;
+    Ok(value)
 }
 
 /// Turns a bind failure into the error a store reports.
@@ -318,8 +333,11 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
     }
 
     async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
-        self.write(Write::Insert(group::insert_params(record)?))
-            .await?;
+        self.write(Write::Insert(group::insert_params(
+            record,
+            encode_for::<B, T>,
+        )?))
+        .await?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 
 use std::{borrow::Cow, collections::HashMap, fmt::Write as _};
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike as _, NaiveDate, NaiveDateTime, Utc};
 use sqlx::{
     Arguments as _, Pool, Row as _,
     error::BoxDynError,
@@ -165,7 +165,10 @@ impl Dialect for MySql {
             Value::F64(v) => args.add(v),
             Value::Text(v) | Value::Json(v) => args.add(&*v),
             Value::Bytes(v) => args.add(&*v),
-            Value::Timestamp(v) => args.add(v),
+            // As DATETIME, the column's type: sqlx would bind a
+            // DateTime<Utc> as a TIMESTAMP, whose range ends in 1970 and
+            // 2038 (MariaDB turns a value outside it into NULL or refuses it).
+            Value::Timestamp(v) => args.add(v.naive_utc()),
             Value::DateTime(v) => args.add(v),
             Value::Date(v) => args.add(v),
             Value::Uuid(v) => args.add(v),
@@ -177,7 +180,31 @@ impl Dialect for MySql {
     }
 
     fn bind_time(args: &mut MySqlArguments, time: DateTime<Utc>) -> Result<(), BoxDynError> {
-        args.add(time)
+        // A library time past DATETIME's last instant (a lifetime of
+        // centuries) is that instant: the session lives as long as it can.
+        args.add(time.naive_utc().min(datetime_max()))
+    }
+
+    fn check_value(value: &Value<'_>) -> Result<(), String> {
+        let in_range = |year: i32| (1000..=9999).contains(&year);
+        match value {
+            Value::Timestamp(v) if !in_range(v.year()) => Err(format!(
+                "{v} is outside MySQL's DATETIME range (years 1000 to 9999)"
+            )),
+            Value::DateTime(v) if !in_range(v.year()) => Err(format!(
+                "{v} is outside MySQL's DATETIME range (years 1000 to 9999)"
+            )),
+            Value::Date(v) if !in_range(v.year()) => Err(format!(
+                "{v} is outside MySQL's DATE range (years 1000 to 9999)"
+            )),
+            Value::F32(v) if !v.is_finite() => Err(format!(
+                "{v} is not a number MySQL and MariaDB can store (no NaN or infinity)"
+            )),
+            Value::F64(v) if !v.is_finite() => Err(format!(
+                "{v} is not a number MySQL and MariaDB can store (no NaN or infinity)"
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn bind_i64(args: &mut MySqlArguments, value: i64) -> Result<(), BoxDynError> {
@@ -242,6 +269,13 @@ impl Dialect for MySql {
         transaction.commit().await?;
         Ok(updated)
     }
+}
+
+/// The last instant a `DATETIME(6)` holds.
+fn datetime_max() -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|day| day.and_hms_micro_opt(23, 59, 59, 999_999))
+        .unwrap_or(NaiveDateTime::MAX)
 }
 
 /// Kinds of this dialect's own cached statements ([`StatementKey::Dialect`]).

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike as _, NaiveDate, NaiveDateTime, Utc};
 use sqlx::{
     Arguments as _, Pool, Row as _,
     error::BoxDynError,
@@ -185,6 +185,30 @@ impl Dialect for Postgres {
 
     fn bind_time(args: &mut PgArguments, time: DateTime<Utc>) -> Result<(), BoxDynError> {
         args.add(time)
+    }
+
+    fn check_value(value: &Value<'_>) -> Result<(), String> {
+        // PostgreSQL's dates and times start in 4713 BC; chrono's reach
+        // further back. Its ends (294276 AD) lie past chrono's.
+        const FIRST_YEAR: i32 = -4712;
+        match value {
+            Value::Text(text) if text.contains('\0') => {
+                Err("PostgreSQL text cannot hold NUL (\\0) characters".into())
+            }
+            Value::Json(text) if text.contains("\\u0000") => {
+                Err("PostgreSQL's JSONB cannot hold the NUL character (\\u0000)".into())
+            }
+            Value::Timestamp(v) if v.year() < FIRST_YEAR => {
+                Err(format!("{v} is before PostgreSQL's first date (4713 BC)"))
+            }
+            Value::DateTime(v) if v.year() < FIRST_YEAR => {
+                Err(format!("{v} is before PostgreSQL's first date (4713 BC)"))
+            }
+            Value::Date(v) if v.year() < FIRST_YEAR => {
+                Err(format!("{v} is before PostgreSQL's first date (4713 BC)"))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn bind_i64(args: &mut PgArguments, value: i64) -> Result<(), BoxDynError> {

@@ -59,7 +59,10 @@ pub(crate) fn bind_all<B: Dialect>(
 
 /// A record's parameters in the column order of
 /// [`build_insert`](crate::store::sql::statements::build_insert).
-pub(crate) fn insert_params<T: SessionData>(record: &Record<T>) -> Result<Vec<Param>, StoreError> {
+pub(crate) fn insert_params<T: SessionData>(
+    record: &Record<T>,
+    encode: impl Fn(&T, usize) -> Result<Value<'static>, StoreError>,
+) -> Result<Vec<Param>, StoreError> {
     let mut params = Vec::with_capacity(LIBRARY_COLUMNS.len() + T::SCHEMA.columns.len());
     params.extend([
         Param::Id(record.id),
@@ -69,7 +72,7 @@ pub(crate) fn insert_params<T: SessionData>(record: &Record<T>) -> Result<Vec<Pa
         Param::Value(Value::Bool(record.remember)),
     ]);
     for index in 0..T::SCHEMA.columns.len() {
-        params.push(Param::Value(record.data.encode_column(index)?.into_owned()));
+        params.push(Param::Value(encode(&record.data, index)?));
     }
     Ok(params)
 }

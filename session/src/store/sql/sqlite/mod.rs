@@ -251,6 +251,15 @@ impl Dialect for Sqlite {
         args.add(millis(time))
     }
 
+    fn check_value(value: &Value<'_>) -> Result<(), String> {
+        match value {
+            // SQLite stores a NaN as NULL: it would come back as no value.
+            Value::F32(v) if v.is_nan() => Err("SQLite stores NaN as NULL".into()),
+            Value::F64(v) if v.is_nan() => Err("SQLite stores NaN as NULL".into()),
+            _ => Ok(()),
+        }
+    }
+
     fn bind_i64(args: &mut SqliteArguments, value: i64) -> Result<(), BoxDynError> {
         args.add(value)
     }
