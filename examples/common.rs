@@ -1,11 +1,13 @@
 //! What the examples share: logging, the port, and the store picked by
-//! `DATABASE_URL` (`sqlite:` by default, `postgres:`, `mysql:`, or `memory`).
+//! `DATABASE_URL` (`sqlite:` by default, `postgres:`, `mysql:`, or `memory`),
+//! with `DATABASE_MAX_CONNECTIONS` connections at most if set.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use axum::Router;
 use axum_typed_session::{
     MemoryStore, MySqlStore, PgStore, SessionData, SessionStore, SqliteStore,
+    store::sql::{Backend, SqlStoreBuilder},
 };
 
 /// An example app, generic over the store it runs on.
@@ -26,17 +28,17 @@ pub async fn run<T: SessionData, A: App<T>>() -> anyhow::Result<()> {
     match scheme {
         _ if url == "memory" => serve(A::router(MemoryStore::<T>::new())).await,
         Some("sqlite") => {
-            let store = SqliteStore::<T>::connect(&url).await?;
+            let store = pooled(SqliteStore::<T>::builder())?.connect(&url).await?;
             store.migrate().await?;
             serve(A::router(store)).await
         }
         Some("postgres" | "postgresql") => {
-            let store = PgStore::<T>::connect(&url).await?;
+            let store = pooled(PgStore::<T>::builder())?.connect(&url).await?;
             store.migrate().await?;
             serve(A::router(store)).await
         }
         Some("mysql" | "mariadb") => {
-            let store = MySqlStore::<T>::connect(&url).await?;
+            let store = pooled(MySqlStore::<T>::builder())?.connect(&url).await?;
             store.migrate().await?;
             serve(A::router(store)).await
         }
@@ -44,6 +46,16 @@ pub async fn run<T: SessionData, A: App<T>>() -> anyhow::Result<()> {
             "DATABASE_URL must start with sqlite:, postgres:, mysql: or be `memory`, got {url:?}"
         ),
     }
+}
+
+/// The pool size from `DATABASE_MAX_CONNECTIONS`, if set (else sqlx's 10).
+fn pooled<B: Backend, T: SessionData>(
+    builder: SqlStoreBuilder<B, T>,
+) -> anyhow::Result<SqlStoreBuilder<B, T>> {
+    Ok(match std::env::var("DATABASE_MAX_CONNECTIONS") {
+        Ok(max) => builder.max_connections(max.parse()?),
+        Err(_) => builder,
+    })
 }
 
 async fn serve(app: Router) -> anyhow::Result<()> {

@@ -1,6 +1,5 @@
 //! Errors: what a store can fail with, and how a request sees it.
 
-#[cfg(feature = "_sql")]
 use std::sync::Arc;
 
 use axum::response::{IntoResponse, Response};
@@ -25,6 +24,18 @@ pub enum StoreError {
     /// A `#[session(json)]` field could not be serialized.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The database cannot be reached (or is known to be down): the request
+    /// failed at once instead of waiting. Answered as a 503 with
+    /// `Retry-After`; nothing was written.
+    #[error("the session database is unavailable; retry in {} s{}", retry_after.as_secs().max(1), source.as_ref().map(|source| format!(": {source}")).unwrap_or_default())]
+    Unavailable {
+        /// When to try again.
+        retry_after: std::time::Duration,
+        /// What failed, when this request saw it fail (`None`: the store
+        /// already knew the database was down and did not try).
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
     /// A field's value is one the database cannot store (a date outside its
     /// range, NaN on MySQL, NUL in PostgreSQL text): refused before it is
     /// sent, so nothing is stored in its place.
@@ -90,8 +101,25 @@ pub enum SessionError {
     Gone,
 }
 
+impl StoreError {
+    /// Whether this is [`StoreError::Unavailable`]: the database is down,
+    /// as opposed to a conflict, a decode error or a refused statement.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
 impl IntoResponse for SessionError {
     fn into_response(self) -> Response {
+        if let SessionError::Store(StoreError::Unavailable { retry_after, .. }) = &self {
+            let seconds = retry_after.as_secs().max(1).to_string();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(http::header::RETRY_AFTER, seconds)],
+                "session storage is unavailable; try again shortly",
+            )
+                .into_response();
+        }
         let body = match &self {
             SessionError::MissingLayer { .. } => self.to_string(),
             SessionError::Store(_) => "session storage is unavailable".to_owned(),

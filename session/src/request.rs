@@ -185,14 +185,19 @@ impl<T: SessionData> PendingSession<T> {
             Some(presented) => {
                 let id = presented.token.id();
                 shared.backing.load(&id).await.inspect_err(|error| {
-                    // The id (a hash) is safe to log; the token never is.
-                    tracing::error!(
-                        session = T::SCHEMA.struct_name,
-                        table = T::SCHEMA.table,
-                        %id,
-                        %error,
-                        "loading the session failed"
-                    );
+                    // The id (a hash) is safe to log; the token never is. An
+                    // outage is logged once by the store, not per request.
+                    if error.is_unavailable() {
+                        tracing::debug!(session = T::SCHEMA.struct_name, %id, %error, "loading the session failed");
+                    } else {
+                        tracing::error!(
+                            session = T::SCHEMA.struct_name,
+                            table = T::SCHEMA.table,
+                            %id,
+                            %error,
+                            "loading the session failed"
+                        );
+                    }
                 })?
             }
             None => None,

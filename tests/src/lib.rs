@@ -49,6 +49,8 @@ fn unreachable(database: &str, url: &str, error: &dyn std::fmt::Display) {
     );
 }
 
+pub mod proxy;
+
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A name unique to this process and call: each test gets its own schema.
@@ -630,6 +632,7 @@ pub struct Reply {
     pub body: String,
     /// The `Set-Cookie` headers.
     pub cookies: Vec<String>,
+    pub headers: http::HeaderMap,
 }
 
 impl Reply {
@@ -655,6 +658,7 @@ pub async fn send(app: &Router, method: &str, path: &str, cookie: Option<&str>) 
         .await
         .expect("infallible");
     let status = response.status();
+    let headers = response.headers().clone();
     let cookies = response
         .headers()
         .get_all(header::SET_COOKIE)
@@ -671,6 +675,7 @@ pub async fn send(app: &Router, method: &str, path: &str, cookie: Option<&str>) 
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
         cookies,
+        headers,
     }
 }
 

@@ -288,6 +288,11 @@ where
                         response.headers_mut().append(name, value);
                     }
                 }
+                Ok(Err(error)) if error.is_unavailable() => {
+                    // Logged once by the store when it went down.
+                    tracing::debug!(session = T::SCHEMA.struct_name, id = ?id, %error, "saving the session failed");
+                    response = SessionError::Store(error).into_response();
+                }
                 Ok(Err(error)) => {
                     // The handler's answer described a change that was not
                     // stored: never send it as if it had been.

@@ -10,6 +10,7 @@
 
 mod backend;
 mod group;
+mod health;
 mod migrate;
 #[cfg(feature = "mysql")]
 mod mysql;
@@ -128,6 +129,8 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
                 upkeep: B::upkeep(&options),
                 options,
                 writes: Mutex::default(),
+                health: health::Health::default(),
+                tickets: AtomicU64::new(0),
                 written: AtomicU64::new(0),
                 commits: AtomicU64::new(0),
             }),
@@ -221,8 +224,10 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
 
     /// Runs one statement on a pooled connection: the rows it affected.
     async fn execute(&self, sql: Arc<str>, args: Arguments<B>) -> Result<u64, StoreError> {
-        let mut connection = self.core.pool.acquire().await?;
-        Ok(B::execute(&mut connection, sql, args).await?)
+        let mut connection = self.core.acquire().await?;
+        B::execute(&mut connection, sql, args)
+            .await
+            .map_err(|error| self.core.failed(error))
     }
 
     /// A lone UPDATE's parameters, in the order of its statement.
@@ -324,7 +329,7 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         now: DateTime<Utc>,
     ) -> Result<Option<Record<T>>, StoreError> {
         if !self.core.options.group_commit {
-            let mut connection = self.core.pool.acquire().await?;
+            let mut connection = self.core.acquire().await?;
             return self.load_one(&mut connection, id, now).await;
         }
         let record = self.queued_load(id).await?;

@@ -9,13 +9,13 @@ use chrono::{DateTime, Datelike as _, NaiveDate, NaiveDateTime, Utc};
 use sqlx::{
     Arguments as _, Pool, Row as _,
     error::BoxDynError,
-    mysql::{MySqlArguments, MySqlConnection, MySqlPoolOptions, MySqlRow},
+    mysql::{MySqlArguments, MySqlConnectOptions, MySqlConnection, MySqlRow},
 };
 use uuid::Uuid;
 
 use super::decode_nullable;
 use super::{
-    SqlStore,
+    SqlStore, SqlStoreBuilder,
     backend::{Dialect, sqlx_execution},
     group::MergedRow,
     migrate::FoundColumn,
@@ -38,7 +38,8 @@ use crate::{
 pub enum MySql {}
 
 impl<T: SessionData> SqlStore<MySql, T> {
-    /// Opens a pool with sqlx's defaults.
+    /// Opens a pool with the default options; the same as
+    /// `MySqlStore::builder().connect(url)`.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
@@ -54,7 +55,24 @@ impl<T: SessionData> SqlStore<MySql, T> {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Ok(Self::new(MySqlPoolOptions::new().connect(url).await?))
+        Self::builder().connect(url).await
+    }
+}
+
+impl<T: SessionData> SqlStoreBuilder<MySql, T> {
+    /// Opens the pool at `url` with the builder's options.
+    pub async fn connect(self, url: &str) -> Result<SqlStore<MySql, T>, StoreError> {
+        self.connect_with(url.parse()?).await
+    }
+
+    /// Opens the pool with these connect options (TLS, time-outs,
+    /// statement logging, ...) and the builder's pool options.
+    pub async fn connect_with(
+        self,
+        options: MySqlConnectOptions,
+    ) -> Result<SqlStore<MySql, T>, StoreError> {
+        let pool = self.pool.clone().connect_with(options).await?;
+        Ok(self.build(pool))
     }
 }
 

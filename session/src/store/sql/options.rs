@@ -3,7 +3,9 @@
 
 use std::marker::PhantomData;
 
-use sqlx::Pool;
+use std::time::Duration;
+
+use sqlx::{Pool, pool::PoolOptions};
 
 use super::{Backend, SqlStore};
 use crate::data::SessionData;
@@ -17,6 +19,9 @@ pub struct StoreOptions {
     /// as the constructor decides (on for `connect`, off on your own pool).
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) background_checkpoints: Option<bool>,
+    /// How long a request waits for a connection, or for its turn in a
+    /// group, before the database counts as unavailable.
+    pub(crate) acquire_timeout: std::time::Duration,
 }
 
 /// Builds a [`SqlStore`] with options; from
@@ -41,6 +46,8 @@ pub struct StoreOptions {
 #[must_use = "a builder does nothing until `build` or `connect`"]
 pub struct SqlStoreBuilder<B: Backend, T> {
     pub(crate) options: StoreOptions,
+    /// The pool `connect` opens.
+    pub(crate) pool: PoolOptions<B::Database>,
     _store: PhantomData<fn() -> (B, T)>,
 }
 
@@ -48,6 +55,7 @@ impl<B: Backend, T> std::fmt::Debug for SqlStoreBuilder<B, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlStoreBuilder")
             .field("options", &self.options)
+            .field("pool", &self.pool)
             .finish()
     }
 }
@@ -58,9 +66,71 @@ impl<B: Backend, T: SessionData> SqlStoreBuilder<B, T> {
             options: StoreOptions {
                 group_commit: true,
                 background_checkpoints: None,
+                acquire_timeout: super::health::DEFAULT_ACQUIRE_TIMEOUT,
             },
+            pool: PoolOptions::new().acquire_timeout(super::health::DEFAULT_ACQUIRE_TIMEOUT),
             _store: PhantomData,
         }
+    }
+
+    /// How long a request waits for a connection — or, with group commit,
+    /// for its turn — before the store answers that the database is
+    /// unavailable (a 503 with `Retry-After`), and marks it down so that
+    /// the next requests fail at once until a background probe finds it
+    /// back (default 2 s; sqlx's own default is 30 s). A write still
+    /// waiting for its turn is taken back, so it is never applied after
+    /// its request was told it failed; one already sent waits for its
+    /// outcome. Applies to pools the store opens and to your own.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.options.acquire_timeout = timeout;
+        self.pool = self.pool.acquire_timeout(timeout);
+        self
+    }
+
+    /// The most connections the pool opens (sqlx's default: 10). With group
+    /// commit, a handful serve a busy app: concurrent requests share them.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "postgres")]
+    /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
+    /// use axum_typed_session::{PgStore, Session};
+    ///
+    /// #[derive(Session, Default)]
+    /// struct Visit {
+    ///     count: i64,
+    /// }
+    ///
+    /// let store = PgStore::<Visit>::builder()
+    ///     .max_connections(4)
+    ///     .idle_timeout(Some(std::time::Duration::from_secs(60)))
+    ///     .connect("postgres://postgres@127.0.0.1/test")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.pool = self.pool.max_connections(max);
+        self
+    }
+
+    /// The fewest connections the pool keeps open (default 0).
+    pub fn min_connections(mut self, min: u32) -> Self {
+        self.pool = self.pool.min_connections(min);
+        self
+    }
+
+    /// How long an unused connection stays open (sqlx's default: 10 min;
+    /// `None`: for ever).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.pool = self.pool.idle_timeout(timeout);
+        self
+    }
+
+    /// The pool `connect` opens, whole: for any sqlx pool setting the
+    /// methods above do not name. Its acquire timeout is the pool's; the
+    /// store's own wait stays [`acquire_timeout`](Self::acquire_timeout).
+    pub fn pool_options(mut self, pool: PoolOptions<B::Database>) -> Self {
+        self.pool = pool;
+        self
     }
 
     /// Whether concurrent loads share one `SELECT … WHERE id IN (…)` and

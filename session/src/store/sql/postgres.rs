@@ -9,13 +9,13 @@ use chrono::{DateTime, Datelike as _, NaiveDate, NaiveDateTime, Utc};
 use sqlx::{
     Arguments as _, Pool, Row as _,
     error::BoxDynError,
-    postgres::{PgArguments, PgPoolOptions, PgRow},
+    postgres::{PgArguments, PgConnectOptions, PgRow},
 };
 use uuid::Uuid;
 
 use super::decode_nullable;
 use super::{
-    SqlStore,
+    SqlStore, SqlStoreBuilder,
     backend::{Dialect, sqlx_execution},
     migrate::FoundColumn,
     options::StoreOptions,
@@ -33,7 +33,8 @@ use crate::{
 pub enum Postgres {}
 
 impl<T: SessionData> SqlStore<Postgres, T> {
-    /// Opens a pool with sqlx's defaults.
+    /// Opens a pool with the default options; the same as
+    /// `PgStore::builder().connect(url)`.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
@@ -49,7 +50,24 @@ impl<T: SessionData> SqlStore<Postgres, T> {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Ok(Self::new(PgPoolOptions::new().connect(url).await?))
+        Self::builder().connect(url).await
+    }
+}
+
+impl<T: SessionData> SqlStoreBuilder<Postgres, T> {
+    /// Opens the pool at `url` with the builder's options.
+    pub async fn connect(self, url: &str) -> Result<SqlStore<Postgres, T>, StoreError> {
+        self.connect_with(url.parse()?).await
+    }
+
+    /// Opens the pool with these connect options (TLS, time-outs,
+    /// statement logging, ...) and the builder's pool options.
+    pub async fn connect_with(
+        self,
+        options: PgConnectOptions,
+    ) -> Result<SqlStore<Postgres, T>, StoreError> {
+        let pool = self.pool.clone().connect_with(options).await?;
+        Ok(self.build(pool))
     }
 }
 

@@ -25,6 +25,10 @@ pub struct Core<B: Dialect> {
     /// Writes and commits so far ([`WriteStats`](super::WriteStats)).
     pub(crate) written: AtomicU64,
     pub(crate) commits: AtomicU64,
+    /// Whether the database is known to be down.
+    pub(crate) health: super::health::Health,
+    /// Numbers queued writes, to take one back that waited too long.
+    pub(crate) tickets: std::sync::atomic::AtomicU64,
     /// The dialect's own after-commit state (SQLite: its checkpoints).
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) upkeep: B::Upkeep,

@@ -24,6 +24,8 @@ pub(crate) type Done = tokio::sync::oneshot::Sender<Result<u64, StoreError>>;
 pub(crate) struct Queued {
     pub(crate) write: Write,
     pub(crate) done: Done,
+    /// Its number, to take it back if it waited too long.
+    pub(crate) ticket: u64,
 }
 
 /// Why a group's statements did not commit.
@@ -38,13 +40,18 @@ pub(crate) enum GroupError {
     /// The plan and the results did not fit.
     #[error(transparent)]
     Mismatch(#[from] Mismatch),
+    /// No connection (already a request's error: the database is down).
+    #[error(transparent)]
+    Store(StoreError),
 }
 
-impl From<GroupError> for StoreError {
-    fn from(error: GroupError) -> Self {
-        match error {
-            GroupError::Refused(error) | GroupError::Failed(error) => error.into(),
+impl GroupError {
+    /// The error the group's requests report; an outage marks the database down.
+    pub(crate) fn into_store_error<B: Dialect>(self, core: &Arc<Core<B>>) -> StoreError {
+        match self {
+            GroupError::Refused(error) | GroupError::Failed(error) => core.failed(error),
             GroupError::Mismatch(mismatch) => sqlx::Error::Protocol(mismatch.to_string()).into(),
+            GroupError::Store(error) => error,
         }
     }
 }
@@ -77,18 +84,15 @@ pub(crate) async fn commit_group<B: Dialect>(
                 let result = run_group(core, held, std::slice::from_ref(write))
                     .await
                     .map(|rows| rows.first().copied().unwrap_or(0))
-                    .map_err(StoreError::from);
+                    .map_err(|error| error.into_store_error(core));
                 let _ = done.send(result);
             }
         }
         // Every waiter gets the same error, its source kept.
         Err(error) => {
-            let error = StoreError::from(error);
-            let StoreError::Database(shared) = &error else {
-                unreachable!("a group error is a database error")
-            };
+            let error = error.into_store_error(core);
             for done in waiting {
-                let _ = done.send(Err(StoreError::Database(shared.clone())));
+                let _ = done.send(Err(super::share(&error)));
             }
         }
     }
@@ -102,10 +106,10 @@ pub(crate) async fn run_group<B: Dialect>(
 ) -> Result<Vec<u64>, GroupError> {
     let plan = plan_group::<B>(&core.statements, writes)
         .map_err(|error| GroupError::Failed(sqlx::Error::Encode(error)))?;
-    let results = match connection::<B>(&core.pool, held).await {
-        Ok(connection) => execute_steps::<B>(connection, &core.statements, plan.steps).await,
-        Err(error) => Err(error),
-    };
+    let connection = connection::<B>(core, held)
+        .await
+        .map_err(GroupError::Store)?;
+    let results = execute_steps::<B>(connection, &core.statements, plan.steps).await;
     let results = results.map_err(|error| {
         // Rolled back as a whole; a connection in an unknown state is not kept.
         *held = None;

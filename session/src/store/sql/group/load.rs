@@ -1,12 +1,12 @@
 //! Grouped loads: the loads waiting at one moment share one
 //! `SELECT … WHERE id IN (…)`.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use super::{Held, connection};
+use super::{Held, connection, share};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -41,7 +41,9 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
         bound(B::bind_id(&mut args, id))?;
         bound(B::bind_time(&mut args, now))?;
         // At most one row: `id` is the key.
-        let rows = B::fetch_all(connection, self.core.statements.load.clone(), args).await?;
+        let rows = B::fetch_all(connection, self.core.statements.load.clone(), args)
+            .await
+            .map_err(|error| self.core.failed(error))?;
         rows.first()
             .map(|row| Self::decode_record(row, *id))
             .transpose()
@@ -75,12 +77,11 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
     /// with the same typed error it would get loaded alone.
     pub(crate) async fn load_group(&self, held: &mut Held<B>, group: Vec<(SessionId, Loaded<T>)>) {
         let now = Utc::now();
-        let connection = match connection::<B>(&self.core.pool, held).await {
+        let connection = match connection::<B>(&self.core, held).await {
             Ok(connection) => connection,
             Err(error) => {
-                let error = Arc::new(error);
                 for (_, done) in group {
-                    let _ = done.send(Err(StoreError::Database(error.clone())));
+                    let _ = done.send(Err(share(&error)));
                 }
                 return;
             }
@@ -88,7 +89,10 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
         if group.len() == 1 {
             let (id, done) = group.into_iter().next().expect("one load");
             let result = self.load_one(connection, &id, now).await;
-            if matches!(result, Err(StoreError::Database(_))) {
+            if matches!(
+                result,
+                Err(StoreError::Database(_) | StoreError::Unavailable { .. })
+            ) {
                 *held = None;
             }
             let _ = done.send(result);
@@ -101,9 +105,9 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
             Ok(found) => found,
             Err(error) => {
                 *held = None;
-                let error = Arc::new(error);
+                let error = self.core.failed(error);
                 for (_, done) in group {
-                    let _ = done.send(Err(StoreError::Database(error.clone())));
+                    let _ = done.send(Err(share(&error)));
                 }
                 return;
             }

@@ -13,6 +13,8 @@ mod write;
 
 use std::sync::atomic::Ordering;
 
+use std::sync::Arc;
+
 use sqlx::{Pool, pool::PoolConnection};
 use tokio::sync::oneshot;
 
@@ -21,7 +23,7 @@ pub(crate) use self::{
     load::Loaded,
     write::{MergedRow, Param, Write, insert_params},
 };
-use super::{SqlStore, backend::Connection, backend::Dialect};
+use super::{Core, SqlStore, backend::Connection, backend::Dialect};
 use crate::{data::SessionData, error::StoreError, sync::lock, token::SessionId};
 
 /// Loads waiting to share one `SELECT … WHERE id IN (…)`, and whether a
@@ -87,13 +89,29 @@ pub(crate) type Held<B> = Option<PoolConnection<<B as Dialect>::Database>>;
 
 /// The held connection, acquired first if none is held.
 pub(crate) async fn connection<'a, B: Dialect>(
-    pool: &Pool<B::Database>,
+    core: &Arc<Core<B>>,
     held: &'a mut Held<B>,
-) -> Result<&'a mut Connection<B>, sqlx::Error> {
+) -> Result<&'a mut Connection<B>, StoreError> {
     if held.is_none() {
-        *held = Some(pool.acquire().await?);
+        *held = Some(core.acquire().await?);
     }
     Ok(&mut **held.as_mut().expect("just acquired"))
+}
+
+/// The same error for every waiter of a shared statement: its source kept
+/// where it can be shared.
+pub(crate) fn share(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Database(source) => StoreError::Database(source.clone()),
+        StoreError::Unavailable {
+            retry_after,
+            source,
+        } => StoreError::Unavailable {
+            retry_after: *retry_after,
+            source: source.clone(),
+        },
+        other => sqlx::Error::Protocol(other.to_string()).into(),
+    }
 }
 
 /// Gives the held connection back between groups when the pool has none
@@ -149,17 +167,25 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
     /// Runs a write, grouped with the writes of concurrent requests unless
     /// group commit is off: the rows it affected.
     pub(crate) async fn write(&self, write: Write) -> Result<u64, StoreError> {
+        self.core.check_up()?;
         self.core.written.fetch_add(1, Ordering::Relaxed);
         if !self.core.options.group_commit {
             self.core.commits.fetch_add(1, Ordering::Relaxed);
             // A group of one on a pooled connection, given back after it.
-            let rows = run_group(&self.core, &mut None, std::slice::from_ref(&write)).await?;
+            let rows = run_group(&self.core, &mut None, std::slice::from_ref(&write))
+                .await
+                .map_err(|error| error.into_store_error(&self.core))?;
             return Ok(rows.first().copied().unwrap_or(0));
         }
-        let (done, result) = oneshot::channel();
+        let (done, mut result) = oneshot::channel();
+        let ticket = self.core.tickets.fetch_add(1, Ordering::Relaxed);
         let start = {
             let mut queue = lock(&self.core.writes);
-            queue.waiting.push(Queued { write, done });
+            queue.waiting.push(Queued {
+                write,
+                done,
+                ticket,
+            });
             !std::mem::replace(&mut queue.committing, true)
         };
         if start {
@@ -167,6 +193,24 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
             // not take the commit of everybody else's writes with it.
             tokio::spawn(self.clone().serve(Lane::of_writes::<B>()));
         }
+        if let Ok(outcome) =
+            tokio::time::timeout(self.core.options.acquire_timeout, &mut result).await
+        {
+            return outcome.map_err(|_| task_gone())?;
+        }
+        // No turn in time: the group before it is stuck on the database. A
+        // write still queued is taken back, so it can never be applied
+        // after its request was told it failed.
+        let taken_back = {
+            let mut queue = lock(&self.core.writes);
+            let before = queue.waiting.len();
+            queue.waiting.retain(|queued| queued.ticket != ticket);
+            queue.waiting.len() < before
+        };
+        if taken_back {
+            return Err(self.core.failed(sqlx::Error::PoolTimedOut));
+        }
+        // Already in a group: its outcome is coming, whatever it is.
         result.await.map_err(|_| task_gone())?
     }
 
@@ -175,6 +219,7 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
         &self,
         id: &SessionId,
     ) -> Result<Option<crate::store::Record<T>>, StoreError> {
+        self.core.check_up()?;
         let (done, result) = oneshot::channel();
         let lane = Lane::of_loads::<B>();
         let start = {
@@ -190,7 +235,11 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
         if start {
             tokio::spawn(self.clone().serve(lane));
         }
-        result.await.map_err(|_| task_gone())?
+        // A read abandoned changes nothing: no need to take it back.
+        match tokio::time::timeout(self.core.options.acquire_timeout, result).await {
+            Ok(outcome) => outcome.map_err(|_| task_gone())?,
+            Err(_) => Err(self.core.failed(sqlx::Error::PoolTimedOut)),
+        }
     }
 
     /// Serves the waiting work of `lane` a group at a time until none is

@@ -12,8 +12,7 @@ use sqlx::{
     Arguments as _, Pool, Row as _,
     error::BoxDynError,
     sqlite::{
-        SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
-        SqliteSynchronous,
+        SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSynchronous,
     },
 };
 
@@ -111,9 +110,20 @@ impl<T: SessionData> SqlStoreBuilder<Sqlite, T> {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn connect(mut self, url: &str) -> Result<SqlStore<Sqlite, T>, StoreError> {
+    pub async fn connect(self, url: &str) -> Result<SqlStore<Sqlite, T>, StoreError> {
+        self.connect_with(SqliteConnectOptions::from_str(url)?)
+            .await
+    }
+
+    /// Like [`connect`](Self::connect), with your connect options (a
+    /// filename, extensions, pragmas of your own): the library's tuning is
+    /// applied on top of them, and the builder's pool options are used.
+    pub async fn connect_with(
+        mut self,
+        options: SqliteConnectOptions,
+    ) -> Result<SqlStore<Sqlite, T>, StoreError> {
         let checkpoints = *self.options.background_checkpoints.get_or_insert(true);
-        let mut options = SqliteConnectOptions::from_str(url)?
+        let mut options = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
@@ -122,7 +132,7 @@ impl<T: SessionData> SqlStoreBuilder<Sqlite, T> {
             // The store checkpoints in the background instead.
             options = options.pragma("wal_autocheckpoint", "0");
         }
-        let pool = SqlitePoolOptions::new().connect_with(options).await?;
+        let pool = self.pool.clone().connect_with(options).await?;
         Ok(self.build(pool))
     }
 }
