@@ -146,6 +146,20 @@ pub(crate) struct StoredMeta {
     pub(crate) location: Location,
 }
 
+impl StoredMeta {
+    /// The metadata of `record`, kept at `location`.
+    pub(crate) fn of<T>(record: &Record<T>, location: Location) -> Self {
+        Self {
+            id: record.id,
+            version: record.version,
+            expires_at: record.expires_at,
+            created_at: record.created_at,
+            remember: record.remember,
+            location,
+        }
+    }
+}
+
 pub(crate) struct Shared<T: SessionData> {
     /// Whether a new session goes to the store without `set_store(true)`.
     pub(crate) default_storable: bool,
@@ -206,14 +220,7 @@ impl<T: SessionData> PendingSession<T> {
         state.presented = presented;
         match record {
             Some((record, location)) => {
-                state.stored = Some(StoredMeta {
-                    id: record.id,
-                    version: record.version,
-                    expires_at: record.expires_at,
-                    created_at: record.created_at,
-                    remember: record.remember,
-                    location,
-                });
+                state.stored = Some(StoredMeta::of(&record, location));
                 state.data = Some(record.data);
             }
             None => state.data = Some(T::default()),

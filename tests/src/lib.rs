@@ -342,20 +342,7 @@ impl Backend for Sqlite {
     }
 
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
-        let path = sqlite_path("axum_typed_session");
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        let store = SqliteStore::<T>::connect(&url)
-            .await
-            .expect("open SQLite file");
-        store.migrate().await.expect("migrate SQLite");
-        let raw = SqlitePoolOptions::new()
-            .connect(&url)
-            .await
-            .expect("second SQLite pool");
-        Some(Fixture {
-            store,
-            raw: Raw::Sqlite(raw, path),
-        })
+        Some(sqlite_fixture("axum_typed_session", true).await)
     }
 }
 
@@ -477,6 +464,33 @@ impl Backend for MySql {
     }
 }
 
+/// A fresh SQLite file with a store as `SqliteStore::connect` opens it
+/// (group commit as given), and a plain second pool for the test's checks.
+async fn sqlite_fixture<B, T: SessionData>(
+    prefix: &str,
+    group_commit: bool,
+) -> Fixture<B, T>
+where
+    B: Backend<Store<T> = SqliteStore<T>>,
+{
+    let path = sqlite_path(prefix);
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let store = SqliteStore::<T>::builder()
+        .group_commit(group_commit)
+        .connect(&url)
+        .await
+        .expect("open SQLite file");
+    store.migrate().await.expect("migrate SQLite");
+    let raw = SqlitePoolOptions::new()
+        .connect(&url)
+        .await
+        .expect("second SQLite pool");
+    Fixture {
+        store,
+        raw: Raw::Sqlite(raw, path),
+    }
+}
+
 /// The SQL stores again with group commit off: every load and write alone.
 pub enum SqliteUngrouped {}
 pub enum PostgresUngrouped {}
@@ -496,22 +510,7 @@ impl Backend for SqliteUngrouped {
     }
 
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
-        let path = sqlite_path("axum_typed_session_ungrouped");
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        let store = SqliteStore::<T>::builder()
-            .group_commit(false)
-            .connect(&url)
-            .await
-            .expect("open SQLite file");
-        store.migrate().await.expect("migrate SQLite");
-        let raw = SqlitePoolOptions::new()
-            .connect(&url)
-            .await
-            .expect("second SQLite pool");
-        Some(Fixture {
-            store,
-            raw: Raw::Sqlite(raw, path),
-        })
+        Some(sqlite_fixture("axum_typed_session_ungrouped", false).await)
     }
 }
 

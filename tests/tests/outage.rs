@@ -196,18 +196,23 @@ where
     );
 }
 
+/// A proxy on loopback in front of the database at `host:port`.
+async fn proxy_to(host: &str, port: u16) -> Proxy {
+    let target = tokio::net::lookup_host((host, port))
+        .await
+        .expect("database address")
+        .next()
+        .expect("an address");
+    Proxy::start(target).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_outages_fail_fast_and_recover() {
     let Some((pool, schema)) = postgres_pool().await else {
         return;
     };
     let options = (*pool.connect_options()).clone();
-    let target = tokio::net::lookup_host((options.get_host(), options.get_port()))
-        .await
-        .expect("database address")
-        .next()
-        .expect("an address");
-    let proxy = Proxy::start(target).await;
+    let proxy = proxy_to(options.get_host(), options.get_port()).await;
     let options = options.host("127.0.0.1").port(proxy.port());
     let store = PgStore::<Visit>::builder()
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -231,12 +236,7 @@ async fn mariadb_outages_fail_fast_and_recover() {
         return;
     };
     let options = (*pool.connect_options()).clone();
-    let target = tokio::net::lookup_host((options.get_host(), options.get_port()))
-        .await
-        .expect("database address")
-        .next()
-        .expect("an address");
-    let proxy = Proxy::start(target).await;
+    let proxy = proxy_to(options.get_host(), options.get_port()).await;
     let options = options.host("127.0.0.1").port(proxy.port());
     let store = MySqlStore::<Visit>::builder()
         .acquire_timeout(ACQUIRE_TIMEOUT)

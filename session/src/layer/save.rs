@@ -175,14 +175,7 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         Saved {
             headers,
             after: After::Stored {
-                meta: StoredMeta {
-                    id: record.id,
-                    version: record.version,
-                    expires_at: record.expires_at,
-                    created_at: record.created_at,
-                    remember: record.remember,
-                    location,
-                },
+                meta: StoredMeta::of(&record, location),
                 data: record.data,
                 token,
             },
