@@ -28,6 +28,8 @@ pub(crate) struct Field<'a> {
     pub column: Spanned<String>,
     pub renamed: bool,
     pub json: Option<Span>,
+    /// `#[session(index)]`: an index on the column, and queries by it.
+    pub index: Option<Span>,
 }
 
 /// `None` when the input is not a struct with named fields: nothing else
@@ -94,6 +96,7 @@ pub(crate) fn container<'a>(cx: &mut Ctxt, input: &'a DeriveInput) -> Option<Con
                 column,
                 renamed,
                 json: attrs.json,
+                index: attrs.index,
             }
         })
         .collect();
@@ -131,5 +134,21 @@ pub(crate) fn default_table(struct_name: &str) -> String {
 impl Field<'_> {
     pub(crate) fn ty_span(&self) -> Span {
         self.ty.span()
+    }
+
+    /// The type a query by this field takes: `T` for an `Option<T>` field
+    /// (sessions without a value are not found by one), else the field's.
+    pub(crate) fn key_type(&self) -> &Type {
+        if let Type::Path(path) = self.ty
+            && path.qself.is_none()
+            && let Some(last) = path.path.segments.last()
+            && last.ident == "Option"
+            && let syn::PathArguments::AngleBracketed(args) = &last.arguments
+            && args.args.len() == 1
+            && let Some(syn::GenericArgument::Type(inner)) = args.args.first()
+        {
+            return inner;
+        }
+        self.ty
     }
 }

@@ -20,10 +20,11 @@ pub(crate) struct ContainerAttrs {
 pub(crate) struct FieldAttrs {
     pub rename: Option<Spanned<String>>,
     pub json: Option<Span>,
+    pub index: Option<Span>,
 }
 
 const CONTAINER_KEYS: &str = "`table = \"...\"`";
-const FIELD_KEYS: &str = "`rename = \"...\"` and `json`";
+const FIELD_KEYS: &str = "`rename = \"...\"`, `json` and `index`";
 
 /// Walks every `#[session(...)]`, reporting malformed ones and carrying on.
 fn each_session_attr(
@@ -112,7 +113,7 @@ pub(crate) fn container(cx: &mut Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
                 let value = string_value(meta, "table")?;
                 set_once(cx, &mut out.table, value, meta, "table");
             }
-            "rename" | "json" => {
+            "rename" | "json" | "index" => {
                 return Err(meta.error(format!(
                     "`{key}` belongs on a field, not on the struct: the struct takes {CONTAINER_KEYS}"
                 )));
@@ -138,6 +139,13 @@ pub(crate) fn field(cx: &mut Ctxt, attrs: &[Attribute]) -> FieldAttrs {
                 }
                 let span = meta.path.span();
                 set_once(cx, &mut out.json, span, meta, "json");
+            }
+            "index" => {
+                if meta.input.peek(syn::Token![=]) || meta.input.peek(syn::token::Paren) {
+                    return Err(meta.error("`index` takes no value: write `#[session(index)]`"));
+                }
+                let span = meta.path.span();
+                set_once(cx, &mut out.index, span, meta, "index");
             }
             "table" => {
                 return Err(meta.error(format!(

@@ -22,6 +22,23 @@ pub(crate) fn container(cx: &mut Ctxt, container: &Container<'_>) {
     check_field_count(cx, container);
     let reserved = check_column_names(cx, container);
     check_accessor_names(cx, container, &reserved);
+    check_indexes(cx, container);
+}
+
+/// An index is on one column of the field's own SQL type: a JSON document
+/// has no value to look sessions up by.
+fn check_indexes(cx: &mut Ctxt, container: &Container<'_>) {
+    for field in &container.fields {
+        if let (Some(index), Some(_)) = (field.index, field.json) {
+            cx.syn_error(syn::Error::new(
+                index,
+                format!(
+                    "`index` cannot go on a `#[session(json)]` field (`{}`): index a field with a column type, e.g. `user_id: Option<i64>`",
+                    field.name
+                ),
+            ));
+        }
+    }
 }
 
 /// A table has one fixed column type per field, so the struct cannot be

@@ -2,7 +2,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
-use syn::DeriveInput;
+use syn::{DeriveInput, spanned::Spanned as _};
 
 use crate::{
     ast::{self, Container, Field},
@@ -89,6 +89,12 @@ fn expand(container: &Container<'_>) -> TokenStream {
         .iter()
         .enumerate()
         .map(|(index, field)| accessor_methods(ident, field, index, vis));
+    let index_consts = container
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(_, field)| field.index.is_some())
+        .map(|(index, field)| index_const(ident, field, index, vis));
     let encode_arms = container.fields.iter().enumerate().map(|(index, field)| {
         let member = field.ident;
         let codec = codec(index);
@@ -146,6 +152,8 @@ fn expand(container: &Container<'_>) -> TokenStream {
             impl #accessors {
                 #(#methods)*
             }
+
+            #(#index_consts)*
 
             impl __private::SessionData for #ident {
                 type Accessors = #accessors;
@@ -206,12 +214,36 @@ fn column_def(field: &Field<'_>, index: usize) -> TokenStream {
     let name = &field.column.value;
     let field_name = &field.name;
     let codec = codec(index);
+    let indexed = field.index.is_some();
     quote! {
         __private::ColumnDef {
             name: #name,
             field: #field_name,
             sql_type: #codec.sql_type,
             nullable: #codec.nullable,
+            indexed: #indexed,
+        }
+    }
+}
+
+/// `Struct::FIELD`, the handle that queries sessions by an indexed field.
+fn index_const(
+    owner: &syn::Ident,
+    field: &Field<'_>,
+    index: usize,
+    vis: &syn::Visibility,
+) -> TokenStream {
+    let name = format_ident!("{}", field.name.to_uppercase(), span = field.ident.span());
+    let key = field.key_type();
+    let doc = format!(
+        "Finds and revokes sessions by `{}` (an indexed column), e.g. `store.sessions_by(&{owner}::{name}, &key)`.",
+        field.name
+    );
+    let key_fn = quote_spanned! {key.span()=> __private::index_key::<#key> };
+    quote! {
+        impl #owner {
+            #[doc = #doc]
+            #vis const #name: __private::Index<#owner, #key> = __private::Index::new(#index, #key_fn);
         }
     }
 }

@@ -48,6 +48,13 @@ pub enum StoreError {
         /// Why, and the range the database has.
         problem: String,
     },
+    /// The store does not answer this kind of query (a custom store that
+    /// does not implement it).
+    #[error("this session store does not support {what}")]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+    },
     /// Other requests kept writing the same session; the read-modify-write
     /// was replayed this many times without getting its write in.
     #[error("gave up after {attempts} conflicting writes to the same session")]

@@ -63,6 +63,7 @@ mod extract;
 mod guard;
 mod layer;
 mod purge;
+mod query;
 mod request;
 pub mod schema;
 pub mod store;
@@ -77,6 +78,7 @@ pub use error::{SessionError, StoreError};
 pub use extract::Session;
 pub use guard::{CrossSiteGuard, CrossSiteGuardService, CrossSiteRefusal};
 pub use layer::{MAX_CONFLICT_BACKOFF, MAX_WRITE_ATTEMPTS, SessionLayer, SessionService};
+pub use query::{Index, SessionInfo, SessionQueries};
 pub use request::Updated;
 pub use store::{CachedStore, MemoryStore, Record, SessionStore, Update};
 pub use token::{SessionId, SessionToken};
@@ -113,6 +115,7 @@ pub mod __private {
         ColumnSource, DecodeError, DirtyFields, EncodeError, FieldCodec, SessionData, decode_field,
         encode_field,
     };
+    pub use crate::query::{Index, index_key};
     pub use crate::request::{Handle, Updated};
     pub use crate::schema::{ColumnDef, Schema};
     pub use crate::value::{SqlType, Value};

@@ -16,6 +16,8 @@ pub struct ColumnDef {
     pub sql_type: SqlType,
     /// Whether NULL is allowed (`Option` fields).
     pub nullable: bool,
+    /// Whether the column has an index (`#[session(index)]`), for queries by it.
+    pub indexed: bool,
 }
 
 /// A session struct's table: its name and one column per field, in field order.

@@ -466,10 +466,7 @@ impl Backend for MySql {
 
 /// A fresh SQLite file with a store as `SqliteStore::connect` opens it
 /// (group commit as given), and a plain second pool for the test's checks.
-async fn sqlite_fixture<B, T: SessionData>(
-    prefix: &str,
-    group_commit: bool,
-) -> Fixture<B, T>
+async fn sqlite_fixture<B, T: SessionData>(prefix: &str, group_commit: bool) -> Fixture<B, T>
 where
     B: Backend<Store<T> = SqliteStore<T>>,
 {

@@ -14,6 +14,7 @@ use crate::{
     error::StoreError,
     sync::{read, write},
     token::SessionId,
+    value::Value,
 };
 
 /// Keeps the typed sessions this process loaded or wrote, so a read of a
@@ -179,6 +180,30 @@ impl<S: SessionStore<T>, T: SessionData> SessionStore<T> for CachedStore<S, T> {
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         self.forget(id);
         self.inner.delete(id).await
+    }
+
+    async fn find_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Record<T>>, StoreError> {
+        // The store is the authority: other instances' sessions count too.
+        self.inner.find_by(field, key, now).await
+    }
+
+    async fn delete_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        except: Option<SessionId>,
+    ) -> Result<u64, StoreError> {
+        // Out of the cache at once, before the store confirms: a revoked
+        // session must not be served from here even if the delete fails.
+        self.write().retain(|id, cached| {
+            Some(*id) == except || !super::memory::holds(&cached.data, field, &key).unwrap_or(true)
+        });
+        self.inner.delete_by(field, key, except).await
     }
 
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

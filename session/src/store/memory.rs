@@ -13,7 +13,17 @@ use crate::{
     error::StoreError,
     sync::{read, write},
     token::SessionId,
+    value::Value,
 };
+
+/// Whether field `field` of `data` holds `key` (as its column value).
+pub(crate) fn holds<T: SessionData>(
+    data: &T,
+    field: usize,
+    key: &Value<'_>,
+) -> Result<bool, StoreError> {
+    Ok(data.encode_column(field)? == *key)
+}
 
 /// Independent locks, so concurrent requests of different sessions rarely wait.
 const SHARDS: usize = 16;
@@ -132,6 +142,54 @@ impl<T: SessionData> SessionStore<T> for MemoryStore<T> {
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         write(self.shard(id)).remove(id);
         Ok(())
+    }
+
+    async fn find_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Record<T>>, StoreError> {
+        let mut found = Vec::new();
+        for shard in self.shards.iter() {
+            for record in read(shard).values() {
+                if record.expires_at > now && holds(&record.data, field, &key)? {
+                    found.push(record.duplicate());
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn delete_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        except: Option<SessionId>,
+    ) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        for shard in self.shards.iter() {
+            let mut shard = write(shard);
+            let before = shard.len();
+            let mut failed = None;
+            shard.retain(|id, record| {
+                if Some(*id) == except {
+                    return true;
+                }
+                match holds(&record.data, field, &key) {
+                    Ok(matches) => !matches,
+                    Err(error) => {
+                        failed = Some(error);
+                        true
+                    }
+                }
+            });
+            deleted += (before - shard.len()) as u64;
+            if let Some(error) = failed {
+                return Err(error);
+            }
+        }
+        Ok(deleted)
     }
 
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

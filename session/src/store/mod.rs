@@ -4,7 +4,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
-use crate::{data::SessionData, error::StoreError, token::SessionId};
+use crate::{data::SessionData, error::StoreError, token::SessionId, value::Value};
 
 mod cached;
 mod memory;
@@ -47,6 +47,40 @@ pub trait SessionStore<T: SessionData>: Clone + Send + Sync + 'static {
 
     /// Deletes a session; deleting a missing one is not an error.
     fn delete(&self, id: &SessionId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The live sessions whose field `field` (an indexed one) holds `key`,
+    /// in one statement on the SQL stores, on the column's index. Default:
+    /// [`StoreError::Unsupported`].
+    fn find_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<Record<T>>, StoreError>> + Send {
+        let _ = (field, key, now);
+        async {
+            Err(StoreError::Unsupported {
+                what: "queries by an indexed field",
+            })
+        }
+    }
+
+    /// Deletes the sessions whose field `field` holds `key`, except the one
+    /// with id `except`; returns how many. Default:
+    /// [`StoreError::Unsupported`].
+    fn delete_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        except: Option<SessionId>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = (field, key, except);
+        async {
+            Err(StoreError::Unsupported {
+                what: "revoking by an indexed field",
+            })
+        }
+    }
 
     /// Deletes expired sessions, returns how many.
     fn purge_expired(

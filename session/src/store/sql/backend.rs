@@ -70,6 +70,18 @@ pub trait Dialect: Send + Sync + Sized + 'static {
         table: &'a str,
     ) -> impl Future<Output = Result<Vec<FoundColumn>, sqlx::Error>> + Send + 'a;
 
+    /// The column list entry of an index on a column of type `ty` (MySQL
+    /// indexes text and bytes by a prefix).
+    fn index_column(quoted: &str, ty: SqlType) -> String {
+        let _ = ty;
+        quoted.to_owned()
+    }
+    /// The names of the indexes on `table`.
+    fn index_names<'a>(
+        pool: &'a Pool<Self::Database>,
+        table: &'a str,
+    ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send + 'a;
+
     // --- Statement text --------------------------------------------------
 
     /// Appends the placeholder of the `index`-th parameter (1-based).

@@ -38,8 +38,62 @@ fn library_columns<B: Dialect>() -> [(&'static str, &'static str); 5] {
     ]
 }
 
-/// The DDL that creates `T`'s table and its `expires_at` index.
+/// The longest identifier every backend takes (PostgreSQL: 63 bytes).
+const MAX_IDENTIFIER: usize = 63;
+
+/// The name of the index on a field's column: `<table>_<column>_idx`, or,
+/// past the identifier limit, its first bytes and a hash of the whole.
+pub(crate) fn index_name(table: &str, column: &str) -> String {
+    let name = format!("{table}_{column}_idx");
+    if name.len() <= MAX_IDENTIFIER {
+        return name;
+    }
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes());
+    let hash: String = digest[..4]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let mut cut = MAX_IDENTIFIER - hash.len() - 1;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{hash}", &name[..cut])
+}
+
+/// The indexes of `#[session(index)]` fields: each name and statement.
+pub(crate) fn field_indexes<B: Dialect>(schema: Schema) -> Vec<(String, String)> {
+    schema
+        .columns
+        .iter()
+        .filter(|column| column.indexed)
+        .map(|column| {
+            let name = index_name(schema.table, column.name);
+            let statement = format!(
+                "CREATE INDEX {} ON {} ({})",
+                quote::<B>(&name),
+                quote::<B>(schema.table),
+                B::index_column(&quote::<B>(column.name), column.sql_type)
+            );
+            (name, statement)
+        })
+        .collect()
+}
+
+/// The DDL that creates `T`'s table with its `expires_at` index, then the
+/// indexes of its indexed fields.
 pub(crate) fn create_table_sql<B: Dialect, T: SessionData>() -> Vec<String> {
+    let mut statements = table_sql::<B, T>();
+    statements.extend(
+        field_indexes::<B>(T::SCHEMA)
+            .into_iter()
+            .map(|(_, statement)| statement),
+    );
+    statements
+}
+
+/// The statements that create `T`'s table and its `expires_at` index, if
+/// they do not exist.
+pub(crate) fn table_sql<B: Dialect, T: SessionData>() -> Vec<String> {
     let schema = T::SCHEMA;
     let library = library_columns::<B>().map(|(name, ty)| {
         let constraint = match name {

@@ -159,8 +159,16 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         self.core.statements.update(update)
     }
 
-    /// The DDL that creates this struct's table and its `expires_at` index,
-    /// for people who run their own migrations.
+    /// The text of the query by field `field`. Not public API.
+    #[cfg(feature = "_internals")]
+    #[doc(hidden)]
+    pub fn find_by_statement(&self, field: usize) -> Arc<str> {
+        self.core.statements.find_by(field)
+    }
+
+    /// The DDL that creates this struct's table, its `expires_at` index and
+    /// an index per `#[session(index)]` field, for people who run their own
+    /// migrations.
     ///
     /// ```
     /// # #[cfg(feature = "sqlite")] {
@@ -210,7 +218,7 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
     /// # Ok(()) }
     /// ```
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        for statement in Self::create_table_sql() {
+        for statement in migrate::table_sql::<B, T>() {
             self.execute(statement.into(), Arguments::<B>::default())
                 .await?;
         }
@@ -218,6 +226,17 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         for statement in migrate::reconcile::<B, T>(&found)? {
             self.execute(statement.into(), Arguments::<B>::default())
                 .await?;
+        }
+        // After the columns: an index may be on one just added.
+        let existing = B::index_names(&self.core.pool, T::SCHEMA.table).await?;
+        for (name, statement) in migrate::field_indexes::<B>(T::SCHEMA) {
+            if !existing
+                .iter()
+                .any(|found| found.eq_ignore_ascii_case(&name))
+            {
+                self.execute(statement.into(), Arguments::<B>::default())
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -368,6 +387,43 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         self.execute(self.core.statements.delete.clone(), args)
             .await?;
         Ok(())
+    }
+
+    async fn find_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Record<T>>, StoreError> {
+        let mut args = Arguments::<B>::default();
+        bound(B::bind(&mut args, key))?;
+        bound(B::bind_time(&mut args, now))?;
+        let mut connection = self.core.acquire().await?;
+        let rows = B::fetch_all(&mut connection, self.core.statements.find_by(field), args)
+            .await
+            .map_err(|error| self.core.failed(error))?;
+        let id_column = statements::LOADED_LIBRARY_COLUMNS + T::SCHEMA.columns.len();
+        rows.iter()
+            .map(|row| {
+                let id = statements::decode_id::<B>(row, id_column)?;
+                Self::decode_record(row, id)
+            })
+            .collect()
+    }
+
+    async fn delete_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        except: Option<SessionId>,
+    ) -> Result<u64, StoreError> {
+        let mut args = Arguments::<B>::default();
+        bound(B::bind(&mut args, key))?;
+        if let Some(except) = &except {
+            bound(B::bind_id(&mut args, except))?;
+        }
+        let sql = self.core.statements.delete_by(field, except.is_some());
+        self.execute(sql, args).await
     }
 
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -171,6 +171,28 @@ impl Dialect for MySql {
             .collect()
     }
 
+    async fn index_names(
+        pool: &Pool<sqlx::MySql>,
+        table: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT CAST(index_name AS CHAR) FROM information_schema.statistics \
+             WHERE table_schema = DATABASE() AND table_name = ?",
+        )
+        .bind(table)
+        .fetch_all(pool)
+        .await
+    }
+
+    /// LONGTEXT and LONGBLOB columns are indexed by their first 255
+    /// characters (bytes): enough to tell user ids, emails or names apart.
+    fn index_column(quoted: &str, ty: SqlType) -> String {
+        match ty {
+            SqlType::Text | SqlType::Bytes => format!("{quoted}(255)"),
+            _ => quoted.to_owned(),
+        }
+    }
+
     fn bind(args: &mut MySqlArguments, value: Value<'_>) -> Result<(), BoxDynError> {
         match value {
             Value::Null(_) => args.add(Option::<i64>::None),
@@ -435,6 +457,7 @@ mod tests {
             field: "count",
             sql_type: SqlType::I64,
             nullable: false,
+            indexed: false,
         }];
         let schema = Schema {
             table: "visits",

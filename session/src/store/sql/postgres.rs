@@ -178,6 +178,18 @@ impl Dialect for Postgres {
             .collect()
     }
 
+    async fn index_names(
+        pool: &Pool<sqlx::Postgres>,
+        table: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1",
+        )
+        .bind(table)
+        .fetch_all(pool)
+        .await
+    }
+
     fn bind(args: &mut PgArguments, value: Value<'_>) -> Result<(), BoxDynError> {
         match value {
             Value::Null(ty) => bind_null(args, ty),

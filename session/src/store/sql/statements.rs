@@ -119,6 +119,10 @@ pub(crate) enum StatementKey {
     Update(UpdateShape),
     /// A merged UPDATE of this many rows.
     Merged(MergedShape, usize),
+    /// The live sessions whose field holds a key.
+    FindBy(usize),
+    /// Deleting the sessions whose field holds a key, sparing one id or not.
+    DeleteBy(usize, bool),
     /// A dialect's own statement of this kind and row count (MySQL's locked
     /// update); the kind is the dialect's to number.
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
@@ -265,6 +269,40 @@ impl<B: Dialect> Statements<B> {
             placeholders.push_list(&mut sql, count);
             let _ = write!(sql, ") AND {} > ", quote::<B>("expires_at"));
             placeholders.push(&mut sql, None);
+            sql
+        })
+    }
+
+    /// `SELECT <load columns>, id FROM t WHERE <field> = ? AND expires_at > ?`.
+    pub(crate) fn find_by(&self, field: usize) -> Arc<str> {
+        self.cached(StatementKey::FindBy(field), || {
+            let mut sql = format!(
+                "{} WHERE {} = ",
+                self.load_many,
+                quote::<B>(self.schema.column(field).name)
+            );
+            let mut placeholders = Placeholders::<B>::new();
+            placeholders.push(&mut sql, Some(self.schema.column(field).sql_type));
+            let _ = write!(sql, " AND {} > ", quote::<B>("expires_at"));
+            placeholders.push(&mut sql, None);
+            sql
+        })
+    }
+
+    /// `DELETE FROM t WHERE <field> = ? [AND id <> ?]`.
+    pub(crate) fn delete_by(&self, field: usize, sparing: bool) -> Arc<str> {
+        self.cached(StatementKey::DeleteBy(field, sparing), || {
+            let mut sql = format!(
+                "DELETE FROM {} WHERE {} = ",
+                quote::<B>(self.schema.table),
+                quote::<B>(self.schema.column(field).name)
+            );
+            let mut placeholders = Placeholders::<B>::new();
+            placeholders.push(&mut sql, Some(self.schema.column(field).sql_type));
+            if sparing {
+                let _ = write!(sql, " AND {} <> ", quote::<B>("id"));
+                placeholders.push(&mut sql, None);
+            }
             sql
         })
     }
@@ -487,12 +525,14 @@ mod tests {
             field: "count",
             sql_type: SqlType::I64,
             nullable: false,
+            indexed: false,
         },
         ColumnDef {
             name: "cart",
             field: "cart",
             sql_type: SqlType::Json,
             nullable: false,
+            indexed: false,
         },
     ];
     const SCHEMA: Schema = Schema {

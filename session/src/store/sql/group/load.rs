@@ -50,7 +50,7 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
     }
 
     /// A loaded row (columns as in the load statements) as a record.
-    fn decode_record(row: &Row<B>, id: SessionId) -> Result<Record<T>, StoreError> {
+    pub(crate) fn decode_record(row: &Row<B>, id: SessionId) -> Result<Record<T>, StoreError> {
         let columns = T::SCHEMA.columns;
         let mut values = Vec::with_capacity(columns.len());
         for (offset, column) in columns.iter().enumerate() {

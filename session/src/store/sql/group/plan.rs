@@ -252,6 +252,7 @@ mod tests {
         field: "count",
         sql_type: SqlType::I64,
         nullable: false,
+        indexed: false,
     }];
     const SCHEMA: Schema = Schema {
         table: "visits",

@@ -234,6 +234,16 @@ impl Dialect for Sqlite {
             .collect()
     }
 
+    async fn index_names(
+        pool: &Pool<sqlx::Sqlite>,
+        table: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(r#"SELECT "name" FROM pragma_index_list(?)"#)
+            .bind(table)
+            .fetch_all(pool)
+            .await
+    }
+
     fn bind(args: &mut SqliteArguments, value: Value<'_>) -> Result<(), BoxDynError> {
         match value {
             Value::Null(_) => args.add(Option::<i64>::None),

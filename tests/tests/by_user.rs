@@ -1,0 +1,379 @@
+//! Sessions by user, on every store: list the sessions that share an
+//! indexed value, revoke them all, all but one, or one; revocation is
+//! final; the query is one statement on the column's index.
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{Path, State},
+    routing::{get, post},
+};
+use axum_typed_session::{
+    CachedStore, Session, SessionConfig, SessionData, SessionLayer, SessionQueries, SessionStore,
+    SessionToken, value::Value,
+};
+use chrono::Utc;
+use conformance_tests::{Backend, Client, Reply, conformance, send, sql_conformance};
+use http::StatusCode;
+use tokio::sync::Notify;
+
+#[derive(Session, Default, Debug)]
+#[session(table = "by_user_sessions")]
+struct Auth {
+    #[session(index)]
+    user_id: Option<i64>,
+    #[session(index)]
+    email: Option<String>,
+    note: Option<String>,
+}
+
+const COOKIE: &str = "session";
+
+#[derive(Clone, Default)]
+struct Hold {
+    loaded: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+fn app<S: SessionStore<Auth>>(store: S, hold: Hold) -> Router {
+    Router::new()
+        .route(
+            "/login/{user}",
+            post(|session: Session<Auth>, Path(user): Path<i64>| async move {
+                session.set_user_id(Some(user));
+                session.set_email(Some(format!("user{user}@example.com")));
+                session.renew();
+            }),
+        )
+        .route(
+            "/whoami",
+            get(|session: Session<Auth>| async move {
+                session
+                    .user_id()
+                    .map_or_else(|| "anonymous".to_owned(), |user| user.to_string())
+            }),
+        )
+        .route(
+            "/slow",
+            post(
+                |State(hold): State<Hold>, session: Session<Auth>| async move {
+                    hold.loaded.notify_one();
+                    hold.release.notified().await;
+                    session.set_note(Some("written late".into()));
+                },
+            ),
+        )
+        .with_state(hold)
+        .layer(SessionLayer::new(store, SessionConfig::default()))
+}
+
+fn id_of(client: &Client) -> axum_typed_session::SessionId {
+    SessionToken::parse(client.token.as_deref().expect("a session"))
+        .expect("a token")
+        .id()
+}
+
+async fn login(app: &Router, user: i64) -> Client {
+    let mut client = Client::new(app.clone(), COOKIE);
+    assert_eq!(
+        client.post(&format!("/login/{user}")).await.status,
+        StatusCode::OK
+    );
+    client
+}
+
+/// List, revoke others, revoke one, revoke everywhere; the browsers of
+/// revoked sessions are anonymous on their next request.
+async fn sessions_are_listed_and_revoked_by_user<B: Backend>() {
+    let Some(fixture) = B::open::<Auth>().await else {
+        return;
+    };
+    let store = fixture.store.clone();
+    let app = app(store.clone(), Hold::default());
+    let mut laptop = login(&app, 42).await;
+    let mut phone = login(&app, 42).await;
+    let mut tablet = login(&app, 42).await;
+    let mut other = login(&app, 7).await;
+    let mut anonymous = Client::new(app.clone(), COOKIE);
+    anonymous.get("/whoami").await;
+
+    let mut listed: Vec<_> = store
+        .sessions_by(&Auth::USER_ID, &42)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|info| {
+            assert_eq!(info.data.user_id, Some(42));
+            assert!(info.created_at <= info.expires_at && !info.remember);
+            let config = SessionConfig::default();
+            assert!(info.last_active(&config) >= info.created_at);
+            info.id
+        })
+        .collect();
+    listed.sort();
+    let mut expected = vec![id_of(&laptop), id_of(&phone), id_of(&tablet)];
+    expected.sort();
+    assert_eq!(
+        listed, expected,
+        "the three sessions of user 42, by public id"
+    );
+    // By the second index too.
+    let by_email = store
+        .sessions_by(&Auth::EMAIL, &"user7@example.com".to_owned())
+        .await
+        .expect("by email");
+    assert_eq!(by_email.len(), 1);
+    assert_eq!(by_email[0].id, id_of(&other));
+    // Expired sessions are not listed.
+    let later = Utc::now() + chrono::Duration::days(2);
+    let expired = store
+        .find_by(0, Value::I64(42), later)
+        .await
+        .expect("list later");
+    assert!(expired.is_empty(), "expired rows are ignored");
+
+    // Sign out other devices: the laptop stays.
+    let revoked = store
+        .destroy_by_except(&Auth::USER_ID, &42, &id_of(&laptop))
+        .await
+        .expect("revoke others");
+    assert_eq!(revoked, 2);
+    assert_eq!(laptop.get("/whoami").await.body, "42");
+    assert_eq!(phone.get("/whoami").await.body, "anonymous");
+    // Revoke one listed session.
+    store
+        .destroy_session(&id_of(&other))
+        .await
+        .expect("revoke one");
+    assert_eq!(other.get("/whoami").await.body, "anonymous");
+    // Sign out everywhere.
+    assert_eq!(
+        store
+            .destroy_by(&Auth::USER_ID, &42)
+            .await
+            .expect("everywhere"),
+        1
+    );
+    assert_eq!(laptop.get("/whoami").await.body, "anonymous");
+    assert_eq!(tablet.get("/whoami").await.body, "anonymous");
+    assert_eq!(anonymous.get("/whoami").await.body, "anonymous");
+    assert!(
+        store
+            .sessions_by(&Auth::USER_ID, &42)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    fixture.cleanup().await;
+}
+
+/// A request of a revoked session that is in flight cannot write it back,
+/// and sends no cookie that would replace another.
+async fn revocation_is_final<B: Backend>() {
+    let Some(fixture) = B::open::<Auth>().await else {
+        return;
+    };
+    let hold = Hold::default();
+    let app = app(fixture.store.clone(), hold.clone());
+    let laptop = login(&app, 42).await;
+    let cookie = laptop.cookie_header();
+    let slow = {
+        let app = app.clone();
+        tokio::spawn(async move { send(&app, "POST", "/slow", cookie.as_deref()).await })
+    };
+    hold.loaded.notified().await;
+    let revoked = fixture
+        .store
+        .destroy_by(&Auth::USER_ID, &42)
+        .await
+        .expect("revoke");
+    assert_eq!(revoked, 1);
+    hold.release.notify_one();
+    let slow: Reply = slow.await.expect("slow request");
+    assert_eq!(
+        slow.cookies,
+        Vec::<String>::new(),
+        "no cookie from the dropped write"
+    );
+    assert_eq!(fixture.count_rows().await, 0, "not written back");
+    fixture.cleanup().await;
+}
+
+/// The cache forgets a revoked session at once.
+async fn the_cache_forgets_revoked_sessions<B: Backend>() {
+    let Some(fixture) = B::open::<Auth>().await else {
+        return;
+    };
+    let cached = CachedStore::new(fixture.store.clone(), 100);
+    let app = app(cached.clone(), Hold::default());
+    let mut laptop = login(&app, 42).await;
+    assert_eq!(laptop.get("/whoami").await.body, "42", "now cached");
+    assert_eq!(
+        cached
+            .sessions_by(&Auth::USER_ID, &42)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    cached
+        .destroy_by(&Auth::USER_ID, &42)
+        .await
+        .expect("revoke");
+    assert_eq!(laptop.get("/whoami").await.body, "anonymous");
+    fixture.cleanup().await;
+}
+
+conformance!(
+    sessions_are_listed_and_revoked_by_user,
+    revocation_is_final,
+    the_cache_forgets_revoked_sessions,
+);
+
+/// `migrate()` creates the indexes on a new table, adds them to a table
+/// made without them, and the DDL names them.
+async fn migrate_creates_and_adds_the_indexes<B: Backend>() {
+    #[derive(Session, Default)]
+    #[session(table = "by_user_sessions")]
+    struct Unindexed {
+        user_id: Option<i64>,
+        email: Option<String>,
+        note: Option<String>,
+    }
+    let Some(old) = B::open::<Unindexed>().await else {
+        return;
+    };
+    let fixture = old.other::<Auth>();
+    let names = || async {
+        let query = match B::NAME {
+            name if name.starts_with("SQLite") => {
+                "SELECT name FROM pragma_index_list('by_user_sessions')".to_owned()
+            }
+            name if name.starts_with("PostgreSQL") => {
+                "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'by_user_sessions'".to_owned()
+            }
+            _ => "SELECT DISTINCT CAST(index_name AS CHAR) FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = 'by_user_sessions'".to_owned(),
+        };
+        let mut names: Vec<String> = fixture
+            .rows(&query)
+            .await
+            .into_iter()
+            .filter_map(|row| row.into_iter().next().flatten())
+            .filter(|name| name.ends_with("_idx"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(names().await.is_empty(), "made without them");
+    fixture.migrate().await.expect("migrate adds the indexes");
+    assert_eq!(
+        names().await,
+        ["by_user_sessions_email_idx", "by_user_sessions_user_id_idx"]
+    );
+    fixture
+        .migrate()
+        .await
+        .expect("and again, changing nothing");
+    old.cleanup().await;
+}
+
+/// The listing query runs on the column's index: read from each SQL
+/// backend's own query plan, with enough rows that a scan would cost more.
+async fn the_listing_uses_the_index<B: Backend>()
+where
+    B::Store<Auth>: FindStatement,
+{
+    const ROWS: i64 = 3000;
+    let Some(fixture) = B::open::<Auth>().await else {
+        return;
+    };
+    let sqlite = B::NAME.starts_with("SQLite");
+    let postgres = B::NAME.starts_with("PostgreSQL");
+    let fill = if postgres {
+        format!(
+            "INSERT INTO \"by_user_sessions\" (\"id\", \"expires_at\", \"version\", \"created_at\", \"remember\", \"user_id\") \
+             SELECT decode(lpad(to_hex(g), 64, '0'), 'hex'), now() + interval '1 day', 1, now(), false, g % 300 \
+             FROM generate_series(1, {ROWS}) g"
+        )
+    } else if sqlite {
+        format!(
+            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {ROWS}) \
+             INSERT INTO \"by_user_sessions\" (\"id\", \"expires_at\", \"version\", \"created_at\", \"remember\", \"user_id\") \
+             SELECT randomblob(32), 9999999999999, 1, 0, 0, g % 300 FROM s"
+        )
+    } else {
+        // MariaDB stops a recursive CTE at 1000 rows: three times 1000.
+        "INSERT INTO `by_user_sessions` (`id`, `expires_at`, `version`, `created_at`, `remember`, `user_id`) \
+             WITH RECURSIVE s(g) AS (SELECT 0 UNION ALL SELECT g + 1 FROM s WHERE g < 999) \
+             SELECT UNHEX(SHA2(g + 1000 * k + 1, 256)), NOW() + INTERVAL 1 DAY, 1, NOW(), FALSE, (g + 1000 * k + 1) % 300 \
+             FROM s, (SELECT 0 AS k UNION ALL SELECT 1 UNION ALL SELECT 2) AS t"
+            .to_owned()
+    };
+    fixture.execute(&fill).await;
+    if postgres {
+        fixture.execute("ANALYZE \"by_user_sessions\"").await;
+    }
+    // The store's own statement, with its two parameters written in.
+    let statement = fixture.store.find_statement();
+    let literal = if sqlite {
+        statement.replacen('?', "42", 1).replacen('?', "0", 1)
+    } else if postgres {
+        statement.replace("$1", "42").replace("$2", "now()")
+    } else {
+        statement.replacen('?', "42", 1).replacen('?', "NOW()", 1)
+    };
+    let explain = if sqlite {
+        format!("EXPLAIN QUERY PLAN {literal}")
+    } else {
+        format!("EXPLAIN {literal}")
+    };
+    let plan = fixture
+        .rows(&explain)
+        .await
+        .into_iter()
+        .map(|row| row.into_iter().flatten().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        plan.contains("by_user_sessions_user_id_idx"),
+        "{}: the plan does not use the index:\n{plan}",
+        B::NAME
+    );
+    eprintln!("{}: {plan}", B::NAME);
+    // And the store answers through it: 3000 / 300 rows per user.
+    let found = fixture
+        .store
+        .sessions_by(&Auth::USER_ID, &42)
+        .await
+        .expect("list");
+    assert_eq!(found.len(), 10);
+    fixture.cleanup().await;
+}
+
+/// The text of a SQL store's query by `user_id`.
+trait FindStatement {
+    fn find_statement(&self) -> String;
+}
+
+impl<D: axum_typed_session::store::sql::Backend> FindStatement
+    for axum_typed_session::store::sql::SqlStore<D, Auth>
+{
+    fn find_statement(&self) -> String {
+        let field = <Auth as SessionData>::SCHEMA
+            .columns
+            .iter()
+            .position(|column| column.name == "user_id")
+            .expect("the user_id column");
+        self.find_by_statement(field).to_string()
+    }
+}
+
+mod sql {
+    use super::*;
+
+    sql_conformance!(
+        migrate_creates_and_adds_the_indexes,
+        the_listing_uses_the_index
+    );
+}
