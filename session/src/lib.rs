@@ -81,7 +81,7 @@ pub use layer::{MAX_CONFLICT_BACKOFF, MAX_WRITE_ATTEMPTS, SessionLayer, SessionS
 pub use query::{Index, SessionInfo, SessionQueries};
 pub use request::Updated;
 pub use store::{CachedStore, MemoryStore, Record, SessionStore, Update};
-pub use token::{SessionId, SessionToken};
+pub use token::{ParseSessionIdError, SessionId, SessionToken};
 
 /// A session store on SQLite.
 #[cfg(feature = "sqlite")]

@@ -91,6 +91,38 @@ impl fmt::Display for SessionId {
     }
 }
 
+/// The id as [`Display`](fmt::Display) writes it (64 hex digits) did not parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a session id is 64 hexadecimal digits")]
+pub struct ParseSessionIdError;
+
+impl std::str::FromStr for SessionId {
+    type Err = ParseSessionIdError;
+
+    /// Parses the 64 hex digits [`Display`](fmt::Display) writes: what a
+    /// "revoke this device" form posts back.
+    ///
+    /// ```
+    /// use axum_typed_session::{SessionId, SessionToken};
+    ///
+    /// let id = SessionToken::generate().id();
+    /// assert_eq!(id.to_string().parse::<SessionId>(), Ok(id));
+    /// assert!("not an id".parse::<SessionId>().is_err());
+    /// ```
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.as_bytes();
+        if text.len() != 64 {
+            return Err(ParseSessionIdError);
+        }
+        let digit = |byte: u8| (byte as char).to_digit(16).ok_or(ParseSessionIdError);
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+            *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+        }
+        Ok(Self(bytes))
+    }
+}
+
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SessionId({self})")
