@@ -9,6 +9,7 @@ use crate::{
     config::SessionConfig,
     data::SessionData,
     error::StoreError,
+    events::{DestroyedBy, EventKind, SessionEvent, about},
     store::{Record, SessionStore},
     token::SessionId,
     value::{Column, Value},
@@ -138,7 +139,7 @@ pub trait SessionQueries<T: SessionData>: SessionStore<T> {
         index: &Index<T, K>,
         key: &K,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        self.delete_by(index.field, index.key(key), None)
+        revoke(self, index.field, index.key(key), None)
     }
 
     /// The same, sparing the session `keep` ("sign out other devices").
@@ -148,7 +149,7 @@ pub trait SessionQueries<T: SessionData>: SessionStore<T> {
         key: &K,
         keep: &SessionId,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        self.delete_by(index.field, index.key(key), Some(*keep))
+        revoke(self, index.field, index.key(key), Some(*keep))
     }
 
     /// Deletes one session by its public id (a "revoke" button).
@@ -156,8 +157,41 @@ pub trait SessionQueries<T: SessionData>: SessionStore<T> {
         &self,
         id: &SessionId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.delete(id)
+        let id = *id;
+        async move {
+            self.delete(&id).await?;
+            if let Some(events) = self.events() {
+                events.emit(about::<T>(
+                    EventKind::Destroyed {
+                        by: DestroyedBy::Revoke,
+                    },
+                    id,
+                    None,
+                ));
+            }
+            Ok(())
+        }
     }
+}
+
+/// Deletes by an indexed value and reports it.
+async fn revoke<T: SessionData, S: SessionStore<T>>(
+    store: &S,
+    field: usize,
+    key: Value<'static>,
+    spared: Option<SessionId>,
+) -> Result<u64, StoreError> {
+    let count = store.delete_by(field, key.clone(), spared).await?;
+    if let Some(events) = store.events() {
+        events.emit(SessionEvent {
+            kind: EventKind::Revoked { count, spared },
+            session: T::SCHEMA.struct_name,
+            id: None,
+            indexed: vec![(T::SCHEMA.column(field).name, key)],
+            at: Utc::now(),
+        });
+    }
+    Ok(count)
 }
 
 impl<T: SessionData, S: SessionStore<T>> SessionQueries<T> for S {}

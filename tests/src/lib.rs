@@ -76,6 +76,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// A store for another struct on the same database.
     fn store_on<U: SessionData>(raw: &Raw) -> Self::Store<U>;
 
+    /// The fixture's store again, sending lifecycle events to `events`.
+    fn with_events<U: SessionData>(
+        store: &Self::Store<U>,
+        raw: &Raw,
+        events: axum_typed_session::SessionEvents,
+    ) -> Self::Store<U>;
+
     /// Like [`open_unmigrated`](Self::open_unmigrated), then `migrate()`d.
     fn open<T: SessionData>() -> impl std::future::Future<Output = Option<Fixture<Self, T>>> + Send
     {
@@ -102,6 +109,11 @@ pub enum Raw {
 }
 
 impl<B: Backend, T: SessionData> Fixture<B, T> {
+    /// The fixture's store, sending lifecycle events to `events`.
+    pub fn store_with_events(&self, events: axum_typed_session::SessionEvents) -> B::Store<T> {
+        B::with_events(&self.store, &self.raw, events)
+    }
+
     /// A fixture for another struct on the same database (cleaned up by this one).
     pub fn other<U: SessionData>(&self) -> Fixture<B, U> {
         let raw = match &self.raw {
@@ -320,6 +332,14 @@ impl Backend for Memory {
         MemoryStore::new()
     }
 
+    fn with_events<U: SessionData>(
+        store: &MemoryStore<U>,
+        _: &Raw,
+        events: axum_typed_session::SessionEvents,
+    ) -> MemoryStore<U> {
+        store.clone().with_events(events)
+    }
+
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
         let store = MemoryStore::<T>::new();
         let counted = store.clone();
@@ -337,6 +357,17 @@ impl Backend for Sqlite {
     fn store_on<U: SessionData>(raw: &Raw) -> SqliteStore<U> {
         match raw {
             Raw::Sqlite(pool, _) => SqliteStore::new(pool.clone()),
+            _ => unreachable!("an SQLite fixture holds an SQLite pool"),
+        }
+    }
+
+    fn with_events<U: SessionData>(
+        _: &SqliteStore<U>,
+        raw: &Raw,
+        events: axum_typed_session::SessionEvents,
+    ) -> SqliteStore<U> {
+        match raw {
+            Raw::Sqlite(pool, _) => SqliteStore::builder().events(events).build(pool.clone()),
             _ => unreachable!("an SQLite fixture holds an SQLite pool"),
         }
     }
@@ -433,6 +464,17 @@ impl Backend for Postgres {
         }
     }
 
+    fn with_events<U: SessionData>(
+        _: &PgStore<U>,
+        raw: &Raw,
+        events: axum_typed_session::SessionEvents,
+    ) -> PgStore<U> {
+        match raw {
+            Raw::Postgres(pool, _) => PgStore::builder().events(events).build(pool.clone()),
+            _ => unreachable!("a PostgreSQL fixture holds a PostgreSQL pool"),
+        }
+    }
+
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
         let (pool, schema) = postgres_pool().await?;
         let store = PgStore::<T>::new(pool.clone());
@@ -450,6 +492,17 @@ impl Backend for MySql {
     fn store_on<U: SessionData>(raw: &Raw) -> MySqlStore<U> {
         match raw {
             Raw::MySql(pool, _) => MySqlStore::new(pool.clone()),
+            _ => unreachable!("a MariaDB fixture holds a MariaDB pool"),
+        }
+    }
+
+    fn with_events<U: SessionData>(
+        _: &MySqlStore<U>,
+        raw: &Raw,
+        events: axum_typed_session::SessionEvents,
+    ) -> MySqlStore<U> {
+        match raw {
+            Raw::MySql(pool, _) => MySqlStore::builder().events(events).build(pool.clone()),
             _ => unreachable!("a MariaDB fixture holds a MariaDB pool"),
         }
     }
@@ -506,6 +559,20 @@ impl Backend for SqliteUngrouped {
         }
     }
 
+    fn with_events<U: SessionData>(
+        _: &SqliteStore<U>,
+        raw: &Raw,
+        events: axum_typed_session::SessionEvents,
+    ) -> SqliteStore<U> {
+        match raw {
+            Raw::Sqlite(pool, _) => SqliteStore::builder()
+                .group_commit(false)
+                .events(events)
+                .build(pool.clone()),
+            _ => unreachable!("an SQLite fixture holds an SQLite pool"),
+        }
+    }
+
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
         Some(sqlite_fixture("axum_typed_session_ungrouped", false).await)
     }
@@ -518,6 +585,20 @@ impl Backend for PostgresUngrouped {
     fn store_on<U: SessionData>(raw: &Raw) -> PgStore<U> {
         match raw {
             Raw::Postgres(pool, _) => PgStore::builder().group_commit(false).build(pool.clone()),
+            _ => unreachable!("a PostgreSQL fixture holds a PostgreSQL pool"),
+        }
+    }
+
+    fn with_events<U: SessionData>(
+        _: &PgStore<U>,
+        raw: &Raw,
+        events: axum_typed_session::SessionEvents,
+    ) -> PgStore<U> {
+        match raw {
+            Raw::Postgres(pool, _) => PgStore::builder()
+                .group_commit(false)
+                .events(events)
+                .build(pool.clone()),
             _ => unreachable!("a PostgreSQL fixture holds a PostgreSQL pool"),
         }
     }
@@ -540,6 +621,20 @@ impl Backend for MySqlUngrouped {
         match raw {
             Raw::MySql(pool, _) => MySqlStore::builder()
                 .group_commit(false)
+                .build(pool.clone()),
+            _ => unreachable!("a MariaDB fixture holds a MariaDB pool"),
+        }
+    }
+
+    fn with_events<U: SessionData>(
+        _: &MySqlStore<U>,
+        raw: &Raw,
+        events: axum_typed_session::SessionEvents,
+    ) -> MySqlStore<U> {
+        match raw {
+            Raw::MySql(pool, _) => MySqlStore::builder()
+                .group_commit(false)
+                .events(events)
                 .build(pool.clone()),
             _ => unreachable!("a MariaDB fixture holds a MariaDB pool"),
         }

@@ -377,3 +377,148 @@ mod sql {
         the_listing_uses_the_index
     );
 }
+
+/// What a listener hears: created (with the indexed values), renewed,
+/// destroyed by the request, revoked by value and by id, purged; never a
+/// token.
+async fn lifecycle_events_are_heard<B: Backend>() {
+    use axum_typed_session::{DestroyedBy, EventKind, SessionEvents};
+    let Some(fixture) = B::open::<Auth>().await else {
+        return;
+    };
+    let (events, mut heard) = SessionEvents::channel(64);
+    let store = fixture.store_with_events(events.clone());
+    let app = Router::new()
+        .route(
+            "/login/{user}",
+            post(|session: Session<Auth>, Path(user): Path<i64>| async move {
+                session.set_user_id(Some(user));
+                session.renew();
+            }),
+        )
+        .route(
+            "/logout",
+            post(|session: Session<Auth>| async move { session.destroy() }),
+        )
+        .layer(SessionLayer::new(
+            store.clone(),
+            SessionConfig::default()
+                .with_idle_timeout(std::time::Duration::from_secs(1))
+                .with_purge_interval(None),
+        ));
+    let mut next = || heard.try_recv().expect("an event");
+    // Every indexed field of the session, NULL ones included.
+    let indexed = |value: i64| {
+        vec![
+            ("user_id", Value::I64(value)),
+            (
+                "email",
+                Value::Null(axum_typed_session::value::SqlType::Text),
+            ),
+        ]
+    };
+
+    let mut laptop = Client::new(app.clone(), COOKIE);
+    laptop.post("/login/42").await;
+    let created = next();
+    assert_eq!(
+        (&created.kind, &created.indexed),
+        (&EventKind::Created, &indexed(42))
+    );
+    assert_eq!(created.id, Some(id_of(&laptop)));
+    assert_eq!(created.session, "Auth");
+
+    let before = id_of(&laptop);
+    laptop.post("/login/42").await;
+    let renewed = next();
+    assert_eq!(renewed.kind, EventKind::Renewed { from: before });
+    assert_eq!(renewed.id, Some(id_of(&laptop)));
+
+    laptop.post("/logout").await;
+    let destroyed = next();
+    assert_eq!(
+        destroyed.kind,
+        EventKind::Destroyed {
+            by: DestroyedBy::Request
+        }
+    );
+    assert_eq!(destroyed.indexed, indexed(42));
+
+    let phone = {
+        let mut phone = Client::new(app.clone(), COOKIE);
+        phone.post("/login/7").await;
+        next();
+        phone
+    };
+    let mut tablet = Client::new(app.clone(), COOKIE);
+    tablet.post("/login/7").await;
+    next();
+    assert_eq!(
+        store
+            .destroy_by_except(&Auth::USER_ID, &7, &id_of(&phone))
+            .await
+            .unwrap(),
+        1
+    );
+    let revoked = next();
+    assert_eq!(
+        revoked.kind,
+        EventKind::Revoked {
+            count: 1,
+            spared: Some(id_of(&phone))
+        }
+    );
+    assert_eq!(
+        revoked.indexed,
+        vec![("user_id", Value::I64(7))],
+        "the value revoked by"
+    );
+    store.destroy_session(&id_of(&phone)).await.unwrap();
+    assert_eq!(
+        next().kind,
+        EventKind::Destroyed {
+            by: DestroyedBy::Revoke
+        }
+    );
+
+    // An expired session, purged.
+    tablet.post("/login/9").await;
+    next();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let layer = SessionLayer::new(
+        store.clone(),
+        SessionConfig::default().with_purge_interval(None),
+    );
+    assert_eq!(layer.purge_expired().await.unwrap(), 1);
+    assert_eq!(next().kind, EventKind::Purged { count: 1 });
+    assert!(heard.try_recv().is_none(), "nothing more");
+    assert_eq!(events.dropped(), 0);
+    fixture.cleanup().await;
+}
+
+/// A listener that never reads slows and fails nothing: events past the
+/// queue's room are dropped and counted.
+async fn a_stuck_listener_never_slows_requests<B: Backend>() {
+    use axum_typed_session::SessionEvents;
+    let Some(fixture) = B::open::<Auth>().await else {
+        return;
+    };
+    let (events, _never_read) = SessionEvents::channel(1);
+    let app = app(fixture.store_with_events(events.clone()), Hold::default());
+    for user in 0..5 {
+        let mut client = Client::new(app.clone(), COOKIE);
+        let reply = client.post(&format!("/login/{user}")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(events.dropped(), 4, "one queued, four dropped");
+    fixture.cleanup().await;
+}
+
+mod events {
+    use super::*;
+
+    conformance!(
+        lifecycle_events_are_heard,
+        a_stuck_listener_never_slows_requests
+    );
+}

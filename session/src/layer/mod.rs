@@ -341,7 +341,19 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
     pub(crate) async fn purge_expired(&self) -> Result<u64, StoreError> {
         let now = Utc::now();
         let in_memory = self.memory.purge_expired(now).await?;
-        Ok(in_memory + self.store.purge_expired(now).await?)
+        let stored = self.store.purge_expired(now).await?;
+        if stored > 0
+            && let Some(events) = self.store.events()
+        {
+            events.emit(crate::events::SessionEvent {
+                kind: crate::events::EventKind::Purged { count: stored },
+                session: T::SCHEMA.struct_name,
+                id: None,
+                indexed: Vec::new(),
+                at: now,
+            });
+        }
+        Ok(in_memory + stored)
     }
 
     fn cookie(

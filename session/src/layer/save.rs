@@ -9,6 +9,7 @@ use crate::{
     cookie::Presented,
     data::SessionData,
     error::StoreError,
+    events::{DestroyedBy, EventKind, about},
     request::{After, Changes, Location, RequestState, Saved, StoredMeta, changed_fields},
     store::{Record, SessionStore, Update},
     token::SessionToken,
@@ -73,7 +74,7 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         };
         let now = Utc::now();
         if destroy {
-            return self.destroy(stored, presented.is_some()).await;
+            return self.destroy(stored, presented.is_some(), &data).await;
         }
         let Some(stored) = stored else {
             let worth_keeping =
@@ -110,9 +111,18 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         &self,
         stored: Option<StoredMeta>,
         presented: bool,
+        data: &T,
     ) -> Result<Saved<T>, StoreError> {
         if let Some(stored) = stored {
             self.delete_at(stored.location, &stored.id).await?;
+            self.emit(
+                stored.location,
+                EventKind::Destroyed {
+                    by: DestroyedBy::Request,
+                },
+                stored.id,
+                data,
+            );
         }
         Ok(Saved {
             headers: if presented {
@@ -154,6 +164,7 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         self.insert_at(location, &record).await?;
         // The id (a hash) is safe to log; the token never is.
         tracing::debug!(session = T::SCHEMA.struct_name, id = %record.id, ?location, "new session");
+        self.emit(location, EventKind::Created, record.id, &record.data);
         Ok(self.stored(record, location, token, now, true))
     }
 
@@ -283,6 +294,14 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
                     // A stored session was always presented with a token.
                     return Ok(unchanged());
                 };
+                if let Some(new_id) = update.new_id {
+                    self.emit(
+                        stored.location,
+                        EventKind::Renewed { from: stored.id },
+                        new_id,
+                        &data,
+                    );
+                }
                 let record = Record {
                     id: update.new_id.unwrap_or(stored.id),
                     data,
@@ -338,6 +357,16 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
             headers: Vec::new(),
             after: After::Gone,
         })
+    }
+
+    /// Reports a lifecycle event of a session kept in the store (sessions
+    /// kept in memory until they are storable are not yet anyone's).
+    fn emit(&self, location: Location, kind: EventKind, id: crate::token::SessionId, data: &T) {
+        if location == Location::Store
+            && let Some(events) = self.store.events()
+        {
+            events.emit(about(kind, id, Some(data)));
+        }
     }
 
     /// Another request wrote first: the request's changes replayed on the

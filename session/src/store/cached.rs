@@ -182,6 +182,10 @@ impl<S: SessionStore<T>, T: SessionData> SessionStore<T> for CachedStore<S, T> {
         self.inner.delete(id).await
     }
 
+    fn events(&self) -> Option<&crate::events::SessionEvents> {
+        self.inner.events()
+    }
+
     async fn find_by(
         &self,
         field: usize,

@@ -8,6 +8,7 @@ use std::{
 use chrono::{DateTime, Utc};
 
 use super::{Record, SessionStore, Update};
+use crate::events::SessionEvents;
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -47,6 +48,7 @@ const SHARDS: usize = 16;
 /// ```
 pub struct MemoryStore<T> {
     shards: Arc<[Shard<T>; SHARDS]>,
+    events: Option<SessionEvents>,
 }
 
 type Shard<T> = RwLock<HashMap<SessionId, Record<T>>>;
@@ -63,6 +65,7 @@ impl<T> Clone for MemoryStore<T> {
     fn clone(&self) -> Self {
         Self {
             shards: self.shards.clone(),
+            events: self.events.clone(),
         }
     }
 }
@@ -71,6 +74,7 @@ impl<T> Default for MemoryStore<T> {
     fn default() -> Self {
         Self {
             shards: Arc::new(std::array::from_fn(|_| RwLock::new(HashMap::new()))),
+            events: None,
         }
     }
 }
@@ -79,6 +83,14 @@ impl<T> MemoryStore<T> {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sends this handle's lifecycle events to `events` (see
+    /// [`SessionEvents`]).
+    #[must_use]
+    pub fn with_events(mut self, events: SessionEvents) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// How many sessions are held, expired ones not yet purged included.
@@ -142,6 +154,10 @@ impl<T: SessionData> SessionStore<T> for MemoryStore<T> {
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         write(self.shard(id)).remove(id);
         Ok(())
+    }
+
+    fn events(&self) -> Option<&SessionEvents> {
+        self.events.as_ref()
     }
 
     async fn find_by(

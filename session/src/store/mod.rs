@@ -82,6 +82,12 @@ pub trait SessionStore<T: SessionData>: Clone + Send + Sync + 'static {
         }
     }
 
+    /// Where this store sends lifecycle events, if anywhere (default:
+    /// nowhere). The layer and the queries report through it.
+    fn events(&self) -> Option<&crate::events::SessionEvents> {
+        None
+    }
+
     /// Deletes expired sessions, returns how many.
     fn purge_expired(
         &self,

@@ -389,6 +389,10 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         Ok(())
     }
 
+    fn events(&self) -> Option<&crate::events::SessionEvents> {
+        self.core.options.events.as_ref()
+    }
+
     async fn find_by(
         &self,
         field: usize,

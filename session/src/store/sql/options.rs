@@ -22,6 +22,8 @@ pub struct StoreOptions {
     /// How long a request waits for a connection, or for its turn in a
     /// group, before the database counts as unavailable.
     pub(crate) acquire_timeout: std::time::Duration,
+    /// Where lifecycle events go.
+    pub(crate) events: Option<crate::events::SessionEvents>,
 }
 
 /// Builds a [`SqlStore`] with options; from
@@ -67,6 +69,7 @@ impl<B: Backend, T: SessionData> SqlStoreBuilder<B, T> {
                 group_commit: true,
                 background_checkpoints: None,
                 acquire_timeout: super::health::DEFAULT_ACQUIRE_TIMEOUT,
+                events: None,
             },
             pool: PoolOptions::new().acquire_timeout(super::health::DEFAULT_ACQUIRE_TIMEOUT),
             _store: PhantomData,
@@ -143,6 +146,14 @@ impl<B: Backend, T: SessionData> SqlStoreBuilder<B, T> {
     /// answered only after the commit that holds its write.
     pub fn group_commit(mut self, enabled: bool) -> Self {
         self.options.group_commit = enabled;
+        self
+    }
+
+    /// Sends the store's lifecycle events (created, renewed, destroyed,
+    /// revoked, purged) to `events`; see
+    /// [`SessionEvents`](crate::SessionEvents).
+    pub fn events(mut self, events: crate::events::SessionEvents) -> Self {
+        self.options.events = Some(events);
         self
     }
 
