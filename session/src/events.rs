@@ -34,6 +34,15 @@ pub enum EventKind {
         /// The session spared (`destroy_by_except`).
         spared: Option<SessionId>,
     },
+    /// A write set the value in `indexed`, and `count` older sessions with
+    /// it were destroyed to keep the cap
+    /// ([`max_sessions`](crate::store::sql::SqlStoreBuilder::max_sessions)).
+    Capped {
+        /// How many.
+        count: u64,
+        /// The cap.
+        max: u32,
+    },
     /// `count` expired sessions were deleted by the purge.
     Purged {
         /// How many.

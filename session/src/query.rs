@@ -42,8 +42,13 @@ impl<T, K> Index<T, K> {
         }
     }
 
-    fn key(&self, key: &K) -> Value<'static> {
+    pub(crate) fn key(&self, key: &K) -> Value<'static> {
         (self.key)(key)
+    }
+
+    /// The field's position in the struct.
+    pub(crate) fn field(&self) -> usize {
+        self.field
     }
 }
 

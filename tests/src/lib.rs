@@ -76,11 +76,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// A store for another struct on the same database.
     fn store_on<U: SessionData>(raw: &Raw) -> Self::Store<U>;
 
-    /// The fixture's store again, sending lifecycle events to `events`.
-    fn with_events<U: SessionData>(
+    /// The fixture's store again (on the same pool), tuned.
+    fn tuned<U: SessionData>(
         store: &Self::Store<U>,
         raw: &Raw,
-        events: axum_typed_session::SessionEvents,
+        tuning: Tuning<U>,
     ) -> Self::Store<U>;
 
     /// Like [`open_unmigrated`](Self::open_unmigrated), then `migrate()`d.
@@ -111,7 +111,19 @@ pub enum Raw {
 impl<B: Backend, T: SessionData> Fixture<B, T> {
     /// The fixture's store, sending lifecycle events to `events`.
     pub fn store_with_events(&self, events: axum_typed_session::SessionEvents) -> B::Store<T> {
-        B::with_events(&self.store, &self.raw, events)
+        B::tuned(
+            &self.store,
+            &self.raw,
+            Tuning {
+                events: Some(events),
+                cap: None,
+            },
+        )
+    }
+
+    /// The fixture's store (on the same pool), tuned.
+    pub fn tuned_store(&self, tuning: Tuning<T>) -> B::Store<T> {
+        B::tuned(&self.store, &self.raw, tuning)
     }
 
     /// A fixture for another struct on the same database (cleaned up by this one).
@@ -128,11 +140,28 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
         }
     }
 
+    /// Like [`independent_store`](Self::independent_store), tuned.
+    pub async fn independent_tuned_store(&self, tuning: Tuning<T>) -> B::Store<T> {
+        let raw = self.independent_raw().await;
+        let store = raw
+            .as_ref()
+            .map_or_else(|| self.store.clone(), |raw| B::store_on::<T>(raw));
+        B::tuned(&store, raw.as_ref().unwrap_or(&self.raw), tuning)
+    }
+
     /// A store for `T` on the same database through a pool of its own, as a
     /// second app instance has (memory: the same store, there is no other).
     pub async fn independent_store(&self) -> B::Store<T> {
-        let raw = match &self.raw {
-            Raw::Memory(_) => return self.store.clone(),
+        match self.independent_raw().await {
+            Some(raw) => B::store_on::<T>(&raw),
+            None => self.store.clone(),
+        }
+    }
+
+    /// A second pool on the same database (`None` for memory).
+    async fn independent_raw(&self) -> Option<Raw> {
+        Some(match &self.raw {
+            Raw::Memory(_) => return None,
             Raw::Sqlite(pool, path) => Raw::Sqlite(
                 SqlitePoolOptions::new()
                     .connect_with((*pool.connect_options()).clone())
@@ -154,8 +183,7 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
                     .expect("second MariaDB pool"),
                 database.clone(),
             ),
-        };
-        B::store_on::<T>(&raw)
+        })
     }
 
     /// `migrate()` on the SQL stores; nothing to do in memory.
@@ -332,12 +360,15 @@ impl Backend for Memory {
         MemoryStore::new()
     }
 
-    fn with_events<U: SessionData>(
-        store: &MemoryStore<U>,
-        _: &Raw,
-        events: axum_typed_session::SessionEvents,
-    ) -> MemoryStore<U> {
-        store.clone().with_events(events)
+    fn tuned<U: SessionData>(store: &MemoryStore<U>, _: &Raw, tuning: Tuning<U>) -> MemoryStore<U> {
+        let mut store = store.clone();
+        if let Some(events) = tuning.events {
+            store = store.with_events(events);
+        }
+        if let Some((index, max)) = tuning.cap {
+            store = store.with_max_sessions(index, max);
+        }
+        store
     }
 
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
@@ -361,13 +392,9 @@ impl Backend for Sqlite {
         }
     }
 
-    fn with_events<U: SessionData>(
-        _: &SqliteStore<U>,
-        raw: &Raw,
-        events: axum_typed_session::SessionEvents,
-    ) -> SqliteStore<U> {
+    fn tuned<U: SessionData>(_: &SqliteStore<U>, raw: &Raw, tuning: Tuning<U>) -> SqliteStore<U> {
         match raw {
-            Raw::Sqlite(pool, _) => SqliteStore::builder().events(events).build(pool.clone()),
+            Raw::Sqlite(pool, _) => SqliteStore::builder().tune(tuning).build(pool.clone()),
             _ => unreachable!("an SQLite fixture holds an SQLite pool"),
         }
     }
@@ -464,13 +491,9 @@ impl Backend for Postgres {
         }
     }
 
-    fn with_events<U: SessionData>(
-        _: &PgStore<U>,
-        raw: &Raw,
-        events: axum_typed_session::SessionEvents,
-    ) -> PgStore<U> {
+    fn tuned<U: SessionData>(_: &PgStore<U>, raw: &Raw, tuning: Tuning<U>) -> PgStore<U> {
         match raw {
-            Raw::Postgres(pool, _) => PgStore::builder().events(events).build(pool.clone()),
+            Raw::Postgres(pool, _) => PgStore::builder().tune(tuning).build(pool.clone()),
             _ => unreachable!("a PostgreSQL fixture holds a PostgreSQL pool"),
         }
     }
@@ -496,13 +519,9 @@ impl Backend for MySql {
         }
     }
 
-    fn with_events<U: SessionData>(
-        _: &MySqlStore<U>,
-        raw: &Raw,
-        events: axum_typed_session::SessionEvents,
-    ) -> MySqlStore<U> {
+    fn tuned<U: SessionData>(_: &MySqlStore<U>, raw: &Raw, tuning: Tuning<U>) -> MySqlStore<U> {
         match raw {
-            Raw::MySql(pool, _) => MySqlStore::builder().events(events).build(pool.clone()),
+            Raw::MySql(pool, _) => MySqlStore::builder().tune(tuning).build(pool.clone()),
             _ => unreachable!("a MariaDB fixture holds a MariaDB pool"),
         }
     }
@@ -541,6 +560,32 @@ where
     }
 }
 
+/// Options a test builds a store with.
+pub struct Tuning<U: 'static> {
+    pub events: Option<axum_typed_session::SessionEvents>,
+    pub cap: Option<(&'static axum_typed_session::Index<U, i64>, u32)>,
+}
+
+/// Applies a [`Tuning`] to a SQL store's builder.
+trait Tune<U: 'static>: Sized {
+    fn tune(self, tuning: Tuning<U>) -> Self;
+}
+
+impl<B: axum_typed_session::store::sql::Backend, U: SessionData> Tune<U>
+    for axum_typed_session::store::sql::SqlStoreBuilder<B, U>
+{
+    fn tune(self, tuning: Tuning<U>) -> Self {
+        let mut builder = self;
+        if let Some(events) = tuning.events {
+            builder = builder.events(events);
+        }
+        if let Some((index, max)) = tuning.cap {
+            builder = builder.max_sessions(index, max);
+        }
+        builder
+    }
+}
+
 /// The SQL stores again with group commit off: every load and write alone.
 pub enum SqliteUngrouped {}
 pub enum PostgresUngrouped {}
@@ -559,15 +604,11 @@ impl Backend for SqliteUngrouped {
         }
     }
 
-    fn with_events<U: SessionData>(
-        _: &SqliteStore<U>,
-        raw: &Raw,
-        events: axum_typed_session::SessionEvents,
-    ) -> SqliteStore<U> {
+    fn tuned<U: SessionData>(_: &SqliteStore<U>, raw: &Raw, tuning: Tuning<U>) -> SqliteStore<U> {
         match raw {
             Raw::Sqlite(pool, _) => SqliteStore::builder()
                 .group_commit(false)
-                .events(events)
+                .tune(tuning)
                 .build(pool.clone()),
             _ => unreachable!("an SQLite fixture holds an SQLite pool"),
         }
@@ -589,15 +630,11 @@ impl Backend for PostgresUngrouped {
         }
     }
 
-    fn with_events<U: SessionData>(
-        _: &PgStore<U>,
-        raw: &Raw,
-        events: axum_typed_session::SessionEvents,
-    ) -> PgStore<U> {
+    fn tuned<U: SessionData>(_: &PgStore<U>, raw: &Raw, tuning: Tuning<U>) -> PgStore<U> {
         match raw {
             Raw::Postgres(pool, _) => PgStore::builder()
                 .group_commit(false)
-                .events(events)
+                .tune(tuning)
                 .build(pool.clone()),
             _ => unreachable!("a PostgreSQL fixture holds a PostgreSQL pool"),
         }
@@ -626,15 +663,11 @@ impl Backend for MySqlUngrouped {
         }
     }
 
-    fn with_events<U: SessionData>(
-        _: &MySqlStore<U>,
-        raw: &Raw,
-        events: axum_typed_session::SessionEvents,
-    ) -> MySqlStore<U> {
+    fn tuned<U: SessionData>(_: &MySqlStore<U>, raw: &Raw, tuning: Tuning<U>) -> MySqlStore<U> {
         match raw {
             Raw::MySql(pool, _) => MySqlStore::builder()
                 .group_commit(false)
-                .events(events)
+                .tune(tuning)
                 .build(pool.clone()),
             _ => unreachable!("a MariaDB fixture holds a MariaDB pool"),
         }

@@ -522,3 +522,107 @@ mod events {
         a_stuck_listener_never_slows_requests
     );
 }
+
+fn capped<B: Backend>(
+    fixture: &conformance_tests::Fixture<B, Auth>,
+    events: Option<axum_typed_session::SessionEvents>,
+) -> B::Store<Auth> {
+    fixture.tuned_store(conformance_tests::Tuning {
+        events,
+        cap: Some((&Auth::USER_ID, 2)),
+    })
+}
+
+/// With at most 2 sessions per user, a third sign-in destroys the oldest;
+/// the written one is always kept; the listener hears it.
+async fn the_cap_keeps_the_newest_sessions<B: Backend>() {
+    use axum_typed_session::{EventKind, SessionEvents};
+    let Some(fixture) = B::open::<Auth>().await else {
+        return;
+    };
+    let (events, mut heard) = SessionEvents::channel(64);
+    let store = capped(&fixture, Some(events));
+    let app = app(store.clone(), Hold::default());
+    let mut first = login(&app, 42).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let mut second = login(&app, 42).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let mut third = login(&app, 42).await;
+    let mut left: Vec<_> = store
+        .sessions_by(&Auth::USER_ID, &42)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|info| info.id)
+        .collect();
+    left.sort();
+    let mut expected = vec![id_of(&second), id_of(&third)];
+    expected.sort();
+    assert_eq!(left, expected, "the two newest");
+    assert_eq!(first.get("/whoami").await.body, "anonymous");
+    assert_eq!(second.get("/whoami").await.body, "42");
+    assert_eq!(third.get("/whoami").await.body, "42");
+    // Other users are not touched.
+    let mut other = login(&app, 7).await;
+    assert_eq!(other.get("/whoami").await.body, "7");
+    let capped: Vec<_> = std::iter::from_fn(|| heard.try_recv())
+        .filter(|event| matches!(event.kind, EventKind::Capped { .. }))
+        .collect();
+    assert_eq!(capped.len(), 1, "{capped:?}");
+    assert_eq!(capped[0].kind, EventKind::Capped { count: 1, max: 2 });
+    assert_eq!(capped[0].id, Some(id_of(&third)));
+    fixture.cleanup().await;
+}
+
+/// Concurrent sign-ins of one user end with at most the cap — through two
+/// app instances on separate pools as well.
+async fn concurrent_sign_ins_end_within_the_cap<B: Backend>() {
+    const SIGN_INS: usize = 16;
+    let Some(fixture) = B::open::<Auth>().await else {
+        return;
+    };
+    let one = app(capped(&fixture, None), Hold::default());
+    // A second app instance: its own pool on the same database.
+    let other = fixture
+        .independent_tuned_store(conformance_tests::Tuning {
+            events: None,
+            cap: Some((&Auth::USER_ID, 2)),
+        })
+        .await;
+    let two = app(other, Hold::default());
+    let requests: Vec<_> = (0..SIGN_INS)
+        .map(|index| {
+            let app = if index % 2 == 0 {
+                one.clone()
+            } else {
+                two.clone()
+            };
+            tokio::spawn(async move { send(&app, "POST", "/login/42", None).await })
+        })
+        .collect();
+    for request in requests {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let left = fixture
+        .store
+        .sessions_by(&Auth::USER_ID, &42)
+        .await
+        .unwrap()
+        .len();
+    assert!(
+        (1..=2).contains(&left),
+        "{left} sessions of user 42 on {}",
+        B::NAME
+    );
+    fixture.cleanup().await;
+}
+
+mod cap {
+    use super::*;
+
+    conformance!(
+        the_cap_keeps_the_newest_sessions,
+        concurrent_sign_ins_end_within_the_cap
+    );
+}

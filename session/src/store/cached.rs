@@ -118,6 +118,23 @@ impl<S: SessionStore<T>, T: SessionData> CachedStore<S, T> {
         cache.insert(record.id, record);
     }
 
+    /// After a write that set a capped field: the other cached sessions
+    /// with its value may have been destroyed by the cap, so they are
+    /// reloaded from the store next time.
+    fn evict_capped(&self, data: &T, written: SessionId, dirty: Option<crate::DirtyFields>) {
+        for &(field, _) in self.inner.caps() {
+            if dirty.is_some_and(|dirty| !dirty.contains(field)) {
+                continue;
+            }
+            let Ok(key) = data.encode_column(field).map(Value::into_owned) else {
+                continue;
+            };
+            self.write().retain(|id, cached| {
+                *id == written || !super::memory::holds(&cached.data, field, &key).unwrap_or(true)
+            });
+        }
+    }
+
     fn forget(&self, id: &SessionId) {
         self.write().remove(id);
     }
@@ -142,6 +159,7 @@ impl<S: SessionStore<T>, T: SessionData> SessionStore<T> for CachedStore<S, T> {
 
     async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
         self.inner.insert(record).await?;
+        self.evict_capped(&record.data, record.id, None);
         self.keep(record.duplicate());
         Ok(())
     }
@@ -159,6 +177,7 @@ impl<S: SessionStore<T>, T: SessionData> SessionStore<T> for CachedStore<S, T> {
             self.forget(id);
             return Ok(false);
         }
+        self.evict_capped(data, update.new_id.unwrap_or(*id), Some(update.dirty));
         // Apply the write to the cached copy only when the cache knows the
         // row's version after it: a compare-and-swap from the cached version,
         // or a touch. Otherwise (a last-writer-wins set, or another request
@@ -184,6 +203,10 @@ impl<S: SessionStore<T>, T: SessionData> SessionStore<T> for CachedStore<S, T> {
 
     fn events(&self) -> Option<&crate::events::SessionEvents> {
         self.inner.events()
+    }
+
+    fn caps(&self) -> &[(usize, u32)] {
+        self.inner.caps()
     }
 
     async fn find_by(

@@ -12,7 +12,7 @@ use crate::events::SessionEvents;
 use crate::{
     data::SessionData,
     error::StoreError,
-    sync::{read, write},
+    sync::{lock, read, write},
     token::SessionId,
     value::Value,
 };
@@ -49,6 +49,10 @@ const SHARDS: usize = 16;
 pub struct MemoryStore<T> {
     shards: Arc<[Shard<T>; SHARDS]>,
     events: Option<SessionEvents>,
+    /// At most this many live sessions per value of these fields.
+    caps: Vec<(usize, u32)>,
+    /// Held by a write and its cap, so concurrent writes take turns.
+    cap_lock: Arc<std::sync::Mutex<()>>,
 }
 
 type Shard<T> = RwLock<HashMap<SessionId, Record<T>>>;
@@ -66,6 +70,8 @@ impl<T> Clone for MemoryStore<T> {
         Self {
             shards: self.shards.clone(),
             events: self.events.clone(),
+            caps: self.caps.clone(),
+            cap_lock: self.cap_lock.clone(),
         }
     }
 }
@@ -75,6 +81,8 @@ impl<T> Default for MemoryStore<T> {
         Self {
             shards: Arc::new(std::array::from_fn(|_| RwLock::new(HashMap::new()))),
             events: None,
+            caps: Vec::new(),
+            cap_lock: Arc::default(),
         }
     }
 }
@@ -91,6 +99,96 @@ impl<T> MemoryStore<T> {
     pub fn with_events(mut self, events: SessionEvents) -> Self {
         self.events = Some(events);
         self
+    }
+
+    /// At most `max` live sessions share a value of the indexed field
+    /// `index`: a write that sets it destroys the oldest beyond `max`
+    /// (see [`SqlStoreBuilder::max_sessions`](crate::store::sql::SqlStoreBuilder::max_sessions)).
+    #[must_use]
+    pub fn with_max_sessions<K>(mut self, index: &crate::Index<T, K>, max: u32) -> Self {
+        self.caps.retain(|(field, _)| *field != index.field());
+        self.caps.push((index.field(), max.max(1)));
+        self
+    }
+
+    /// Destroys the oldest sessions beyond each cap whose field `data` sets
+    /// (`dirty`; every field for an insert), sparing `written`.
+    fn enforce_caps(
+        &self,
+        data: &T,
+        written: SessionId,
+        dirty: Option<crate::DirtyFields>,
+    ) -> Result<(), StoreError>
+    where
+        T: SessionData,
+    {
+        let now = Utc::now();
+        for &(field, max) in &self.caps {
+            if dirty.is_some_and(|dirty| !dirty.contains(field)) {
+                continue;
+            }
+            let key = data.encode_column(field)?.into_owned();
+            if matches!(key, Value::Null(_)) {
+                continue;
+            }
+            let mut holders = Vec::new();
+            for shard in self.shards.iter() {
+                for (id, record) in read(shard).iter() {
+                    if record.expires_at > now && holds(&record.data, field, &key)? {
+                        holders.push((*id != written, std::cmp::Reverse(record.created_at), *id));
+                    }
+                }
+            }
+            holders.sort();
+            let beyond: Vec<SessionId> = holders
+                .iter()
+                .skip(max as usize)
+                .map(|(_, _, id)| *id)
+                .collect();
+            for id in &beyond {
+                write(self.shard(id)).remove(id);
+            }
+            if let (Some(events), false) = (&self.events, beyond.is_empty()) {
+                events.emit(crate::events::SessionEvent {
+                    kind: crate::events::EventKind::Capped {
+                        count: beyond.len() as u64,
+                        max,
+                    },
+                    session: T::SCHEMA.struct_name,
+                    id: Some(written),
+                    indexed: vec![(T::SCHEMA.column(field).name, key)],
+                    at: now,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `update` to the session `id` if it is live and current.
+    fn update_record(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError>
+    where
+        T: SessionData,
+    {
+        let mut shard = write(self.shard(id));
+        let Some(record) = shard.get_mut(id) else {
+            return Ok(false);
+        };
+        let live = record.expires_at > update.now;
+        let current = update
+            .expected_version
+            .is_none_or(|version| version == record.version);
+        if !live || !current {
+            return Ok(false);
+        }
+        record.apply(data, &update);
+        if let Some(new_id) = update.new_id
+            && let Some(mut moved) = shard.remove(id)
+        {
+            drop(shard);
+            moved.id = new_id;
+            write(self.shard(&new_id)).insert(new_id, moved);
+        }
+        Ok(true)
     }
 
     /// How many sessions are held, expired ones not yet purged included.
@@ -123,32 +221,23 @@ impl<T: SessionData> SessionStore<T> for MemoryStore<T> {
     }
 
     async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
+        let _turn = (!self.caps.is_empty()).then(|| lock(&self.cap_lock));
         let copy = record.duplicate();
         write(self.shard(&record.id)).insert(record.id, copy);
-        Ok(())
+        self.enforce_caps(&record.data, record.id, None)
     }
 
     async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
-        let mut shard = write(self.shard(id));
-        let Some(record) = shard.get_mut(id) else {
-            return Ok(false);
-        };
-        let live = record.expires_at > update.now;
-        let current = update
-            .expected_version
-            .is_none_or(|version| version == record.version);
-        if !live || !current {
-            return Ok(false);
+        let _turn = (!self.caps.is_empty()).then(|| lock(&self.cap_lock));
+        let written = self.update_record(id, data, update)?;
+        if written {
+            self.enforce_caps(data, update.new_id.unwrap_or(*id), Some(update.dirty))?;
         }
-        record.apply(data, &update);
-        if let Some(new_id) = update.new_id
-            && let Some(mut moved) = shard.remove(id)
-        {
-            drop(shard);
-            moved.id = new_id;
-            write(self.shard(&new_id)).insert(new_id, moved);
-        }
-        Ok(true)
+        Ok(written)
+    }
+
+    fn caps(&self) -> &[(usize, u32)] {
+        &self.caps
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {

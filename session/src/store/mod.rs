@@ -82,6 +82,13 @@ pub trait SessionStore<T: SessionData>: Clone + Send + Sync + 'static {
         }
     }
 
+    /// The caps this store keeps: (field, at most this many live sessions
+    /// per value). Default: none. A cache in front of the store evicts what
+    /// a cap may have destroyed.
+    fn caps(&self) -> &[(usize, u32)] {
+        &[]
+    }
+
     /// Where this store sends lifecycle events, if anywhere (default:
     /// nowhere). The layer and the queries report through it.
     fn events(&self) -> Option<&crate::events::SessionEvents> {

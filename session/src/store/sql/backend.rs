@@ -175,6 +175,18 @@ pub trait Dialect: Send + Sync + Sized + 'static {
         }
     }
 
+    /// A statement that makes concurrent transactions setting `key` in a
+    /// capped field take turns, run first in the transaction (default:
+    /// none — SQLite has one writer at a time anyway).
+    fn cap_lock(
+        statements: &Statements<Self>,
+        field: usize,
+        key: &Value<'static>,
+    ) -> Option<(Arc<str>, Vec<super::group::Param>)> {
+        let _ = (statements, field, key);
+        None
+    }
+
     /// The upkeep state of a store built with `options`.
     fn upkeep(options: &super::StoreOptions) -> Self::Upkeep;
 

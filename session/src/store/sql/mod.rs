@@ -268,6 +268,37 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         Ok(params)
     }
 
+    /// `write`, with the caps it must enforce: those of fields it sets
+    /// (`dirty`; every field for an insert) to a value.
+    fn capped(
+        &self,
+        write: Write,
+        data: &T,
+        keep: SessionId,
+        dirty: Option<crate::data::DirtyFields>,
+    ) -> Result<Write, StoreError> {
+        let mut caps = Vec::new();
+        for &(field, max) in &self.core.options.caps {
+            if dirty.is_some_and(|dirty| !dirty.contains(field)) {
+                continue;
+            }
+            let key = encode_for::<B, T>(data, field)?;
+            if !matches!(key, Value::Null(_)) {
+                caps.push(group::Cap {
+                    field,
+                    key,
+                    keep,
+                    max,
+                });
+            }
+        }
+        Ok(if caps.is_empty() {
+            write
+        } else {
+            Write::Capped(Box::new(write), caps)
+        })
+    }
+
     /// An UPDATE that can share a statement with others of its shape.
     fn merged_row(
         id: &SessionId,
@@ -357,11 +388,9 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
     }
 
     async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
-        self.write(Write::Insert(group::insert_params(
-            record,
-            encode_for::<B, T>,
-        )?))
-        .await?;
+        let write = Write::Insert(group::insert_params(record, encode_for::<B, T>)?);
+        self.write(self.capped(write, &record.data, record.id, None)?)
+            .await?;
         Ok(())
     }
 
@@ -378,6 +407,8 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
                 params: Self::update_params(id, data, &update)?,
             }
         };
+        let written = update.new_id.unwrap_or(*id);
+        let write = self.capped(write, data, written, Some(update.dirty))?;
         Ok(self.write(write).await? > 0)
     }
 
@@ -391,6 +422,10 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
 
     fn events(&self) -> Option<&crate::events::SessionEvents> {
         self.core.options.events.as_ref()
+    }
+
+    fn caps(&self) -> &[(usize, u32)] {
+        &self.core.options.caps
     }
 
     async fn find_by(

@@ -225,6 +225,24 @@ impl Dialect for MySql {
         args.add(time.naive_utc().min(datetime_max()))
     }
 
+    /// Locks the value's range of the column's index (next-key locks), so
+    /// that another transaction's insert of the same value waits.
+    fn cap_lock(
+        statements: &Statements<Self>,
+        field: usize,
+        key: &Value<'static>,
+    ) -> Option<(std::sync::Arc<str>, Vec<super::group::Param>)> {
+        let schema = statements.schema();
+        let sql = statements.cached(StatementKey::Dialect(CAP_LOCK, None, field), || {
+            format!(
+                "SELECT `id` FROM {} WHERE {} = ? FOR UPDATE",
+                quote::<MySql>(schema.table),
+                quote::<MySql>(schema.column(field).name)
+            )
+        });
+        Some((sql, vec![super::group::Param::Value(key.clone())]))
+    }
+
     fn check_value(value: &Value<'_>) -> Result<(), String> {
         let in_range = |year: i32| (1000..=9999).contains(&year);
         match value {
@@ -321,6 +339,7 @@ fn datetime_max() -> NaiveDateTime {
 /// Kinds of this dialect's own cached statements ([`StatementKey::Dialect`]).
 const LOCK_ROWS: u8 = 0;
 const JOIN_UPDATE: u8 = 1;
+const CAP_LOCK: u8 = 2;
 
 /// The merged update as `SELECT … FOR UPDATE` of the rows, a check of each
 /// row's expiry and version, then one UPDATE of those that pass; answers

@@ -24,6 +24,8 @@ pub struct StoreOptions {
     pub(crate) acquire_timeout: std::time::Duration,
     /// Where lifecycle events go.
     pub(crate) events: Option<crate::events::SessionEvents>,
+    /// At most this many live sessions per value of these fields.
+    pub(crate) caps: Vec<(usize, u32)>,
 }
 
 /// Builds a [`SqlStore`] with options; from
@@ -70,6 +72,7 @@ impl<B: Backend, T: SessionData> SqlStoreBuilder<B, T> {
                 background_checkpoints: None,
                 acquire_timeout: super::health::DEFAULT_ACQUIRE_TIMEOUT,
                 events: None,
+                caps: Vec::new(),
             },
             pool: PoolOptions::new().acquire_timeout(super::health::DEFAULT_ACQUIRE_TIMEOUT),
             _store: PhantomData,
@@ -154,6 +157,38 @@ impl<B: Backend, T: SessionData> SqlStoreBuilder<B, T> {
     /// [`SessionEvents`](crate::SessionEvents).
     pub fn events(mut self, events: crate::events::SessionEvents) -> Self {
         self.options.events = Some(events);
+        self
+    }
+
+    /// At most `max` live sessions share a value of the indexed field
+    /// `index` (Spring's `maximumSessions`): when a write sets the field,
+    /// the oldest sessions beyond `max` with its value are destroyed in the
+    /// same transaction; the written one is kept. Concurrent sign-ins of one
+    /// user, on any number of app instances, end with at most `max` (they
+    /// take turns on a lock of the value: an advisory lock on PostgreSQL,
+    /// the index range on MySQL, SQLite's single writer).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
+    /// use axum_typed_session::{Session, SqliteStore};
+    ///
+    /// #[derive(Session, Default)]
+    /// struct Auth {
+    ///     #[session(index)]
+    ///     user_id: Option<i64>,
+    /// }
+    ///
+    /// let store = SqliteStore::<Auth>::builder()
+    ///     .max_sessions(&Auth::USER_ID, 3)
+    ///     .connect("sqlite://sessions.db?mode=rwc")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn max_sessions<K>(mut self, index: &crate::Index<T, K>, max: u32) -> Self {
+        self.options
+            .caps
+            .retain(|(field, _)| *field != index.field());
+        self.options.caps.push((index.field(), max.max(1)));
         self
     }
 

@@ -217,6 +217,20 @@ impl Dialect for Postgres {
         args.add(time)
     }
 
+    /// A transaction-scoped advisory lock on (table, column, value).
+    fn cap_lock(
+        statements: &super::statements::Statements<Self>,
+        field: usize,
+        key: &Value<'static>,
+    ) -> Option<(std::sync::Arc<str>, Vec<super::group::Param>)> {
+        let schema = statements.schema();
+        let name = format!("{}/{}/{key:?}", schema.table, schema.column(field).name);
+        Some((
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))".into(),
+            vec![super::group::Param::Value(Value::Text(name.into()))],
+        ))
+    }
+
     fn check_value(value: &Value<'_>) -> Result<(), String> {
         // PostgreSQL's dates and times start in 4713 BC; chrono's reach
         // further back. Its ends (294276 AD) lie past chrono's.

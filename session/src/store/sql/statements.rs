@@ -123,6 +123,8 @@ pub(crate) enum StatementKey {
     FindBy(usize),
     /// Deleting the sessions whose field holds a key, sparing one id or not.
     DeleteBy(usize, bool),
+    /// Deleting the sessions beyond a cap of `max`, keeping a bucket of ids.
+    Cap(usize, u32, usize),
     /// A dialect's own statement of this kind and row count (MySQL's locked
     /// update); the kind is the dialect's to number.
     #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
@@ -305,6 +307,66 @@ impl<B: Dialect> Statements<B> {
             }
             sql
         })
+    }
+
+    /// `DELETE FROM t WHERE <field> = ? AND id NOT IN (the written sessions,
+    /// then the newest others, `max` in all)`: the sessions beyond a cap.
+    /// The kept ids are padded to a bucket by repeating the last.
+    pub(crate) fn cap(
+        &self,
+        field: usize,
+        max: u32,
+        key: &Value<'static>,
+        keep: &[&SessionId],
+    ) -> (Arc<str>, Vec<super::group::Param>) {
+        use super::group::Param;
+        let count = bucket(keep.len().max(1));
+        let sql = self.cached(StatementKey::Cap(field, max, count), || {
+            let table = quote::<B>(self.schema.table);
+            let column = quote::<B>(self.schema.column(field).name);
+            let ty = Some(self.schema.column(field).sql_type);
+            let (id, expires_at, created_at) = (
+                quote::<B>("id"),
+                quote::<B>("expires_at"),
+                quote::<B>("created_at"),
+            );
+            let mut placeholders = Placeholders::<B>::new();
+            let mut sql = format!("DELETE FROM {table} WHERE {column} = ");
+            placeholders.push(&mut sql, ty);
+            // The derived table lets MySQL read the table it deletes from.
+            let _ = write!(
+                sql,
+                " AND {id} NOT IN (SELECT {id} FROM (SELECT {id} FROM {table} WHERE {column} = "
+            );
+            placeholders.push(&mut sql, ty);
+            let _ = write!(sql, " AND {expires_at} > ");
+            placeholders.push(&mut sql, None);
+            let _ = write!(sql, " ORDER BY CASE WHEN {id} IN (");
+            placeholders.push_list(&mut sql, count);
+            let _ = write!(
+                sql,
+                ") THEN 0 ELSE 1 END, {created_at} DESC, {id} DESC LIMIT {max}) AS keep_newest)"
+            );
+            sql
+        });
+        let mut params = vec![
+            Param::Value(key.clone()),
+            Param::Value(key.clone()),
+            Param::Time(chrono::Utc::now()),
+        ];
+        let last = keep
+            .last()
+            .copied()
+            .copied()
+            .unwrap_or(super::statements::PADDING_ID);
+        params.extend(
+            keep.iter()
+                .map(|id| **id)
+                .chain(std::iter::repeat(last))
+                .take(count)
+                .map(Param::Id),
+        );
+        (sql, params)
     }
 
     /// A multi-row INSERT of `rows` rows.

@@ -104,28 +104,78 @@ pub(crate) async fn run_group<B: Dialect>(
     held: &mut Held<B>,
     writes: &[Write],
 ) -> Result<Vec<u64>, GroupError> {
-    let plan = plan_group::<B>(&core.statements, writes)
-        .map_err(|error| GroupError::Failed(sqlx::Error::Encode(error)))?;
-    let connection = connection::<B>(core, held)
-        .await
-        .map_err(GroupError::Store)?;
-    let results = execute_steps::<B>(connection, &core.statements, plan.steps).await;
-    let results = results.map_err(|error| {
-        // Rolled back as a whole; a connection in an unknown state is not kept.
-        *held = None;
-        match error {
-            sqlx::Error::Database(_) => GroupError::Refused(error),
-            error => GroupError::Failed(error),
+    let mut attempt = 1;
+    let (readings, caps, results) = loop {
+        let plan = plan_group::<B>(&core.statements, writes)
+            .map_err(|error| GroupError::Failed(sqlx::Error::Encode(error)))?;
+        let connection = connection::<B>(core, held)
+            .await
+            .map_err(GroupError::Store)?;
+        match execute_steps::<B>(connection, &core.statements, plan.steps).await {
+            Ok(results) => break (plan.readings, plan.caps, results),
+            // A deadlock or serialization failure rolled the whole
+            // transaction back: running it again is safe, and what the
+            // database asks for.
+            Err(error) if attempt < MAX_GROUP_ATTEMPTS && must_retry(&error) => {
+                attempt += 1;
+            }
+            Err(error) => {
+                // Rolled back as a whole; a connection in an unknown state
+                // is not kept.
+                *held = None;
+                return Err(match error {
+                    sqlx::Error::Database(_) => GroupError::Refused(error),
+                    error => GroupError::Failed(error),
+                });
+            }
         }
-    })?;
+    };
     B::after_commit(core);
-    let rows = plan
-        .readings
+    report_caps(core, &caps, &results);
+    let rows = readings
         .iter()
         .enumerate()
         .map(|(write, reading)| reading.rows(write, &results))
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+/// Reports the sessions each cap destroyed.
+fn report_caps<B: Dialect>(
+    core: &Core<B>,
+    caps: &[(usize, &super::write::Cap)],
+    results: &[StepResult],
+) {
+    let Some(events) = &core.options.events else {
+        return;
+    };
+    for (step, cap) in caps {
+        if let Some(StepResult::Affected(count @ 1..)) = results.get(*step) {
+            let schema = core.statements.schema();
+            events.emit(crate::events::SessionEvent {
+                kind: crate::events::EventKind::Capped {
+                    count: *count,
+                    max: cap.max,
+                },
+                session: schema.struct_name,
+                id: Some(cap.keep),
+                indexed: vec![(schema.column(cap.field).name, cap.key.clone())],
+                at: chrono::Utc::now(),
+            });
+        }
+    }
+}
+
+/// How many times a group is run when the database rolls it back for a
+/// deadlock or a serialization failure.
+const MAX_GROUP_ATTEMPTS: u32 = 3;
+
+/// Whether the database rolled the transaction back and asks to run it
+/// again: SQLSTATE 40001 (serialization failure; MySQL's deadlock) or
+/// 40P01 (PostgreSQL's deadlock).
+fn must_retry(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(error)
+        if error.code().is_some_and(|code| code == "40001" || code == "40P01"))
 }
 
 /// Runs the steps in one transaction (a single step runs on its own),

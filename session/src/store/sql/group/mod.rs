@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 pub(crate) use self::{
     commit::{Queued, run_group},
     load::Loaded,
-    write::{MergedRow, Param, Write, insert_params},
+    write::{Cap, MergedRow, Param, Write, insert_params},
 };
 use super::{Core, SqlStore, backend::Connection, backend::Dialect};
 use crate::{data::SessionData, error::StoreError, sync::lock, token::SessionId};

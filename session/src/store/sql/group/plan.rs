@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use sqlx::error::BoxDynError;
 
-use super::write::{MergedRow, Param, Write, bind_all};
+use super::write::{Cap, MergedRow, Param, Write, bind_all};
 use crate::{
     schema::LIBRARY_COLUMNS,
     store::sql::{
@@ -97,6 +97,8 @@ pub(crate) struct Plan<'a, B: Dialect> {
     pub(crate) steps: Vec<Step<'a, B>>,
     /// One per write, in the group's order.
     pub(crate) readings: Vec<Reading>,
+    /// The caps' deletes: their step and cap, to report what they destroyed.
+    pub(crate) caps: Vec<(usize, &'a Cap)>,
 }
 
 /// Writes placed in one statement, with their position in the group.
@@ -123,13 +125,26 @@ pub(crate) fn plan_group<'a, B: Dialect>(
     let mut plan = Plan {
         steps: Vec::new(),
         readings: Vec::with_capacity(writes.len()),
+        caps: Vec::new(),
     };
     let mut pending = Pending {
         inserts: Vec::new(),
         merged: Vec::new(),
     };
     let insert_rows = max_rows(LIBRARY_COLUMNS.len() + statements.schema().columns.len());
+    // The caps' locks come first, so that concurrent transactions setting
+    // the same value take turns; their deletes come last.
+    let caps = Caps::of(writes);
+    for cap in &caps.by_value {
+        if let Some((sql, params)) = B::cap_lock(statements, cap.field, &cap.key) {
+            plan.push_step(sql, &params)?;
+        }
+    }
     for (position, write) in writes.iter().enumerate() {
+        let write = match write {
+            Write::Capped(inner, _) => &**inner,
+            other => other,
+        };
         let read_as = match write {
             Write::Statement { sql, params } => {
                 plan.push_statement(sql.clone(), params)?;
@@ -143,6 +158,8 @@ pub(crate) fn plan_group<'a, B: Dialect>(
                 pending.add_merged(position, row);
                 ReadAs::Returned(row.id)
             }
+            // Unwrapped above; a cap inside a cap is not built.
+            Write::Capped(..) => return Err("a capped write inside a capped write".into()),
         };
         // Its step is known once the pending ones are placed.
         plan.readings.push(Reading {
@@ -152,6 +169,12 @@ pub(crate) fn plan_group<'a, B: Dialect>(
     }
     plan.place_inserts(statements, pending.inserts)?;
     plan.place_merged(pending.merged);
+    for cap in &caps.by_value {
+        let keep: Vec<&SessionId> = caps.keep(cap);
+        let (sql, params) = statements.cap(cap.field, cap.max, &cap.key, &keep);
+        plan.caps.push((plan.steps.len(), *cap));
+        plan.push_step(sql, &params)?;
+    }
     Ok(plan)
 }
 
@@ -187,7 +210,54 @@ impl<'a> Pending<'a> {
     }
 }
 
+/// The caps of a group, one per field and value, with every session the
+/// group writes with that value (all of them are kept).
+struct Caps<'a> {
+    by_value: Vec<&'a Cap>,
+    all: Vec<&'a Cap>,
+}
+
+impl<'a> Caps<'a> {
+    fn of(writes: &'a [Write]) -> Self {
+        let all: Vec<&Cap> = writes
+            .iter()
+            .filter_map(|write| match write {
+                Write::Capped(_, caps) => Some(caps.iter()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut by_value: Vec<&Cap> = Vec::new();
+        for cap in &all {
+            if !by_value
+                .iter()
+                .any(|other| other.field == cap.field && other.key == cap.key)
+            {
+                by_value.push(cap);
+            }
+        }
+        Caps { by_value, all }
+    }
+
+    /// The sessions to keep under `cap`: those the group writes with its value.
+    fn keep(&self, cap: &Cap) -> Vec<&'a SessionId> {
+        self.all
+            .iter()
+            .filter(|other| other.field == cap.field && other.key == cap.key)
+            .map(|other| &other.keep)
+            .collect()
+    }
+}
+
 impl<'a, B: Dialect> Plan<'a, B> {
+    /// A step no write reads (a cap's lock or delete).
+    fn push_step(&mut self, sql: Arc<str>, params: &[Param]) -> Result<(), BoxDynError> {
+        let mut args = Arguments::<B>::default();
+        bind_all::<B>(&mut args, params)?;
+        self.steps.push(Step::Statement { sql, args });
+        Ok(())
+    }
+
     fn push_statement(&mut self, sql: Arc<str>, params: &[Param]) -> Result<(), BoxDynError> {
         let mut args = Arguments::<B>::default();
         bind_all::<B>(&mut args, params)?;

@@ -28,10 +28,24 @@ pub(crate) enum Write {
     Insert(Vec<Param>),
     /// An UPDATE that shares one statement with the group's others of its shape.
     Merged(MergedRow),
+    /// A write that sets capped fields: after it, in the same transaction,
+    /// the sessions beyond each cap are deleted.
+    Capped(Box<Write>, Vec<Cap>),
+}
+
+/// A cap to enforce after a write: at most `max` live sessions hold `key`
+/// in field `field`; `keep` (the written session) is never the one deleted.
+#[derive(Clone, Debug)]
+pub(crate) struct Cap {
+    pub(crate) field: usize,
+    pub(crate) key: Value<'static>,
+    pub(crate) keep: SessionId,
+    pub(crate) max: u32,
 }
 
 /// A bound value, in the backend's own encoding.
-pub(crate) enum Param {
+#[derive(Debug)]
+pub enum Param {
     Id(SessionId),
     Time(DateTime<Utc>),
     I64(i64),
