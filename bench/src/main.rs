@@ -66,10 +66,32 @@ struct CachedVisit {
     count: i64,
 }
 
+/// The same session with a user column, without and with an index on it:
+/// what an indexed field costs (`BENCH_INDEX_COST=1`).
+#[derive(Session, Default)]
+#[session(table = "bench_user_sessions")]
+struct UserVisit {
+    count: i64,
+    user: Option<i64>,
+}
+
+#[derive(Session, Default)]
+#[session(table = "bench_indexed_sessions")]
+struct IndexedVisit {
+    count: i64,
+    #[session(index)]
+    user: Option<i64>,
+}
+
 /// What the routes do with either session struct.
 trait Counter: SessionData + Default {
     fn get(session: &Session<Self>) -> i64;
     fn increment(session: &Session<Self>);
+    /// A first visit: the increment, and for the structs with a user
+    /// column, the user (so an index has an entry to write).
+    fn first(session: &Session<Self>) {
+        Self::increment(session);
+    }
     /// The increment written before the answer, answering the stored count.
     fn increment_now(
         session: &Session<Self>,
@@ -94,6 +116,35 @@ impl Counter for Visit {
             .await
     }
 }
+
+macro_rules! user_counter {
+    ($t:ty) => {
+        impl Counter for $t {
+            fn get(session: &Session<Self>) -> i64 {
+                session.count()
+            }
+            fn increment(session: &Session<Self>) {
+                session.update_count(|count| *count += 1);
+            }
+            fn first(session: &Session<Self>) {
+                session.set_user(Some(rand::random::<i64>() & 0xffff));
+                session.update_count(|count| *count += 1);
+            }
+            async fn increment_now(
+                session: &Session<Self>,
+            ) -> Result<i64, axum_typed_session::SessionError> {
+                session
+                    .update_count(|count| {
+                        *count += 1;
+                        *count
+                    })
+                    .await
+            }
+        }
+    };
+}
+user_counter!(UserVisit);
+user_counter!(IndexedVisit);
 
 impl Counter for CachedVisit {
     fn get(session: &Session<Self>) -> i64 {
@@ -198,7 +249,7 @@ fn with_sessions<T: Counter, S: SessionStore<T>>(store: S) -> Router {
         )
         .route(Route::Counter.path(), get(increment::<T>))
         .route(Route::CounterAwait.path(), get(increment_now::<T>))
-        .route(Route::First.path(), get(increment::<T>))
+        .route(Route::First.path(), get(first::<T>))
         .layer(SessionLayer::new(store, config))
 }
 
@@ -206,6 +257,11 @@ async fn increment_now<T: Counter>(
     visit: Session<T>,
 ) -> Result<String, axum_typed_session::SessionError> {
     Ok(T::increment_now(&visit).await?.to_string())
+}
+
+async fn first<T: Counter>(visit: Session<T>) -> String {
+    T::first(&visit);
+    T::get(&visit).to_string()
 }
 
 async fn increment<T: Counter>(visit: Session<T>) -> String {
@@ -850,7 +906,7 @@ async fn run() -> anyhow::Result<()> {
         };
         targets.push(
             start(
-                raw_sqlx(pool),
+                raw_sqlx(pool.clone()),
                 format!("raw sqlx/{}", db.name()),
                 Some(db),
                 "raw",
@@ -875,6 +931,36 @@ async fn run() -> anyhow::Result<()> {
             )
             .await?,
         );
+        if std::env::var("BENCH_INDEX_COST").is_ok_and(|value| value == "1") {
+            let (plain, indexed) = {
+                let pool = pool.clone();
+                server_runtime()
+                    .spawn(async move {
+                        let plain = session_app_of::<UserVisit>(&pool, false).await?;
+                        let indexed = session_app_of::<IndexedVisit>(&pool, false).await?;
+                        Ok::<_, anyhow::Error>((plain, indexed))
+                    })
+                    .await??
+            };
+            targets.push(
+                start(
+                    plain,
+                    format!("session+user/{}", db.name()),
+                    Some(db),
+                    "session",
+                )
+                .await?,
+            );
+            targets.push(
+                start(
+                    indexed,
+                    format!("session+indexed user/{}", db.name()),
+                    Some(db),
+                    "session",
+                )
+                .await?,
+            );
+        }
     }
 
     // Each round measures one route on every server back to back, so a
