@@ -122,13 +122,8 @@ impl<S: SessionStore<T>, T: SessionData> CachedStore<S, T> {
     /// with its value may have been destroyed by the cap, so they are
     /// reloaded from the store next time.
     fn evict_capped(&self, data: &T, written: SessionId, dirty: Option<crate::DirtyFields>) {
-        for &(field, _) in self.inner.caps() {
-            if dirty.is_some_and(|dirty| !dirty.contains(field)) {
-                continue;
-            }
-            let Ok(key) = data.encode_column(field).map(Value::into_owned) else {
-                continue;
-            };
+        let capped = super::capped_values(self.inner.caps(), data, dirty).unwrap_or_default();
+        for (field, _, key) in capped {
             self.write().retain(|id, cached| {
                 *id == written || !super::memory::holds(&cached.data, field, &key).unwrap_or(true)
             });

@@ -123,14 +123,7 @@ impl<T> MemoryStore<T> {
         T: SessionData,
     {
         let now = Utc::now();
-        for &(field, max) in &self.caps {
-            if dirty.is_some_and(|dirty| !dirty.contains(field)) {
-                continue;
-            }
-            let key = data.encode_column(field)?.into_owned();
-            if matches!(key, Value::Null(_)) {
-                continue;
-            }
+        for (field, max, key) in super::capped_values(&self.caps, data, dirty)? {
             let mut holders = Vec::new();
             for shard in self.shards.iter() {
                 for (id, record) in read(shard).iter() {

@@ -18,6 +18,26 @@ pub use self::{
     record::{Record, Update},
 };
 
+/// The caps a write must enforce: each capped field it sets (`dirty`; every
+/// field for an insert) to a value, with that value and the cap.
+pub(crate) fn capped_values<T: SessionData>(
+    caps: &[(usize, u32)],
+    data: &T,
+    dirty: Option<crate::DirtyFields>,
+) -> Result<Vec<(usize, u32, Value<'static>)>, StoreError> {
+    let mut capped = Vec::new();
+    for &(field, max) in caps {
+        if dirty.is_some_and(|dirty| !dirty.contains(field)) {
+            continue;
+        }
+        let value = data.encode_column(field)?.into_owned();
+        if !matches!(value, Value::Null(_)) {
+            capped.push((field, max, value));
+        }
+    }
+    Ok(capped)
+}
+
 /// Storage for one session struct `T`.
 ///
 /// Every method is one statement (one round trip) on the SQL stores. None

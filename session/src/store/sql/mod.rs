@@ -277,21 +277,15 @@ impl<B: Backend, T: SessionData> SqlStore<B, T> {
         keep: SessionId,
         dirty: Option<crate::data::DirtyFields>,
     ) -> Result<Write, StoreError> {
-        let mut caps = Vec::new();
-        for &(field, max) in &self.core.options.caps {
-            if dirty.is_some_and(|dirty| !dirty.contains(field)) {
-                continue;
-            }
-            let key = encode_for::<B, T>(data, field)?;
-            if !matches!(key, Value::Null(_)) {
-                caps.push(group::Cap {
-                    field,
-                    key,
-                    keep,
-                    max,
-                });
-            }
-        }
+        let caps: Vec<group::Cap> = super::capped_values(&self.core.options.caps, data, dirty)?
+            .into_iter()
+            .map(|(field, max, key)| group::Cap {
+                field,
+                key,
+                keep,
+                max,
+            })
+            .collect();
         Ok(if caps.is_empty() {
             write
         } else {
