@@ -270,6 +270,11 @@ where
             let Ok(response) = inner.call(request).await;
             let mut response = response.into_response();
             let mut state = std::mem::take(&mut *lock(&pending.0.state));
+            // The handler never extracted the session: nothing to write,
+            // and nothing to allocate for it.
+            if state.data.is_none() {
+                return Ok(response);
+            }
             let id = state.stored.map(|stored| stored.id);
             // Headers of a write made during the handler, unless the final
             // one replaces them.
