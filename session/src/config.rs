@@ -205,6 +205,16 @@ impl SessionConfig {
     /// Needs [`with_signed_key`](Self::with_signed_key) or
     /// [`with_private_key`](Self::with_private_key) first: on plain cookies
     /// the layer refuses it ([`ConfigError::PreviousKeysWithoutKey`]).
+    ///
+    /// ```
+    /// use axum_typed_session::{Key, SessionConfig};
+    ///
+    /// # let (new_key, old_key) = (Key::generate(), Key::generate());
+    /// let config = SessionConfig::default()
+    ///     .with_private_key(new_key)
+    ///     .with_previous_keys([old_key]);
+    /// assert!(config.validate().is_ok());
+    /// ```
     pub fn with_previous_keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
         match &mut self.protection {
             CookieProtection::Plain => {
@@ -221,6 +231,15 @@ impl SessionConfig {
     /// Also reads the token from this request header and writes it to the
     /// same response header when it is issued or changes, for API clients
     /// that do not keep cookies. The cookie keeps working alongside.
+    ///
+    /// ```
+    /// use axum_typed_session::SessionConfig;
+    /// use http::HeaderName;
+    ///
+    /// let config = SessionConfig::default()
+    ///     .with_token_header(HeaderName::from_static("x-session-token"));
+    /// # let _ = config;
+    /// ```
     pub fn with_token_header(mut self, name: http::HeaderName) -> Self {
         self.token_header = Some(name);
         self
@@ -271,6 +290,14 @@ impl SessionConfig {
 
     /// Where new sessions live before they are marked storable (default
     /// [`SessionMode::Persistent`]).
+    ///
+    /// ```
+    /// use axum_typed_session::{SessionConfig, SessionMode};
+    ///
+    /// // Kept in memory until `session.set_store(true)`, e.g. after consent.
+    /// let config = SessionConfig::default().with_mode(SessionMode::Storable);
+    /// # let _ = config;
+    /// ```
     pub fn with_mode(mut self, mode: SessionMode) -> Self {
         self.mode = mode;
         self

@@ -79,6 +79,19 @@ fn handle<T: SessionData>(session: &Session<T>) -> &Handle<T> {
 
 impl<T: SessionData> Session<T> {
     /// A copy of the whole struct.
+    ///
+    /// ```
+    /// # use axum_typed_session::Session;
+    /// # #[derive(Session, Default)]
+    /// # struct Account {
+    /// #     user: Option<String>,
+    /// #     visits: i64,
+    /// # }
+    /// async fn profile(session: Session<Account>) -> String {
+    ///     let account = session.get();
+    ///     format!("{:?} visited {} times", account.user, account.visits)
+    /// }
+    /// ```
     pub fn get(&self) -> T {
         handle(self).read(T::duplicate)
     }
@@ -87,6 +100,21 @@ impl<T: SessionData> Session<T> {
     /// written, as one compare-and-swap (the closure is replayed on conflict).
     ///
     /// Fails only if a `#[session(json)]` field cannot be serialized.
+    ///
+    /// ```
+    /// # use axum_typed_session::Session;
+    /// # #[derive(Session, Default)]
+    /// # struct Account {
+    /// #     user: Option<String>,
+    /// #     visits: i64,
+    /// # }
+    /// async fn visit(session: Session<Account>) -> Result<(), axum_typed_session::SessionError> {
+    ///     session.update(|account| {
+    ///         account.visits += 1;
+    ///         account.user.get_or_insert_with(|| "guest".into());
+    ///     })
+    /// }
+    /// ```
     pub fn update(&self, change: impl FnMut(&mut T) + Send + 'static) -> Result<(), SessionError> {
         handle(self)
             .update_all(change)
@@ -95,6 +123,21 @@ impl<T: SessionData> Session<T> {
 
     /// The session's id (SHA-256 of its token): safe to log or show, `None`
     /// for a session not yet stored.
+    ///
+    /// ```
+    /// # use axum_typed_session::Session;
+    /// # #[derive(Session, Default)]
+    /// # struct Account {
+    /// #     user: Option<String>,
+    /// #     visits: i64,
+    /// # }
+    /// async fn whoami(session: Session<Account>) -> String {
+    ///     match session.id() {
+    ///         Some(id) => format!("session {id}, expires {:?}", session.expires_at()),
+    ///         None => "no session yet".into(),
+    ///     }
+    /// }
+    /// ```
     pub fn id(&self) -> Option<SessionId> {
         handle(self).meta().map(|meta| meta.id)
     }
@@ -119,6 +162,20 @@ impl<T: SessionData> Session<T> {
     /// ([`SessionConfig::with_remember_lifetime`](crate::SessionConfig::with_remember_lifetime),
     /// default 30 days) instead of the idle timeout, and a persistent cookie;
     /// `false` goes back. Kept with the session.
+    ///
+    /// ```
+    /// # use axum_typed_session::Session;
+    /// # #[derive(Session, Default)]
+    /// # struct Account {
+    /// #     user: Option<String>,
+    /// #     visits: i64,
+    /// # }
+    /// async fn login(session: Session<Account>, remember_me: bool) {
+    ///     session.set_user(Some("ada".into()));
+    ///     session.set_remember(remember_me);
+    ///     session.renew();
+    /// }
+    /// ```
     pub fn set_remember(&self, remember: bool) {
         lock(&handle(self).0.state).remember = Some(remember);
     }
@@ -139,6 +196,19 @@ impl<T: SessionData> Session<T> {
     /// it is written to the store from now on. `false` takes it out of the
     /// store again (back to memory, or gone when consent is required).
     /// In the default mode every session is storable already.
+    ///
+    /// ```
+    /// # use axum_typed_session::Session;
+    /// # #[derive(Session, Default)]
+    /// # struct Account {
+    /// #     user: Option<String>,
+    /// #     visits: i64,
+    /// # }
+    /// // Behind a layer with `SessionConfig::default().with_consent_required(true)`:
+    /// async fn accept_cookies(session: Session<Account>) {
+    ///     session.set_store(true);
+    /// }
+    /// ```
     pub fn set_store(&self, storable: bool) {
         lock(&handle(self).0.state).storable = Some(storable);
     }
@@ -154,6 +224,19 @@ impl<T: SessionData> Session<T> {
 
     /// Deletes the session when the response is sent and clears the cookie.
     /// Changes made in this request are dropped.
+    ///
+    /// ```
+    /// # use axum_typed_session::Session;
+    /// # #[derive(Session, Default)]
+    /// # struct Account {
+    /// #     user: Option<String>,
+    /// #     visits: i64,
+    /// # }
+    /// async fn logout(session: Session<Account>) -> &'static str {
+    ///     session.destroy();
+    ///     "signed out"
+    /// }
+    /// ```
     pub fn destroy(&self) {
         lock(&handle(self).0.state).destroy = true;
     }
@@ -161,6 +244,21 @@ impl<T: SessionData> Session<T> {
     /// Issues a new token for the same data when the response is sent (call
     /// it at login, against session fixation); the old token stops working
     /// in the same UPDATE.
+    ///
+    /// ```
+    /// # use axum_typed_session::Session;
+    /// # #[derive(Session, Default)]
+    /// # struct Account {
+    /// #     user: Option<String>,
+    /// #     visits: i64,
+    /// # }
+    /// async fn login(session: Session<Account>) {
+    ///     session.set_user(Some("ada".into()));
+    ///     // A token planted before sign-in (session fixation) is worth
+    ///     // nothing after it.
+    ///     session.renew();
+    /// }
+    /// ```
     pub fn renew(&self) {
         lock(&handle(self).0.state).renew = true;
     }

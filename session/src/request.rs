@@ -399,6 +399,26 @@ impl<T: SessionData> Handle<T> {
 
 /// The answer of a read-modify-write (`update_<field>`).
 ///
+/// ```
+/// use axum_typed_session::{Session, SessionError};
+///
+/// #[derive(Session, Default)]
+/// struct Visit {
+///     count: i64,
+/// }
+///
+/// async fn greet(visit: Session<Visit>) -> Result<String, SessionError> {
+///     // Awaited: written now; `count` is the value that was stored.
+///     let count = visit.update_count(|count| { *count += 1; *count }).await?;
+///     Ok(format!("visit number {count}"))
+/// }
+///
+/// async fn touch(visit: Session<Visit>) {
+///     // Dropped: written after the handler, with the request's other changes.
+///     visit.update_count(|count| *count += 1);
+/// }
+/// ```
+///
 /// Dropped, it changes nothing more: the change is written after the
 /// handler, with the request's others. Awaited, it writes the request's
 /// changes now (sharing a round trip with concurrent requests, replayed on

@@ -155,6 +155,20 @@ impl<T: SessionData, S: SessionStore<T>> SessionLayer<T, S> {
 
     /// Deletes expired sessions now (the background task does this every
     /// purge interval); returns how many.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
+    /// # use axum_typed_session::{MemoryStore, Session, SessionConfig, SessionLayer};
+    /// # #[derive(Session, Default)]
+    /// # struct Visit {
+    /// #     count: i64,
+    /// # }
+    /// let layer = SessionLayer::new(MemoryStore::<Visit>::new(), SessionConfig::default());
+    /// let purged = layer.purge_expired().await?;
+    /// // At shutdown:
+    /// layer.stop_purge();
+    /// # Ok(()) }
+    /// ```
     pub async fn purge_expired(&self) -> Result<u64, StoreError> {
         self.shared.purge_expired().await
     }

@@ -43,6 +43,55 @@ pub(crate) fn capped_values<T: SessionData>(
 /// Every method is one statement (one round trip) on the SQL stores. None
 /// of them ever creates a row except [`insert`](Self::insert), so a write
 /// that races a `destroy` or `renew` cannot bring the old session back.
+///
+/// # Implementing a store
+///
+/// Five methods are required; the queries by an indexed field, the caps
+/// and the events have defaults (unsupported, none, none). A store that
+/// counts the writes of the one it wraps:
+///
+/// ```
+/// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+///
+/// use axum_typed_session::{MemoryStore, Record, SessionData, SessionId, SessionStore, StoreError, Update};
+/// use chrono::{DateTime, Utc};
+///
+/// struct Counted<T> {
+///     inner: MemoryStore<T>,
+///     writes: Arc<AtomicU64>,
+/// }
+///
+/// impl<T> Clone for Counted<T> {
+///     fn clone(&self) -> Self {
+///         Self { inner: self.inner.clone(), writes: self.writes.clone() }
+///     }
+/// }
+///
+/// impl<T: SessionData> SessionStore<T> for Counted<T> {
+///     async fn load(&self, id: &SessionId, now: DateTime<Utc>) -> Result<Option<Record<T>>, StoreError> {
+///         self.inner.load(id, now).await
+///     }
+///
+///     async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
+///         self.writes.fetch_add(1, Ordering::Relaxed);
+///         self.inner.insert(record).await
+///     }
+///
+///     /// Must never create a row: a destroyed or renewed session stays gone.
+///     async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
+///         self.writes.fetch_add(1, Ordering::Relaxed);
+///         self.inner.update(id, data, update).await
+///     }
+///
+///     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+///         self.inner.delete(id).await
+///     }
+///
+///     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+///         self.inner.purge_expired(now).await
+///     }
+/// }
+/// ```
 pub trait SessionStore<T: SessionData>: Clone + Send + Sync + 'static {
     /// The live (unexpired) session with this id.
     fn load(
