@@ -913,24 +913,7 @@ async fn run() -> anyhow::Result<()> {
             )
             .await?,
         );
-        targets.push(
-            start(
-                session,
-                format!("session/{}", db.name()),
-                Some(db),
-                "session",
-            )
-            .await?,
-        );
-        targets.push(
-            start(
-                cached,
-                format!("session+cache/{}", db.name()),
-                Some(db),
-                "session",
-            )
-            .await?,
-        );
+        let mut sessions = vec![("session", session), ("session+cache", cached)];
         if std::env::var("BENCH_INDEX_COST").is_ok_and(|value| value == "1") {
             let (plain, indexed) = {
                 let pool = pool.clone();
@@ -942,24 +925,11 @@ async fn run() -> anyhow::Result<()> {
                     })
                     .await??
             };
-            targets.push(
-                start(
-                    plain,
-                    format!("session+user/{}", db.name()),
-                    Some(db),
-                    "session",
-                )
-                .await?,
-            );
-            targets.push(
-                start(
-                    indexed,
-                    format!("session+indexed user/{}", db.name()),
-                    Some(db),
-                    "session",
-                )
-                .await?,
-            );
+            sessions.extend([("session+user", plain), ("session+indexed user", indexed)]);
+        }
+        for (label, app) in sessions {
+            let name = format!("{label}/{}", db.name());
+            targets.push(start(app, name, Some(db), "session").await?);
         }
     }
 

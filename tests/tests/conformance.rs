@@ -632,31 +632,25 @@ async fn destroyed_session_is_not_resurrected<B: Backend>() {
     fixture.cleanup().await;
 }
 
-conformance!(
-    cookie_round_trip,
-    anonymous_visitors_create_no_rows,
-    unknown_and_malformed_tokens_get_a_fresh_session,
-    round_trips,
-    unchanged_request_writes_nothing,
-    only_dirty_columns_are_written,
-    concurrent_disjoint_updates_both_survive,
-    concurrent_appends_lose_nothing,
-    typed_values_round_trip_exactly,
-    store_errors_are_surfaced,
-    destroyed_session_is_not_resurrected,
-);
+/// The cases, once: on every store, and on the SQL stores again with group
+/// commit off (loads and writes alone).
+macro_rules! every_case {
+    ($runner:ident) => {
+        $runner!(
+            cookie_round_trip,
+            anonymous_visitors_create_no_rows,
+            unknown_and_malformed_tokens_get_a_fresh_session,
+            round_trips,
+            unchanged_request_writes_nothing,
+            only_dirty_columns_are_written,
+            concurrent_disjoint_updates_both_survive,
+            concurrent_appends_lose_nothing,
+            typed_values_round_trip_exactly,
+            store_errors_are_surfaced,
+            destroyed_session_is_not_resurrected,
+        );
+    };
+}
 
-// The whole set once more with group commit off: loads and writes alone.
-ungrouped_conformance!(
-    cookie_round_trip,
-    anonymous_visitors_create_no_rows,
-    unknown_and_malformed_tokens_get_a_fresh_session,
-    round_trips,
-    unchanged_request_writes_nothing,
-    only_dirty_columns_are_written,
-    concurrent_disjoint_updates_both_survive,
-    concurrent_appends_lose_nothing,
-    typed_values_round_trip_exactly,
-    store_errors_are_surfaced,
-    destroyed_session_is_not_resurrected,
-);
+every_case!(conformance);
+every_case!(ungrouped_conformance);
