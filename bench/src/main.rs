@@ -89,36 +89,26 @@ trait Counter: SessionData + Default {
     fn increment(session: &Session<Self>);
     /// A first visit: the increment, and for the structs with a user
     /// column, the user (so an index has an entry to write).
-    fn first(session: &Session<Self>) {
-        Self::increment(session);
-    }
+    fn first(session: &Session<Self>);
     /// The increment written before the answer, answering the stored count.
     fn increment_now(
         session: &Session<Self>,
     ) -> impl std::future::Future<Output = Result<i64, axum_typed_session::SessionError>> + Send;
 }
 
-impl Counter for Visit {
-    fn get(session: &Session<Self>) -> i64 {
-        session.count()
-    }
-    fn increment(session: &Session<Self>) {
-        session.update_count(|count| *count += 1);
-    }
-    async fn increment_now(
-        session: &Session<Self>,
-    ) -> Result<i64, axum_typed_session::SessionError> {
-        session
-            .update_count(|count| {
-                *count += 1;
-                *count
-            })
-            .await
-    }
-}
-
-macro_rules! user_counter {
+/// The routes' work, the same for every struct: the count, a
+/// read-modify-write of it, and the awaited one; `user` structs also set a
+/// user on the first visit.
+macro_rules! counter {
     ($t:ty) => {
+        counter!($t, |_session| {});
+    };
+    ($t:ty, user) => {
+        counter!($t, |session: &Session<$t>| {
+            session.set_user(Some(rand::random::<i64>() & 0xffff))
+        });
+    };
+    ($t:ty, $on_first:expr) => {
         impl Counter for $t {
             fn get(session: &Session<Self>) -> i64 {
                 session.count()
@@ -127,8 +117,8 @@ macro_rules! user_counter {
                 session.update_count(|count| *count += 1);
             }
             fn first(session: &Session<Self>) {
-                session.set_user(Some(rand::random::<i64>() & 0xffff));
-                session.update_count(|count| *count += 1);
+                ($on_first)(session);
+                Self::increment(session);
             }
             async fn increment_now(
                 session: &Session<Self>,
@@ -143,27 +133,10 @@ macro_rules! user_counter {
         }
     };
 }
-user_counter!(UserVisit);
-user_counter!(IndexedVisit);
-
-impl Counter for CachedVisit {
-    fn get(session: &Session<Self>) -> i64 {
-        session.count()
-    }
-    fn increment(session: &Session<Self>) {
-        session.update_count(|count| *count += 1);
-    }
-    async fn increment_now(
-        session: &Session<Self>,
-    ) -> Result<i64, axum_typed_session::SessionError> {
-        session
-            .update_count(|count| {
-                *count += 1;
-                *count
-            })
-            .await
-    }
-}
+counter!(Visit);
+counter!(CachedVisit);
+counter!(UserVisit, user);
+counter!(IndexedVisit, user);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {

@@ -186,8 +186,10 @@ async fn revoke<T: SessionData, S: SessionStore<T>>(
     key: Value<'static>,
     spared: Option<SessionId>,
 ) -> Result<u64, StoreError> {
-    let count = store.delete_by(field, key.clone(), spared).await?;
-    if let Some(events) = store.events() {
+    // The key is kept for the event only when someone listens.
+    let reported = store.events().is_some().then(|| key.clone());
+    let count = store.delete_by(field, key, spared).await?;
+    if let (Some(events), Some(key)) = (store.events(), reported) {
         events.emit(SessionEvent {
             kind: EventKind::Revoked { count, spared },
             session: T::SCHEMA.struct_name,

@@ -206,48 +206,45 @@ async fn proxy_to(host: &str, port: u16) -> Proxy {
     Proxy::start(target).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_outages_fail_fast_and_recover() {
-    let Some((pool, schema)) = postgres_pool().await else {
-        return;
+/// One outage test per server: a store through a proxy on a fresh schema or
+/// database, cut and then hung; `$drop` removes the schema afterwards.
+macro_rules! outage_test {
+    ($name:ident, $label:literal, $pool:ident, $store:ident, $drop:literal) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let Some((pool, schema)) = $pool().await else {
+                return;
+            };
+            let options = (*pool.connect_options()).clone();
+            let proxy = proxy_to(options.get_host(), options.get_port()).await;
+            let options = options.host("127.0.0.1").port(proxy.port());
+            let store = $store::<Visit>::builder()
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .expect("store through the proxy");
+            store.migrate().await.expect("migrate");
+            outage(concat!($label, ", cut"), store.clone(), &proxy, Mode::Cut).await;
+            outage(concat!($label, ", hung"), store, &proxy, Mode::Paused).await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!($drop, schema)))
+                .execute(&pool)
+                .await;
+        }
     };
-    let options = (*pool.connect_options()).clone();
-    let proxy = proxy_to(options.get_host(), options.get_port()).await;
-    let options = options.host("127.0.0.1").port(proxy.port());
-    let store = PgStore::<Visit>::builder()
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .expect("store through the proxy");
-    store.migrate().await.expect("migrate");
-    outage("PostgreSQL, cut", store.clone(), &proxy, Mode::Cut).await;
-    outage("PostgreSQL, hung", store, &proxy, Mode::Paused).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA \"{schema}\" CASCADE"
-    )))
-    .execute(&pool)
-    .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mariadb_outages_fail_fast_and_recover() {
-    let Some((pool, database)) = mysql_pool().await else {
-        return;
-    };
-    let options = (*pool.connect_options()).clone();
-    let proxy = proxy_to(options.get_host(), options.get_port()).await;
-    let options = options.host("127.0.0.1").port(proxy.port());
-    let store = MySqlStore::<Visit>::builder()
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .expect("store through the proxy");
-    store.migrate().await.expect("migrate");
-    outage("MariaDB, cut", store.clone(), &proxy, Mode::Cut).await;
-    outage("MariaDB, hung", store, &proxy, Mode::Paused).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{database}`")))
-        .execute(&pool)
-        .await;
-}
+outage_test!(
+    postgres_outages_fail_fast_and_recover,
+    "PostgreSQL",
+    postgres_pool,
+    PgStore,
+    "DROP SCHEMA \"{}\" CASCADE"
+);
+outage_test!(
+    mariadb_outages_fail_fast_and_recover,
+    "MariaDB",
+    mysql_pool,
+    MySqlStore,
+    "DROP DATABASE `{}`"
+);

@@ -55,11 +55,34 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     const TIME_TYPE: &'static str;
     /// The column type of a field's SQL type.
     fn column_type(ty: SqlType) -> &'static str;
-    /// Statements that create the table and its index.
-    fn create_table(schema: &Schema, columns: &str) -> Vec<String>;
-    /// A statement deleting up to a batch of expired rows; binds `now`, then
-    /// the batch size.
-    fn purge_statement(table: &str) -> String;
+    /// Statements that create the table and its `expires_at` index
+    /// (default: `CREATE TABLE IF NOT EXISTS`, then `CREATE INDEX IF NOT
+    /// EXISTS`).
+    fn create_table(schema: &Schema, columns: &str) -> Vec<String> {
+        let table = statements::quote::<Self>(schema.table);
+        let index = statements::quote::<Self>(&format!("{}_expires_at", schema.table));
+        let expires_at = statements::quote::<Self>("expires_at");
+        vec![
+            format!("CREATE TABLE IF NOT EXISTS {table} ({columns})"),
+            format!("CREATE INDEX IF NOT EXISTS {index} ON {table} ({expires_at})"),
+        ]
+    }
+    /// A statement deleting up to a batch of expired rows of `table`
+    /// (quoted); binds `now`, then the batch size (default: the ids of a
+    /// `LIMIT`ed subquery).
+    fn purge_statement(table: &str) -> String {
+        let id = statements::quote::<Self>("id");
+        let expires_at = statements::quote::<Self>("expires_at");
+        let mut placeholders = statements::Placeholders::<Self>::new();
+        let mut sql = format!(
+            "DELETE FROM {table} WHERE {id} IN (SELECT {id} FROM {table} WHERE {expires_at} <= "
+        );
+        placeholders.push(&mut sql, None);
+        sql.push_str(" LIMIT ");
+        placeholders.push(&mut sql, None);
+        sql.push(')');
+        sql
+    }
     /// Whether an existing column of type `found` (as the database spells
     /// it) is what the DDL type `expected` creates.
     fn type_matches(expected: &str, found: &str) -> bool;

@@ -23,7 +23,6 @@ use super::{
 use crate::{
     data::SessionData,
     error::StoreError,
-    schema::Schema,
     token::SessionId,
     value::{SqlType, Value},
 };
@@ -110,25 +109,6 @@ impl Dialect for Postgres {
             SqlType::Date => "DATE",
             SqlType::Uuid => "UUID",
         }
-    }
-
-    fn create_table(schema: &Schema, columns: &str) -> Vec<String> {
-        vec![
-            format!(
-                "CREATE TABLE IF NOT EXISTS \"{}\" ({columns})",
-                schema.table
-            ),
-            format!(
-                "CREATE INDEX IF NOT EXISTS \"{t}_expires_at\" ON \"{t}\" (\"expires_at\")",
-                t = schema.table
-            ),
-        ]
-    }
-
-    fn purge_statement(table: &str) -> String {
-        format!(
-            "DELETE FROM {table} WHERE \"id\" IN (SELECT \"id\" FROM {table} WHERE \"expires_at\" <= $1 LIMIT $2)"
-        )
     }
 
     fn type_matches(expected: &str, found: &str) -> bool {

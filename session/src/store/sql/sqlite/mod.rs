@@ -27,7 +27,6 @@ use super::{
 use crate::{
     data::SessionData,
     error::StoreError,
-    schema::Schema,
     token::SessionId,
     value::{SqlType, Value},
 };
@@ -186,29 +185,11 @@ impl Dialect for Sqlite {
         }
     }
 
-    fn create_table(schema: &Schema, columns: &str) -> Vec<String> {
-        vec![
-            // A rowid table, not WITHOUT ROWID: rows stay in the order they
-            // were created, so the sessions active at one time share pages
-            // and a grouped UPDATE writes a few pages, not one per session.
-            // The random 32-byte key lives in its own index, which UPDATEs
-            // (other than a renew) never touch.
-            format!(
-                "CREATE TABLE IF NOT EXISTS \"{}\" ({columns})",
-                schema.table
-            ),
-            format!(
-                "CREATE INDEX IF NOT EXISTS \"{t}_expires_at\" ON \"{t}\" (\"expires_at\")",
-                t = schema.table
-            ),
-        ]
-    }
-
-    fn purge_statement(table: &str) -> String {
-        format!(
-            "DELETE FROM {table} WHERE \"id\" IN (SELECT \"id\" FROM {table} WHERE \"expires_at\" <= ? LIMIT ?)"
-        )
-    }
+    // `create_table` and `purge_statement`: the defaults. A rowid table, not
+    // WITHOUT ROWID: rows stay in the order they were created, so the
+    // sessions active at one time share pages and a grouped UPDATE writes a
+    // few pages, not one per session. The random 32-byte key lives in its own
+    // index, which UPDATEs (other than a renew) never touch.
 
     fn type_matches(expected: &str, found: &str) -> bool {
         affinity(expected) == affinity(found)
