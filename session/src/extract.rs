@@ -63,6 +63,14 @@ impl<T: SessionData> std::fmt::Debug for Session<T> {
     }
 }
 
+impl<T: SessionData> Clone for Session<T> {
+    fn clone(&self) -> Self {
+        Self {
+            accessors: T::Accessors::from(handle(self).clone()),
+        }
+    }
+}
+
 impl<T: SessionData> Deref for Session<T> {
     type Target = T::Accessors;
 
@@ -261,6 +269,22 @@ impl<T: SessionData> Session<T> {
     /// ```
     pub fn renew(&self) {
         lock(&handle(self).0.state).renew = true;
+    }
+}
+
+// Kept out of the block above: these are not methods a user calls, so the
+// derive need not know them.
+impl<T: SessionData> Session<T> {
+    /// Writes the request's changes now (see [`Updated`](crate::Updated)).
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) async fn write_now(&self) -> Result<(), SessionError> {
+        handle(self).write_now().await
+    }
+
+    /// Deletes the session now and goes on with a fresh one.
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) async fn destroy_now(&self) -> Result<(), SessionError> {
+        handle(self).destroy_now().await
     }
 }
 

@@ -47,14 +47,17 @@
 //!
 //! `sqlite` (default), `postgres`, `mysql`: the stores, in any combination.
 //! `rustls` / `native-tls`: TLS for the database connections.
+//! `auth`: sign-in with axum-login's backend traits ([`auth`]).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-// The derive's generated code names `::axum_typed_session`; the unit tests
-// derive session structs inside this crate.
-#[cfg(test)]
+// The derive's generated code names `::axum_typed_session`; the crate derives
+// its own `auth::AuthData`, and its unit tests derive session structs.
 extern crate self as axum_typed_session;
 
+#[cfg(feature = "auth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "auth")))]
+pub mod auth;
 mod config;
 mod cookie;
 mod data;

@@ -376,6 +376,42 @@ impl<T: SessionData> Handle<T> {
         }
     }
 
+    /// Deletes the session now (as [`destroy`](crate::Session::destroy) does
+    /// after the handler) and goes on with a fresh, empty one: a change made
+    /// after this starts a new session with a new token. The removal cookie
+    /// is sent unless a later write replaces it.
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) async fn destroy_now(&self) -> Result<(), SessionError> {
+        let shared = &self.0;
+        let _one_at_a_time = shared.load_lock.lock().await;
+        let snapshot = {
+            let mut state = lock(&shared.state);
+            if state.gone || state.stored.is_none() && state.presented.is_none() {
+                // Nothing stored and no cookie to remove: only the data goes.
+                *state = RequestState {
+                    data: Some(T::default()),
+                    ..RequestState::default()
+                };
+                return Ok(());
+            }
+            RequestState {
+                data: state.data.as_ref().map(T::duplicate),
+                presented: state.presented.clone(),
+                stored: state.stored,
+                destroy: true,
+                ..RequestState::default()
+            }
+        };
+        let saved = shared.backing.save(snapshot).await?;
+        let mut state = lock(&shared.state);
+        *state = RequestState {
+            data: Some(T::default()),
+            headers: saved.headers,
+            ..RequestState::default()
+        };
+        Ok(())
+    }
+
     /// Read-modify-write of several fields at once; only fields whose value
     /// changed are written.
     pub fn update_all<C>(&self, mut change: C) -> Result<(), EncodeError>

@@ -772,9 +772,24 @@ impl Reply {
 
 /// Sends one request to the app, with an optional raw `Cookie` header.
 pub async fn send(app: &Router, method: &str, path: &str, cookie: Option<&str>) -> Reply {
+    send_with(app, method, path, cookie, &[]).await
+}
+
+/// Sends one request to the app, with an optional raw `Cookie` header and
+/// more headers (`Accept`, `Sec-Fetch-Site`, ...).
+pub async fn send_with(
+    app: &Router,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut request = Request::builder().method(method).uri(path);
     if let Some(cookie) = cookie {
         request = request.header(header::COOKIE, cookie);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let response = app
         .clone()
@@ -828,7 +843,19 @@ impl Client {
 
     /// Sends a request with the jar's cookie and keeps what the response sets.
     pub async fn send(&mut self, method: &str, path: &str) -> Reply {
-        let reply = send(&self.app, method, path, self.cookie_header().as_deref()).await;
+        self.send_with(method, path, &[]).await
+    }
+
+    /// The same, with more headers.
+    pub async fn send_with(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let reply = send_with(
+            &self.app,
+            method,
+            path,
+            self.cookie_header().as_deref(),
+            headers,
+        )
+        .await;
         if let Some(value) = reply.cookie(&self.cookie_name) {
             self.token = (!value.is_empty()).then_some(value);
         }
