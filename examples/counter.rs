@@ -40,7 +40,7 @@ async fn greet(visit: Session<Visit>) -> Result<String, SessionError> {
 struct Counter;
 
 impl common::App<Visit> for Counter {
-    fn router<S: SessionStore<Visit>>(store: S) -> Router {
+    fn router<S: SessionStore<Visit>>(&self, store: S) -> Router {
         let config = SessionConfig::default();
         Router::new()
             .route("/greet", get(greet))
@@ -50,5 +50,5 @@ impl common::App<Visit> for Counter {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::run::<Visit, Counter>().await
+    common::run(Counter).await
 }

@@ -50,14 +50,6 @@ struct SignIn {
     user: String,
 }
 
-/// Text for HTML: the user's name and agent are theirs, not ours.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 async fn home<S: SessionStore<Device>>(
     State(app): State<App<S>>,
     session: Session<Device>,
@@ -80,7 +72,7 @@ async fn home<S: SessionStore<Device>>(
         };
         rows.push_str(&format!(
             r#"<tr><td>{agent}{mark}</td><td>{created}</td><td>{active}</td><td><form method="post" action="/devices/{id}/revoke"><button>Sign out this one</button></form></td></tr>"#,
-            agent = escape(device.data.agent.as_deref().unwrap_or("unknown browser")),
+            agent = common::escape(device.data.agent.as_deref().unwrap_or("unknown browser")),
             created = device.created_at.format("%Y-%m-%d %H:%M UTC"),
             active = device.last_active(&app.config).format("%Y-%m-%d %H:%M UTC"),
             id = device.id,
@@ -92,7 +84,7 @@ async fn home<S: SessionStore<Device>>(
 <form method="post" action="/devices/revoke-others"><button>Sign out other devices</button></form>
 <form method="post" action="/devices/revoke-all"><button>Sign out everywhere</button></form>
 <form method="post" action="/logout"><button>Sign out</button></form>"#,
-        user = escape(&user),
+        user = common::escape(&user),
     )))
 }
 
@@ -171,7 +163,7 @@ async fn revoke_all<S: SessionStore<Device>>(
 struct Devices;
 
 impl common::App<Device> for Devices {
-    fn router<S: SessionStore<Device>>(store: S) -> Router {
+    fn router<S: SessionStore<Device>>(&self, store: S) -> Router {
         let config = SessionConfig::default();
         let app = App {
             store: store.clone(),
@@ -192,52 +184,17 @@ impl common::App<Device> for Devices {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::run::<Device, Devices>().await
+    common::run(Devices).await
 }
 
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
     use axum_typed_session::MemoryStore;
-    use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::common::App as _;
-
-    /// A browser: one cookie jar, and the headers a same-origin form sends.
-    struct Browser {
-        app: Router,
-        cookie: Option<String>,
-        agent: &'static str,
-    }
-
-    impl Browser {
-        async fn send(&mut self, method: &str, path: &str, form: &str) -> (StatusCode, String) {
-            let mut request = http::Request::builder()
-                .method(method)
-                .uri(path)
-                .header(header::USER_AGENT, self.agent)
-                .header("sec-fetch-site", "same-origin")
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-            if let Some(cookie) = &self.cookie {
-                request = request.header(header::COOKIE, cookie);
-            }
-            let response = self
-                .app
-                .clone()
-                .oneshot(request.body(Body::from(form.to_owned())).unwrap())
-                .await
-                .unwrap();
-            if let Some(set) = response.headers().get(header::SET_COOKIE) {
-                let pair = set.to_str().unwrap().split(';').next().unwrap().to_owned();
-                self.cookie = (!pair.ends_with('=')).then_some(pair);
-            }
-            let status = response.status();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        }
-    }
+    use crate::common::{App as _, testing::Browser};
 
     /// The session id in the revoke form of the row that names `agent`.
     fn id_in_row(page: &str, agent: &str) -> String {
@@ -251,12 +208,8 @@ mod tests {
 
     fn browsers() -> (Browser, Browser, MemoryStore<Device>) {
         let store = MemoryStore::<Device>::new();
-        let app = Devices::router(store.clone());
-        let browser = |agent| Browser {
-            app: app.clone(),
-            cookie: None,
-            agent,
-        };
+        let app = Devices.router(store.clone());
+        let browser = |agent| Browser::new(app.clone(), agent);
         (browser("Laptop"), browser("Phone"), store)
     }
 

@@ -91,7 +91,7 @@ static KEY: OnceLock<Key> = OnceLock::new();
 struct LoginApp;
 
 impl common::App<Login> for LoginApp {
-    fn router<S: SessionStore<Login>>(store: S) -> Router {
+    fn router<S: SessionStore<Login>>(&self, store: S) -> Router {
         let key = KEY.get_or_init(Key::generate).clone();
         // Secure stays on: browsers send it back on http://localhost.
         let config = SessionConfig::default().with_private_key(key);
@@ -107,5 +107,5 @@ impl common::App<Login> for LoginApp {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = KEY.set(key()?);
-    common::run::<Login, LoginApp>().await
+    common::run(LoginApp).await
 }
