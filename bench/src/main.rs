@@ -41,13 +41,12 @@ use axum_typed_session::{
     CachedStore, MySqlStore, PgStore, Session, SessionConfig, SessionData, SessionLayer,
     SessionStore, SqliteStore,
 };
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use rand::RngCore;
+
+mod common;
+
+use common::{HttpClient, median, percentile, request, serve, server_runtime, settle};
 
 const USERS: usize = 64;
 const IN_FLIGHT: usize = 32;
@@ -412,35 +411,7 @@ fn raw_sqlx(pool: RawPool) -> Router {
         .with_state(pool)
 }
 
-/// The server's runtime: one worker thread, so server and load generator
-/// each have one of the two cores instead of competing for both.
-static SERVER: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-
-fn server_runtime() -> &'static tokio::runtime::Runtime {
-    SERVER.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("server")
-            .enable_all()
-            .build()
-            .expect("server runtime")
-    })
-}
-
-async fn serve(app: Router) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let address = listener.local_addr()?;
-    let task = server_runtime().spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((address, task))
-}
-
 // ---------------------------------------------------------------- load
-
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 struct User {
     cookie: Option<String>,
@@ -452,32 +423,6 @@ struct Outcome {
     latencies_us: Vec<u32>,
     errors: u64,
     wrong: u64,
-}
-
-async fn request(
-    client: &HttpClient,
-    address: SocketAddr,
-    path: &str,
-    cookie: Option<&str>,
-) -> anyhow::Result<(StatusCode, Option<String>, String)> {
-    let mut request = hyper::Request::get(format!("http://{address}{path}"));
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    let response = client.request(request.body(Empty::new())?).await?;
-    let status = response.status();
-    let set_cookie = response
-        .headers()
-        .get(header::SET_COOKIE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .map(str::to_owned);
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((
-        status,
-        set_cookie,
-        String::from_utf8_lossy(&body).into_owned(),
-    ))
 }
 
 /// Gives every user a session with count 1 (not timed).
@@ -596,53 +541,6 @@ impl Row {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// The longest a phase waits for the machine to go quiet.
-const SETTLE_MAX: Duration = Duration::from_secs(2);
-
-/// Busy and total CPU time of the whole machine, in clock ticks (Linux).
-fn cpu_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|field| field.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
-    let total: u64 = ticks.iter().take(8).sum();
-    Some((total - idle, total))
-}
-
-/// Waits until the machine is quiet (under 10 % busy over 100 ms) or
-/// [`SETTLE_MAX`] has passed, and says how long it waited. What one phase
-/// leaves running (a database's checkpoint or vacuum after thousands of
-/// inserts) would otherwise slow down whichever server is measured next.
-async fn settle() -> Duration {
-    let started = Instant::now();
-    let mut before = cpu_ticks();
-    while started.elapsed() < SETTLE_MAX {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = cpu_ticks();
-        let (Some((busy0, total0)), Some((busy1, total1))) = (before, now) else {
-            break;
-        };
-        if (busy1 - busy0) * 10 < (total1 - total0).max(1) {
-            break;
-        }
-        before = now;
-    }
-    started.elapsed()
-}
-
 /// A running server under test.
 struct Target {
     name: String,
@@ -705,11 +603,6 @@ async fn measure_once(
         waited.as_millis()
     );
     Ok((rps, latencies, outcome.errors))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// The bench's SQLite database, one per run.

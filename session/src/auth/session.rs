@@ -184,8 +184,12 @@ impl<B: AuthnBackend> AuthSession<B> {
     }
 
     /// Checks credentials with the backend: the user, or `None` when they
-    /// are wrong (never an error).
+    /// are wrong (never an error). Refused, before the backend is asked,
+    /// when another site sent the request, as [`login`](Self::login) is: a
+    /// sign-in route is protected whole, and no other site can use a
+    /// visitor's browser to try passwords.
     pub async fn authenticate(&self, creds: B::Credentials) -> Result<Option<B::User>, Error<B>> {
+        self.cross_site.map_err(Error::CrossSite)?;
         self.core
             .backend
             .authenticate(creds)
