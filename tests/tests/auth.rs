@@ -167,6 +167,8 @@ impl AuthzBackend for Users {
 #[derive(Deserialize)]
 struct Next {
     next: Option<String>,
+    #[serde(default)]
+    remember: bool,
 }
 
 async fn login(
@@ -179,6 +181,8 @@ async fn login(
         Ok(None) => return "wrong name or password".into_response(),
         Err(error) => return error.into_response(),
     };
+    // Remember-me rides along in login's one write.
+    auth.session().set_remember(next.remember);
     if let Err(error) = auth.login(&user).await {
         return error.into_response();
     }
@@ -241,6 +245,10 @@ fn app<S: SessionStore<AuthData>>(store: S, users: Users, cache: Option<Duration
             }),
         )
         .route("/whoami", get(whoami))
+        .route(
+            "/remembered",
+            get(|auth: AuthSession<Users>| async move { auth.session().is_remembered().to_string() }),
+        )
         .route(
             "/devices",
             get(|auth: AuthSession<Users>| async move {
@@ -357,6 +365,41 @@ async fn sign_in_and_out<B: Backend>() {
     );
     assert_eq!(fixture.count_rows().await, 0, "logout deletes the row");
     assert_eq!(client.get("/whoami").await.body, "anonymous");
+    fixture.cleanup().await;
+}
+
+fn max_age(reply: &Reply) -> u64 {
+    reply.cookies[0]
+        .split("; ")
+        .find_map(|attribute| attribute.strip_prefix("Max-Age="))
+        .expect("a Max-Age")
+        .parse()
+        .expect("seconds")
+}
+
+async fn remember_me_at_sign_in<B: Backend>() {
+    let Some(fixture) = B::open::<AuthData>().await else {
+        return;
+    };
+    let app = app(fixture.store.clone(), Users::new(), None);
+    let mut plain = Client::new(app.clone(), COOKIE);
+    let reply = sign_in(&mut plain, ADA, ADA_PASSWORD).await;
+    let plain_age = max_age(&reply);
+    assert_eq!(plain.get("/remembered").await.body, "false");
+    let mut remembered = Client::new(app, COOKIE);
+    let reply = remembered
+        .send_with(
+            "POST",
+            &format!("{}&remember=true", login_path(ADA, ADA_PASSWORD)),
+            &[SAME_ORIGIN],
+        )
+        .await;
+    assert!(
+        max_age(&reply) > plain_age,
+        "the remember-me lifetime, not the idle timeout: {:?}",
+        reply.cookies
+    );
+    assert_eq!(remembered.get("/remembered").await.body, "true");
     fixture.cleanup().await;
 }
 
@@ -706,6 +749,7 @@ async fn bad_sessions_and_backend_failures<B: Backend>() {
 
 conformance!(
     sign_in_and_out,
+    remember_me_at_sign_in,
     login_renews_the_token,
     protected_routes,
     permissions_and_predicates,
@@ -789,4 +833,21 @@ async fn routes_without_auth_pay_nothing() {
     let reply = send_with(&app, "GET", "/plain", Some("auth=whatever"), &[]).await;
     assert_eq!(reply.body, "plain");
     assert_eq!(calls.take(), (0, 0, 0, 0));
+}
+
+/// `AuthSession` without its layer: a 500 that says what to add, logged.
+#[tokio::test]
+async fn a_missing_layer_is_a_clear_500() {
+    let app = Router::new().route("/whoami", get(whoami));
+    let reply = send_with(&app, "GET", "/whoami", None, &[]).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        reply.body, "internal server error",
+        "details go to the log, not the visitor"
+    );
+    let error = axum_typed_session::auth::Error::<Users>::MissingLayer.to_string();
+    assert!(
+        error.contains("AuthManagerLayerBuilder::new(backend, session_layer)"),
+        "{error}"
+    );
 }

@@ -90,24 +90,21 @@ impl AuthnBackend for Users {
     }
 
     async fn get_user(&self, id: &UserId<Self>) -> Result<Option<User>, UsersError> {
+        // The same query on each driver; PostgreSQL numbers its placeholders.
+        macro_rules! fetch {
+            ($pool:expr, $sql:literal) => {
+                sqlx::query_as($sql).bind(id).fetch_optional($pool).await
+            };
+        }
         let row: Option<Row> = match self {
             Users::Sqlite(pool) => {
-                sqlx::query_as("SELECT id, name, hash FROM bench_users WHERE id = ?")
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await
+                fetch!(pool, "SELECT id, name, hash FROM bench_users WHERE id = ?")
             }
             Users::Postgres(pool) => {
-                sqlx::query_as("SELECT id, name, hash FROM bench_users WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await
+                fetch!(pool, "SELECT id, name, hash FROM bench_users WHERE id = $1")
             }
             Users::MySql(pool) => {
-                sqlx::query_as("SELECT id, name, hash FROM bench_users WHERE id = ?")
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await
+                fetch!(pool, "SELECT id, name, hash FROM bench_users WHERE id = ?")
             }
         }
         .map_err(UsersError)?;

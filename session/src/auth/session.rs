@@ -201,6 +201,8 @@ impl<B: AuthnBackend> AuthSession<B> {
     /// user's id and auth hash in their columns, in one write that is done
     /// when this returns. Refused with [`Error::CrossSite`] when another
     /// site sent the request (login CSRF), unless the layer allows it.
+    /// For remember-me, call `auth.session().set_remember(true)` first: it
+    /// goes in the same write.
     pub async fn login(&mut self, user: &B::User) -> Result<(), Error<B>> {
         self.cross_site.map_err(Error::CrossSite)?;
         let key = user_key::<B>(&user.id())?;
