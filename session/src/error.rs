@@ -17,6 +17,11 @@ pub enum StoreError {
     #[cfg(feature = "_sql")]
     #[error("database error: {0}")]
     Database(#[source] Arc<sqlx::Error>),
+    /// Redis answered with an error (not an outage: those are
+    /// [`Unavailable`](Self::Unavailable)).
+    #[cfg(feature = "redis")]
+    #[error("Redis error: {0}")]
+    Redis(#[source] Arc<redis::RedisError>),
     /// A stored row does not decode into the session struct (the table does
     /// not match the struct; run `migrate()` to see how).
     #[error(transparent)]

@@ -48,6 +48,7 @@
 //! `sqlite` (default), `postgres`, `mysql`: the stores, in any combination.
 //! `rustls` / `native-tls`: TLS for the database connections.
 //! `auth`: sign-in with axum-login's backend traits ([`auth`]).
+//! `redis`: a store on Redis or Valkey, standalone or Cluster.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -88,6 +89,10 @@ pub use request::Updated;
 pub use store::{CachedStore, MemoryStore, Record, SessionStore, Update};
 pub use token::{ParseSessionIdError, SessionId, SessionToken};
 
+/// A session store on Redis or Valkey, standalone or Cluster.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::redis::RedisStore;
 /// A session store on SQLite.
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]

@@ -212,6 +212,10 @@ pub enum ValueError {
     /// A JSON column did not deserialize into the field's type.
     #[error("invalid JSON for the field's type: {0}")]
     Json(#[from] serde_json::Error),
+    /// Stored text that does not parse as the field's type (Redis keeps
+    /// every value as text).
+    #[error("stored value {0} does not parse as the field's type")]
+    Unparsable(String),
     /// The field type's own decoding code (its `Deserialize`) panicked.
     #[error("the field type's decoding panicked: {0}")]
     Panicked(String),

@@ -30,6 +30,10 @@ use tower::ServiceExt as _;
 
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The local Cluster `.ci/redis-cluster` starts: three masters, three replicas.
+pub const DEFAULT_REDIS_CLUSTER: &str =
+    "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002";
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
@@ -50,6 +54,9 @@ fn unreachable(database: &str, url: &str, error: &dyn std::fmt::Display) {
 }
 
 pub mod proxy;
+mod redis;
+
+pub use redis::{Redis, RedisCluster, RedisRaw, redis_cluster_nodes, redis_url};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -103,6 +110,7 @@ pub struct Fixture<B: Backend, T: SessionData> {
 /// Direct access to the database under a store, for checks and sabotage.
 pub enum Raw {
     Memory(Arc<dyn Fn() -> usize + Send + Sync>),
+    Redis(RedisRaw),
     Sqlite(sqlx::SqlitePool, std::path::PathBuf),
     Postgres(sqlx::PgPool, String),
     MySql(sqlx::MySqlPool, String),
@@ -130,6 +138,7 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
     pub fn other<U: SessionData>(&self) -> Fixture<B, U> {
         let raw = match &self.raw {
             Raw::Memory(len) => Raw::Memory(len.clone()),
+            Raw::Redis(raw) => Raw::Redis(raw.clone()),
             Raw::Sqlite(pool, path) => Raw::Sqlite(pool.clone(), path.clone()),
             Raw::Postgres(pool, schema) => Raw::Postgres(pool.clone(), schema.clone()),
             Raw::MySql(pool, database) => Raw::MySql(pool.clone(), database.clone()),
@@ -161,7 +170,7 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
     /// A second pool on the same database (`None` for memory).
     async fn independent_raw(&self) -> Option<Raw> {
         Some(match &self.raw {
-            Raw::Memory(_) => return None,
+            Raw::Memory(_) | Raw::Redis(_) => return None,
             Raw::Sqlite(pool, path) => Raw::Sqlite(
                 SqlitePoolOptions::new()
                     .connect_with((*pool.connect_options()).clone())
@@ -189,7 +198,7 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
     /// `migrate()` on the SQL stores; nothing to do in memory.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.raw {
-            Raw::Memory(_) => Ok(()),
+            Raw::Memory(_) | Raw::Redis(_) => Ok(()),
             Raw::Sqlite(pool, _) => SqliteStore::<T>::new(pool.clone()).migrate().await,
             Raw::Postgres(pool, _) => PgStore::<T>::new(pool.clone()).migrate().await,
             Raw::MySql(pool, _) => MySqlStore::<T>::new(pool.clone()).migrate().await,
@@ -212,7 +221,7 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
                 .collect()
         }
         match &self.raw {
-            Raw::Memory(_) => Vec::new(),
+            Raw::Memory(_) | Raw::Redis(_) => Vec::new(),
             Raw::Sqlite(pool, _) => sqlx::query(sql)
                 .fetch_all(pool)
                 .await
@@ -242,6 +251,10 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
         let table = T::SCHEMA.table;
         match &self.raw {
             Raw::Memory(len) => len() as i64,
+            Raw::Redis(raw) => raw
+                .keys(&format!("{}:{{*", raw.prefix_of(table)))
+                .await
+                .len() as i64,
             Raw::Sqlite(pool, _) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT COUNT(*) FROM \"{table}\""
             )))
@@ -267,7 +280,7 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
     pub async fn execute(&self, sql: &str) -> Option<()> {
         let sql = sqlx::AssertSqlSafe(sql.to_owned());
         match &self.raw {
-            Raw::Memory(_) => return None,
+            Raw::Memory(_) | Raw::Redis(_) => return None,
             Raw::Sqlite(pool, _) => pool.execute(sql).await.map(drop),
             Raw::Postgres(pool, _) => pool.execute(sql).await.map(drop),
             Raw::MySql(pool, _) => pool.execute(sql).await.map(drop),
@@ -331,6 +344,7 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
                 remove_sqlite_files(path);
             }
             Raw::Memory(_) => {}
+            Raw::Redis(raw) => raw.cleanup().await,
         }
     }
 }
@@ -871,6 +885,25 @@ impl Client {
     }
 }
 
+/// Runs each case against memory and the three SQL stores: what Redis does
+/// not do (caps).
+#[macro_export]
+macro_rules! local_conformance {
+    ($($case:ident),* $(,)?) => {
+        $crate::conformance!(@backend memory, $crate::Memory, $($case),*);
+        $crate::sql_conformance!($($case),*);
+    };
+}
+
+/// Runs each case against Redis, standalone and Cluster.
+#[macro_export]
+macro_rules! redis_conformance {
+    ($($case:ident),* $(,)?) => {
+        $crate::conformance!(@backend redis, $crate::Redis, $($case),*);
+        $crate::conformance!(@backend redis_cluster, $crate::RedisCluster, $($case),*);
+    };
+}
+
 /// Runs each case against the three SQL stores.
 #[macro_export]
 macro_rules! sql_conformance {
@@ -891,14 +924,13 @@ macro_rules! ungrouped_conformance {
     };
 }
 
-/// Runs each case against every store: memory, SQLite, PostgreSQL, MariaDB.
+/// Runs each case against every store: memory, SQLite, PostgreSQL,
+/// MariaDB, Redis and Redis Cluster.
 #[macro_export]
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
-        $crate::conformance!(@backend memory, $crate::Memory, $($case),*);
-        $crate::conformance!(@backend sqlite, $crate::Sqlite, $($case),*);
-        $crate::conformance!(@backend postgres, $crate::Postgres, $($case),*);
-        $crate::conformance!(@backend mysql, $crate::MySql, $($case),*);
+        $crate::local_conformance!($($case),*);
+        $crate::redis_conformance!($($case),*);
     };
     (@backend $module:ident, $backend:ty, $($case:ident),*) => {
         mod $module {

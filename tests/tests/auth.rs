@@ -411,7 +411,9 @@ async fn login_renews_the_token<B: Backend>() {
     sign_in(&mut client, ADA, ADA_PASSWORD).await;
     let before = client.token.clone().expect("a token");
     let again = sign_in(&mut client, "bob", "hunter2").await;
-    let after = again.cookie(COOKIE).expect("a new cookie at sign-in");
+    let after = again
+        .cookie(COOKIE)
+        .unwrap_or_else(|| panic!("a new cookie at sign-in: {again:?}"));
     assert_ne!(before, after, "a sign-in issues a new token");
     assert_eq!(client.get("/whoami").await.body, "bob");
     let mut planted = Client::new(client.app.clone(), COOKIE);

@@ -489,8 +489,13 @@ async fn lifecycle_events_are_heard<B: Backend>() {
         store.clone(),
         SessionConfig::default().with_purge_interval(None),
     );
-    assert_eq!(layer.purge_expired().await.unwrap(), 1);
-    assert_eq!(next().kind, EventKind::Purged { count: 1 });
+    if B::NAME.starts_with("Redis") {
+        // Redis expired it by itself: nothing to purge, nothing to report.
+        assert_eq!(layer.purge_expired().await.unwrap(), 0);
+    } else {
+        assert_eq!(layer.purge_expired().await.unwrap(), 1);
+        assert_eq!(next().kind, EventKind::Purged { count: 1 });
+    }
     assert!(heard.try_recv().is_none(), "nothing more");
     assert_eq!(events.dropped(), 0);
     fixture.cleanup().await;
@@ -621,7 +626,8 @@ async fn concurrent_sign_ins_end_within_the_cap<B: Backend>() {
 mod cap {
     use super::*;
 
-    conformance!(
+    // Redis keeps no caps.
+    conformance_tests::local_conformance!(
         the_cap_keeps_the_newest_sessions,
         concurrent_sign_ins_end_within_the_cap
     );

@@ -506,9 +506,11 @@ async fn purge_deletes_expired_rows_and_survives_errors<B: Backend>() {
         );
         fixture.restore_table().await;
     }
+    // Redis expires sessions by itself: nothing is left to purge.
+    let expired = if B::NAME.starts_with("Redis") { 0 } else { 5 };
     assert_eq!(
         layer.purge_expired().await.unwrap(),
-        5,
+        expired,
         "expired rows purged"
     );
     assert_eq!(fixture.count_rows().await, 1, "the live session stays");

@@ -9,6 +9,9 @@ use crate::{data::SessionData, error::StoreError, token::SessionId, value::Value
 mod cached;
 mod memory;
 mod record;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 #[cfg(feature = "_sql")]
 pub mod sql;
 

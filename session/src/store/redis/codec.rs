@@ -1,0 +1,292 @@
+//! One session as one Redis hash: a field per struct field, plus the
+//! library's own, each value as text a person can read with `HGETALL`
+//! (integers as decimal text, times as RFC 3339, JSON as JSON), bytes as
+//! they are.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
+
+use crate::{
+    data::{DecodeError, SessionData},
+    error::StoreError,
+    store::Record,
+    token::SessionId,
+    value::{SqlType, Value, ValueError},
+};
+
+/// The library's own hash fields. The derive reserves these names, so no
+/// struct field can take them.
+pub(crate) const VERSION: &str = "version";
+pub(crate) const CREATED_AT: &str = "created_at";
+pub(crate) const EXPIRES_AT: &str = "expires_at";
+pub(crate) const REMEMBER: &str = "remember";
+/// Set on a session being moved to a new id on Redis Cluster (renew across
+/// slots): a hyphen no SQL identifier, hence no column, can contain.
+pub(crate) const MOVED_TO: &str = "moved-to";
+
+/// A field value as stored; `None` for NULL (the hash field is removed).
+pub(crate) fn encode(value: &Value<'_>) -> Option<Vec<u8>> {
+    Some(match value {
+        Value::Null(_) => return None,
+        Value::Bool(v) => {
+            if *v {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            }
+        }
+        Value::I16(v) => v.to_string().into_bytes(),
+        Value::I32(v) => v.to_string().into_bytes(),
+        Value::I64(v) => v.to_string().into_bytes(),
+        Value::U64(v) => v.to_string().into_bytes(),
+        // Rust's shortest form that parses back to the same number.
+        Value::F32(v) => v.to_string().into_bytes(),
+        Value::F64(v) => v.to_string().into_bytes(),
+        Value::Text(v) | Value::Json(v) => v.as_bytes().to_vec(),
+        Value::Bytes(v) => v.to_vec(),
+        Value::Timestamp(v) => v.to_rfc3339_opts(SecondsFormat::AutoSi, true).into_bytes(),
+        Value::DateTime(v) => v.format("%Y-%m-%dT%H:%M:%S%.f").to_string().into_bytes(),
+        Value::Date(v) => v.format("%Y-%m-%d").to_string().into_bytes(),
+        Value::Uuid(v) => v.hyphenated().to_string().into_bytes(),
+    })
+}
+
+/// A stored field back into a value of `sql_type`.
+pub(crate) fn decode(sql_type: SqlType, stored: Vec<u8>) -> Result<Value<'static>, ValueError> {
+    fn text(stored: Vec<u8>) -> Result<String, ValueError> {
+        String::from_utf8(stored).map_err(|error| {
+            ValueError::Unparsable(format!("{:?}", String::from_utf8_lossy(error.as_bytes())))
+        })
+    }
+    fn parse<V: std::str::FromStr>(stored: Vec<u8>) -> Result<V, ValueError> {
+        let text = text(stored)?;
+        text.parse()
+            .map_err(|_| ValueError::Unparsable(format!("{text:?}")))
+    }
+    Ok(match sql_type {
+        SqlType::Bool => match stored.as_slice() {
+            b"1" => Value::Bool(true),
+            b"0" => Value::Bool(false),
+            _ => {
+                return Err(ValueError::Unparsable(format!(
+                    "{:?}",
+                    String::from_utf8_lossy(&stored)
+                )));
+            }
+        },
+        SqlType::I16 => Value::I16(parse(stored)?),
+        SqlType::I32 => Value::I32(parse(stored)?),
+        SqlType::I64 => Value::I64(parse(stored)?),
+        SqlType::U64 => Value::U64(parse(stored)?),
+        SqlType::F32 => Value::F32(parse(stored)?),
+        SqlType::F64 => Value::F64(parse(stored)?),
+        SqlType::Text => Value::Text(text(stored)?.into()),
+        SqlType::Json => Value::Json(text(stored)?.into()),
+        SqlType::Bytes => Value::Bytes(stored.into()),
+        SqlType::Timestamp => {
+            let text = text(stored)?;
+            Value::Timestamp(
+                DateTime::parse_from_rfc3339(&text)
+                    .map_err(|_| ValueError::Unparsable(format!("{text:?}")))?
+                    .with_timezone(&Utc),
+            )
+        }
+        SqlType::DateTime => {
+            let text = text(stored)?;
+            Value::DateTime(
+                NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.f")
+                    .map_err(|_| ValueError::Unparsable(format!("{text:?}")))?,
+            )
+        }
+        SqlType::Date => {
+            let text = text(stored)?;
+            Value::Date(
+                NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+                    .map_err(|_| ValueError::Unparsable(format!("{text:?}")))?,
+            )
+        }
+        SqlType::Uuid => Value::Uuid(parse(stored)?),
+    })
+}
+
+/// A time as the library stores it: microseconds since the epoch.
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+/// The `PEXPIREAT` of an expiry: milliseconds, rounded up, so Redis never
+/// drops a session before its `expires_at`.
+pub(crate) fn expire_at_ms(at: DateTime<Utc>) -> i64 {
+    let micros = at.timestamp_micros();
+    micros.div_euclid(1000) + i64::from(micros.rem_euclid(1000) != 0)
+}
+
+/// The hash of a new session: every field set, the library's fields too.
+pub(crate) fn fields_of<T: SessionData>(
+    record: &Record<T>,
+) -> Result<Vec<(&'static str, Vec<u8>)>, StoreError> {
+    let mut fields = vec![
+        (VERSION, record.version.to_string().into_bytes()),
+        (
+            CREATED_AT,
+            micros(record.created_at).to_string().into_bytes(),
+        ),
+        (
+            EXPIRES_AT,
+            micros(record.expires_at).to_string().into_bytes(),
+        ),
+        (
+            REMEMBER,
+            if record.remember {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            },
+        ),
+    ];
+    for (index, column) in T::SCHEMA.columns.iter().enumerate() {
+        if let Some(value) = encode(&record.data.encode_column(index)?) {
+            fields.push((column.name, value));
+        }
+    }
+    Ok(fields)
+}
+
+/// A hash read back (`HGETALL`), or `None` when it is not a live session:
+/// absent, expired, or being moved to a new id.
+pub(crate) fn record_of<T: SessionData>(
+    id: SessionId,
+    mut hash: HashMap<String, Vec<u8>>,
+    now: DateTime<Utc>,
+) -> Result<Option<Record<T>>, StoreError> {
+    if hash.is_empty() || hash.contains_key(MOVED_TO) {
+        return Ok(None);
+    }
+    let library =
+        |hash: &mut HashMap<String, Vec<u8>>, name: &'static str| -> Result<i64, StoreError> {
+            let stored = hash
+                .remove(name)
+                .ok_or_else(|| library_error::<T>(name, ValueError::MissingColumn))?;
+            match decode(SqlType::I64, stored) {
+                Ok(Value::I64(value)) => Ok(value),
+                Ok(_) => unreachable!("decode answers the type asked for"),
+                Err(error) => Err(library_error::<T>(name, error)),
+            }
+        };
+    let version = library(&mut hash, VERSION)?;
+    let created_at = time_of::<T>(CREATED_AT, library(&mut hash, CREATED_AT)?)?;
+    let expires_at = time_of::<T>(EXPIRES_AT, library(&mut hash, EXPIRES_AT)?)?;
+    let remember = library(&mut hash, REMEMBER)? == 1;
+    if expires_at <= now {
+        return Ok(None);
+    }
+    // A field the hash lacks was added to the struct after the session was
+    // written: NULL for an `Option`, else the struct's `Default` for it, as
+    // `migrate()` adds a column on the SQL stores.
+    let defaults = T::default();
+    let mut values = Vec::with_capacity(T::SCHEMA.columns.len());
+    for (index, column) in T::SCHEMA.columns.iter().enumerate() {
+        let value = match hash.remove(column.name) {
+            Some(stored) => decode(column.sql_type, stored).map_err(|source| DecodeError {
+                table: T::SCHEMA.table,
+                column: column.name,
+                field: column.field,
+                source,
+            })?,
+            None if column.nullable => Value::Null(column.sql_type),
+            None => defaults.encode_column(index)?.into_owned(),
+        };
+        values.push(value);
+    }
+    let data = T::decode_columns(&mut values.into_iter())?;
+    Ok(Some(Record {
+        id,
+        data,
+        version,
+        expires_at,
+        created_at,
+        remember,
+    }))
+}
+
+fn time_of<T: SessionData>(name: &'static str, micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| library_error::<T>(name, ValueError::OutOfRange(micros.to_string())))
+}
+
+fn library_error<T: SessionData>(name: &'static str, source: ValueError) -> StoreError {
+    StoreError::Decode(DecodeError {
+        table: T::SCHEMA.table,
+        column: name,
+        field: name,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_reads_back_as_written() {
+        let at = DateTime::parse_from_rfc3339("2038-01-19T03:14:08.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let values = [
+            Value::Bool(true),
+            Value::I16(i16::MIN),
+            Value::I32(-7),
+            Value::I64(i64::MAX),
+            Value::U64(u64::MAX),
+            Value::F32(0.1),
+            Value::F64(-1.0e-300),
+            Value::F64(f64::INFINITY),
+            Value::Text("ünïcode\0nul".into()),
+            Value::Json(r#"{"a":[1,2]}"#.into()),
+            Value::Bytes(vec![0, 255, 10].into()),
+            Value::Timestamp(at),
+            Value::DateTime(at.naive_utc()),
+            Value::Date(at.date_naive()),
+            Value::Uuid(uuid::Uuid::new_v4()),
+        ];
+        for value in values {
+            let stored = encode(&value).expect("not NULL");
+            let sql_type = match &value {
+                Value::Bool(_) => SqlType::Bool,
+                Value::I16(_) => SqlType::I16,
+                Value::I32(_) => SqlType::I32,
+                Value::I64(_) => SqlType::I64,
+                Value::U64(_) => SqlType::U64,
+                Value::F32(_) => SqlType::F32,
+                Value::F64(_) => SqlType::F64,
+                Value::Text(_) => SqlType::Text,
+                Value::Json(_) => SqlType::Json,
+                Value::Bytes(_) => SqlType::Bytes,
+                Value::Timestamp(_) => SqlType::Timestamp,
+                Value::DateTime(_) => SqlType::DateTime,
+                Value::Date(_) => SqlType::Date,
+                Value::Uuid(_) => SqlType::Uuid,
+                Value::Null(_) => unreachable!(),
+            };
+            assert_eq!(decode(sql_type, stored).unwrap(), value);
+        }
+        assert_eq!(encode(&Value::Null(SqlType::I64)), None);
+        assert!(matches!(
+            decode(SqlType::I64, b"12x".to_vec()),
+            Err(ValueError::Unparsable(_))
+        ));
+        assert!(matches!(
+            decode(SqlType::Text, vec![0xff]),
+            Err(ValueError::Unparsable(_))
+        ));
+    }
+
+    #[test]
+    fn redis_never_expires_a_session_early() {
+        let at = DateTime::from_timestamp_micros(1_700_000_000_000_001).unwrap();
+        assert_eq!(expire_at_ms(at), 1_700_000_000_001);
+        let exact = DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
+        assert_eq!(expire_at_ms(exact), 1_700_000_000_000);
+    }
+}

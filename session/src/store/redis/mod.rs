@@ -1,0 +1,907 @@
+//! A session store on Redis or Valkey, standalone or Cluster (feature `redis`).
+//!
+//! One hash per session, one hash field per struct field, plus the
+//! library's own (`version`, `created_at`, `expires_at`, `remember`).
+//! The key is `<prefix>:{<id>}`: the id in braces is the hash tag, so on
+//! Cluster everything of a session lives in one slot. Redis expires the
+//! hash itself (`PEXPIREAT` kept equal to `expires_at`).
+//!
+//! The write model is the SQL stores': an insert creates the hash only if
+//! absent; an update writes the dirty fields only, never creates a hash,
+//! checks the version when it is a compare-and-swap and bumps it, in one
+//! server-side script; a touch only moves the expiry.
+//!
+//! Why the `redis` crate (redis-rs): it is maintained by the Redis
+//! organisation with frequent releases, speaks standalone and Cluster
+//! with one `ConnectionLike` trait (so every call here is written once),
+//! follows MOVED/ASK redirects and failovers itself, multiplexes
+//! concurrent requests over one connection per node (so the loads and
+//! writes of one moment are pipelined without a queue of ours), loads
+//! scripts again on `NOSCRIPT`, and has TLS through its own features
+//! (`rustls`/`native-tls` here turn them on; use a `rediss://` URL).
+
+mod codec;
+mod options;
+mod scripts;
+
+use std::{collections::HashMap, marker::PhantomData, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use redis::{
+    Cmd, RedisError, RedisFuture, RedisResult, ScriptInvocation,
+    aio::{ConnectionLike, ConnectionManager},
+    cluster_async::ClusterConnection,
+};
+
+pub use options::{DEFAULT_TIMEOUT, RedisStoreBuilder};
+
+use self::codec::{encode, expire_at_ms, micros};
+use crate::{
+    data::SessionData,
+    error::StoreError,
+    events::SessionEvents,
+    store::{Record, SessionStore, Update},
+    token::SessionId,
+    value::Value,
+};
+
+/// One connection for every request: a multiplexed connection to the
+/// server, or to each node of the Cluster. Cloning it is cheap.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            Connection::Cluster(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// `WAIT` after each write: how many replicas must have it, and how long
+/// to wait for them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WaitForReplicas {
+    pub(crate) replicas: u32,
+    pub(crate) timeout: Duration,
+}
+
+/// Per indexed field: the value a session held before a write and the one
+/// it holds after (as stored), for the index sets.
+type IndexChange = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What an update wrote: the expiry score and each index change; `None`
+/// if no live session matched.
+type Written = Option<(Vec<u8>, Vec<IndexChange>)>;
+
+/// An indexed field: its column and the prefix of its sets' keys.
+struct IndexedField {
+    field: usize,
+    column: &'static str,
+    set_prefix: Vec<u8>,
+}
+
+struct Inner {
+    connection: Connection,
+    prefix: String,
+    timeout: Duration,
+    wait: Option<WaitForReplicas>,
+    events: Option<SessionEvents>,
+    indexed: Vec<IndexedField>,
+}
+
+/// A session store on Redis or Valkey, standalone ([`connect`](Self::connect))
+/// or Cluster ([`connect_cluster`](Self::connect_cluster)).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), axum_typed_session::StoreError> {
+/// use axum_typed_session::{RedisStore, Session, SessionConfig, SessionLayer};
+///
+/// #[derive(Session, Default)]
+/// struct Visit {
+///     count: i64,
+/// }
+///
+/// let store = RedisStore::<Visit>::connect("redis://127.0.0.1:6379").await?;
+/// let cluster = RedisStore::<Visit>::connect_cluster([
+///     "redis://127.0.0.1:7000",
+///     "redis://127.0.0.1:7001",
+///     "redis://127.0.0.1:7002",
+/// ])
+/// .await?;
+/// let app: axum::Router = axum::Router::new().layer(SessionLayer::new(store, SessionConfig::default()));
+/// # Ok(()) }
+/// ```
+///
+/// Every call is bounded by the store's timeout ([`DEFAULT_TIMEOUT`],
+/// [`RedisStoreBuilder::timeout`]): with Redis down or hung, a request fails
+/// within it as [`StoreError::Unavailable`] (a 503), nothing is written,
+/// and the connection comes back by itself when Redis does.
+pub struct RedisStore<T> {
+    inner: Arc<Inner>,
+    session: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for RedisStore<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            session: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for RedisStore<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field(
+                "cluster",
+                &matches!(self.inner.connection, Connection::Cluster(_)),
+            )
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("wait", &self.inner.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A timeout of the store's own, as an error source.
+#[derive(Debug, thiserror::Error)]
+#[error("Redis did not answer within {0:?}")]
+struct TimedOut(Duration);
+
+/// Replicas did not acknowledge a write in time.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the write reached {acked} of {wanted} replicas within {timeout:?}; it may be lost in a failover"
+)]
+struct NotReplicated {
+    acked: i64,
+    wanted: u32,
+    timeout: Duration,
+}
+
+/// How a Redis error reaches the layer: an outage (the server is down,
+/// hung, failing over) is [`StoreError::Unavailable`], a 503 the client
+/// may retry; anything else is [`StoreError::Redis`].
+fn store_error(error: RedisError) -> StoreError {
+    if error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_cluster_error()
+        || matches!(error.kind(), redis::ErrorKind::ClusterConnectionNotFound)
+    {
+        StoreError::Unavailable {
+            retry_after: Duration::from_secs(1),
+            source: Some(Arc::new(error)),
+        }
+    } else {
+        StoreError::Redis(Arc::new(error))
+    }
+}
+
+fn unavailable(source: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Unavailable {
+        retry_after: Duration::from_secs(1),
+        source: Some(Arc::new(source)),
+    }
+}
+
+/// A script's reply: integers and strings, as bytes.
+fn bytes(value: &redis::Value) -> Vec<u8> {
+    match value {
+        redis::Value::BulkString(bytes) => bytes.clone(),
+        redis::Value::SimpleString(text) => text.clone().into_bytes(),
+        redis::Value::Int(number) => number.to_string().into_bytes(),
+        redis::Value::Okay => b"OK".to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+fn succeeded(reply: &[redis::Value]) -> bool {
+    reply.first().is_some_and(|first| bytes(first) == b"1")
+}
+
+/// A `(present, value)` pair of a script's reply.
+fn present(reply: &[redis::Value], at: usize) -> Option<Vec<u8>> {
+    (bytes(reply.get(at)?) == b"1").then(|| reply.get(at + 1).map(bytes).unwrap_or_default())
+}
+
+impl<T: SessionData> RedisStore<T> {
+    /// A store on one server (`redis://host:port[/db]`, `rediss://` for TLS);
+    /// fails at once, with the address, if the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder().connect(url).await
+    }
+
+    /// A store on a Redis Cluster, from some of its nodes (the client finds
+    /// the others); fails at once if none can be reached.
+    pub async fn connect_cluster<I, S>(nodes: I) -> Result<Self, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::builder().connect_cluster(nodes).await
+    }
+
+    /// Options: key prefix, timeout, waiting for replicas, events.
+    pub fn builder() -> RedisStoreBuilder<T> {
+        RedisStoreBuilder::new()
+    }
+
+    fn new(
+        connection: Connection,
+        prefix: String,
+        timeout: Duration,
+        wait: Option<WaitForReplicas>,
+        events: Option<SessionEvents>,
+    ) -> Self {
+        let indexed = T::SCHEMA
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, column)| column.indexed)
+            .map(|(field, column)| IndexedField {
+                field,
+                column: column.name,
+                set_prefix: format!("{prefix}:index:{}:", column.name).into_bytes(),
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                connection,
+                prefix,
+                timeout,
+                wait,
+                events,
+                indexed,
+            }),
+            session: PhantomData,
+        }
+    }
+
+    /// A store for another session struct over this store's connection,
+    /// its keys under `prefix`: one connection for all of an app's structs.
+    pub fn for_struct<U: SessionData>(&self, prefix: impl Into<String>) -> RedisStore<U> {
+        RedisStore::new(
+            self.inner.connection.clone(),
+            prefix.into(),
+            self.inner.timeout,
+            self.inner.wait,
+            self.inner.events.clone(),
+        )
+    }
+
+    /// The same store, sending lifecycle events to `events`.
+    pub fn with_events(self, events: SessionEvents) -> Self {
+        Self::new(
+            self.inner.connection.clone(),
+            self.inner.prefix.clone(),
+            self.inner.timeout,
+            self.inner.wait,
+            Some(events),
+        )
+    }
+
+    /// The key of a session's hash. The braces make the id the hash tag.
+    pub fn key_of(&self, id: &SessionId) -> String {
+        format!("{}:{{{id}}}", self.inner.prefix)
+    }
+
+    /// The key of the sorted set of the sessions whose field `column`
+    /// holds `value` (as the hash stores it).
+    pub fn index_key_of(&self, column: &str, value: &Value<'_>) -> Option<Vec<u8>> {
+        let indexed = self
+            .inner
+            .indexed
+            .iter()
+            .find(|indexed| indexed.column == column)?;
+        let mut key = indexed.set_prefix.clone();
+        key.extend(encode(value)?);
+        Some(key)
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.inner.connection, Connection::Cluster(_))
+    }
+
+    /// Runs `work` within the store's timeout.
+    async fn bounded<R>(
+        &self,
+        work: impl Future<Output = RedisResult<R>>,
+    ) -> Result<R, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, work).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(error)) => Err(store_error(error)),
+            Err(_) => Err(unavailable(TimedOut(self.inner.timeout))),
+        }
+    }
+
+    async fn invoke(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<Vec<redis::Value>, StoreError> {
+        let mut connection = self.inner.connection.clone();
+        self.bounded(invocation.invoke_async(&mut connection)).await
+    }
+
+    async fn command<R: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<R, StoreError> {
+        let mut connection = self.inner.connection.clone();
+        self.bounded(cmd.query_async(&mut connection)).await
+    }
+
+    /// The index part of a script's arguments: whether the script keeps the
+    /// sets itself (standalone), and each indexed column with its sets' prefix.
+    fn index_args(&self, invocation: &mut ScriptInvocation<'_>) {
+        invocation
+            .arg(if self.is_cluster() { "0" } else { "1" })
+            .arg(self.inner.indexed.len());
+        for indexed in &self.inner.indexed {
+            invocation.arg(indexed.column).arg(&indexed.set_prefix);
+        }
+    }
+
+    /// On Cluster, after a write: the second, pipelined step on the index
+    /// sets (other slots). `changes`: per indexed field, the value the
+    /// session left and the one it holds now.
+    async fn update_sets(
+        &self,
+        changes: &[IndexChange],
+        old_member: &str,
+        new_member: &str,
+        score: &[u8],
+        moved: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if !self.is_cluster() || score.is_empty() {
+            return Ok(());
+        }
+        let now_ms = now.timestamp_millis();
+        let mut removals = Vec::new();
+        let mut additions = Vec::new();
+        for (indexed, (old, new)) in self.inner.indexed.iter().zip(changes) {
+            let set = |value: &[u8]| [indexed.set_prefix.as_slice(), value].concat();
+            if let Some(old) = old
+                && (Some(old) != new.as_ref() || moved)
+            {
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(set(old)).arg(old_member);
+                removals.push(cmd);
+            }
+            if let Some(new) = new {
+                additions.push(set(new));
+            }
+        }
+        // One request per set, all sent at once over the node connections.
+        let removed = removals.iter().map(|cmd| async move {
+            let mut connection = self.inner.connection.clone();
+            cmd.query_async::<redis::Value>(&mut connection)
+                .await
+                .map(drop)
+        });
+        let added = additions.iter().map(|set| async move {
+            let mut connection = self.inner.connection.clone();
+            let mut invocation = scripts::INDEX_ADD_SCRIPT.key(set);
+            invocation.arg(new_member).arg(score).arg(now_ms);
+            invocation
+                .invoke_async::<redis::Value>(&mut connection)
+                .await
+                .map(drop)
+        });
+        let (removed, added) = self
+            .bounded(async { Ok(tokio::join!(futures_join(removed), futures_join(added))) })
+            .await?;
+        for result in removed.into_iter().chain(added) {
+            result.map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    /// `WAIT` for the configured replicas, on the node that took the write.
+    async fn wait_for_replicas(&self, key: &str) -> Result<(), StoreError> {
+        let Some(wait) = self.inner.wait else {
+            return Ok(());
+        };
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(wait.replicas)
+            .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
+        let acked: i64 = match &self.inner.connection {
+            Connection::Single(_) => self.command(&cmd).await?,
+            Connection::Cluster(connection) => {
+                use redis::cluster_routing::{
+                    Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,
+                };
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                let mut connection = connection.clone();
+                let reply = self
+                    .bounded(connection.route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    ))
+                    .await?;
+                redis::from_redis_value(reply).map_err(|error| store_error(error.into()))?
+            }
+        };
+        if acked < i64::from(wait.replicas) {
+            return Err(unavailable(NotReplicated {
+                acked,
+                wanted: wait.replicas,
+                timeout: wait.timeout,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Loads `ids` together (pipelined over the connection), skipping the
+    /// ones that are gone.
+    async fn load_many(
+        &self,
+        ids: Vec<SessionId>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Record<T>>, StoreError> {
+        let loads = ids.iter().map(|id| self.load(id, now));
+        let mut records = Vec::new();
+        for loaded in futures_join(loads).await {
+            records.extend(loaded?);
+        }
+        Ok(records)
+    }
+
+    /// The live sessions whose `field` holds `key`, dropping from the set
+    /// the members that expired, vanished or hold another value by now.
+    async fn members(
+        &self,
+        field: usize,
+        key: &Value<'static>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<u8>, Vec<Record<T>>), StoreError> {
+        let indexed = self
+            .inner
+            .indexed
+            .iter()
+            .find(|indexed| indexed.field == field)
+            .ok_or(StoreError::Unsupported {
+                what: "queries by a field without #[session(index)]",
+            })?;
+        let mut set = indexed.set_prefix.clone();
+        match encode(key) {
+            Some(value) => set.extend(value),
+            None => return Ok((set, Vec::new())),
+        }
+        // What is stale is decided by the clock, whatever `now` asks about.
+        let clock = Utc::now();
+        let mut trim = redis::cmd("ZREMRANGEBYSCORE");
+        trim.arg(&set).arg("-inf").arg(clock.timestamp_millis());
+        self.command::<i64>(&trim).await?;
+        let mut range = redis::cmd("ZRANGE");
+        range.arg(&set).arg(0).arg(-1);
+        let members: Vec<String> = self.command(&range).await?;
+        let ids: Vec<SessionId> = members
+            .iter()
+            .filter_map(|member| member.parse().ok())
+            .collect();
+        let records = self.load_many(ids, clock).await?;
+        let mut live = Vec::new();
+        let mut found = std::collections::HashSet::new();
+        for record in records {
+            if record.data.encode_column(field)?.into_owned() == *key {
+                found.insert(record.id.to_string());
+                if record.expires_at > now {
+                    live.push(record);
+                }
+            }
+        }
+        let stale: Vec<&String> = members
+            .iter()
+            .filter(|member| !found.contains(*member))
+            .collect();
+        if !stale.is_empty() {
+            let mut remove = redis::cmd("ZREM");
+            remove.arg(&set).arg(stale);
+            self.command::<i64>(&remove).await?;
+        }
+        Ok((set, live))
+    }
+
+    /// Renew on Cluster, where the old and the new key are in different
+    /// slots: mark the old hash moved (no write lands on it from then on),
+    /// create the new one from it, apply the update there, delete the old.
+    async fn move_session(
+        &self,
+        id: &SessionId,
+        new_id: &SessionId,
+        data: &T,
+        update: Update,
+    ) -> Result<bool, StoreError> {
+        let (old_key, new_key) = (self.key_of(id), self.key_of(new_id));
+        let mut out = scripts::MOVE_OUT_SCRIPT.key(&old_key);
+        out.arg(
+            update
+                .expected_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        )
+        .arg(new_id.to_string());
+        let reply = self.invoke(&out).await?;
+        if !succeeded(&reply) {
+            return Ok(false);
+        }
+        let pexpiretime = reply.get(1).map(bytes).unwrap_or_default();
+        let hash: Vec<Vec<u8>> = match reply.get(2) {
+            Some(redis::Value::Array(items)) => items.iter().map(bytes).collect(),
+            Some(redis::Value::Map(pairs)) => pairs
+                .iter()
+                .flat_map(|(k, v)| [bytes(k), bytes(v)])
+                .collect(),
+            _ => Vec::new(),
+        };
+        let version = hash
+            .chunks(2)
+            .find(|pair| pair[0] == codec::VERSION.as_bytes())
+            .map(|pair| String::from_utf8_lossy(&pair[1]).into_owned());
+        let old_values: Vec<Option<Vec<u8>>> = self
+            .inner
+            .indexed
+            .iter()
+            .map(|indexed| {
+                hash.chunks(2)
+                    .find(|pair| pair[0] == indexed.column.as_bytes())
+                    .map(|pair| pair[1].clone())
+            })
+            .collect();
+        let moved = async {
+            let mut into = scripts::MOVE_IN_SCRIPT.key(&new_key);
+            into.arg(&pexpiretime);
+            for part in &hash {
+                into.arg(part);
+            }
+            if !succeeded(&self.invoke(&into).await?) {
+                return Err(StoreError::Redis(Arc::new(RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the new session id is taken",
+                )))));
+            }
+            let update = Update {
+                expected_version: version.as_deref().and_then(|v| v.parse().ok()),
+                new_id: None,
+                ..update
+            };
+            self.write(
+                &new_key,
+                data,
+                update,
+                &new_id.to_string(),
+                &new_id.to_string(),
+            )
+            .await
+        }
+        .await;
+        match moved {
+            Ok(Some((score, changes))) => {
+                let mut delete = redis::cmd("DEL");
+                delete.arg(&old_key);
+                self.command::<i64>(&delete).await?;
+                let changes: Vec<_> = old_values
+                    .into_iter()
+                    .zip(changes.into_iter().map(|(_, new)| new))
+                    .collect();
+                self.update_sets(
+                    &changes,
+                    &id.to_string(),
+                    &new_id.to_string(),
+                    &score,
+                    true,
+                    update.now,
+                )
+                .await?;
+                self.wait_for_replicas(&new_key).await?;
+                Ok(true)
+            }
+            failed => {
+                // Undo: the session stays under its old id, as if the renew
+                // had not been tried.
+                let mut undo_new = redis::cmd("DEL");
+                undo_new.arg(&new_key);
+                let mut undo_old = redis::cmd("HDEL");
+                undo_old.arg(&old_key).arg(codec::MOVED_TO);
+                let _ = self.command::<i64>(&undo_new).await;
+                let _ = self.command::<i64>(&undo_old).await;
+                failed.map(|_| false)
+            }
+        }
+    }
+
+    /// The update script on `key`: `None` if no live session matched, else
+    /// the expiry score and, per indexed field, the values before and after.
+    async fn write(
+        &self,
+        key: &str,
+        data: &T,
+        update: Update,
+        member: &str,
+        new_member: &str,
+    ) -> Result<Written, StoreError> {
+        self.write_keys(&[key], data, update, member, new_member)
+            .await
+    }
+
+    async fn write_keys(
+        &self,
+        keys: &[&str],
+        data: &T,
+        update: Update,
+        member: &str,
+        new_member: &str,
+    ) -> Result<Written, StoreError> {
+        let mut set = Vec::new();
+        let mut unset = Vec::new();
+        for index in update.dirty.iter() {
+            let column = T::SCHEMA.column(index).name;
+            match encode(&data.encode_column(index)?) {
+                Some(value) => set.push((column, value)),
+                None => unset.push(column),
+            }
+        }
+        let mut invocation = scripts::UPDATE_SCRIPT.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        invocation
+            .arg(
+                update
+                    .expected_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(if update.is_touch() { "0" } else { "1" })
+            .arg(
+                update
+                    .expires_at
+                    .map(|at| expire_at_ms(at).to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(
+                update
+                    .expires_at
+                    .map(|at| micros(at).to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(
+                update
+                    .remember
+                    .map(|r| if r { "1" } else { "0" })
+                    .unwrap_or_default(),
+            )
+            .arg(set.len());
+        for (column, value) in &set {
+            invocation.arg(*column).arg(value);
+        }
+        invocation.arg(unset.len());
+        for column in &unset {
+            invocation.arg(*column);
+        }
+        self.index_args(&mut invocation);
+        invocation
+            .arg(member)
+            .arg(new_member)
+            .arg(update.now.timestamp_millis());
+        let reply = self.invoke(&invocation).await?;
+        if !succeeded(&reply) {
+            return Ok(None);
+        }
+        let score = reply.get(1).map(bytes).unwrap_or_default();
+        let changes = (0..self.inner.indexed.len())
+            .map(|i| (present(&reply, 2 + 4 * i), present(&reply, 4 + 4 * i)))
+            .collect();
+        Ok(Some((score, changes)))
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|output| output.expect("every future finished"))
+        .collect()
+}
+
+impl<T: SessionData> SessionStore<T> for RedisStore<T> {
+    async fn load(
+        &self,
+        id: &SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.key_of(id));
+        let hash: HashMap<String, Vec<u8>> = self.command(&cmd).await?;
+        codec::record_of(*id, hash, now)
+    }
+
+    async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
+        let key = self.key_of(&record.id);
+        let fields = codec::fields_of(record)?;
+        let member = record.id.to_string();
+        let mut invocation = scripts::INSERT_SCRIPT.key(&key);
+        invocation
+            .arg(expire_at_ms(record.expires_at))
+            .arg(fields.len());
+        for (field, value) in &fields {
+            invocation.arg(*field).arg(value);
+        }
+        self.index_args(&mut invocation);
+        let now = Utc::now();
+        invocation.arg(&member).arg(now.timestamp_millis());
+        let reply = self.invoke(&invocation).await?;
+        if !succeeded(&reply) {
+            return Err(StoreError::Redis(Arc::new(RedisError::from((
+                redis::ErrorKind::Client,
+                "a session with this id exists already",
+            )))));
+        }
+        let score = reply.get(1).map(bytes).unwrap_or_default();
+        let changes: Vec<_> = (0..self.inner.indexed.len())
+            .map(|i| (None, present(&reply, 2 + 2 * i)))
+            .collect();
+        self.update_sets(&changes, &member, &member, &score, false, now)
+            .await?;
+        self.wait_for_replicas(&key).await
+    }
+
+    async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
+        if let Some(new_id) = update.new_id {
+            if self.is_cluster() {
+                return self.move_session(id, &new_id, data, update).await;
+            }
+            let (old_key, new_key) = (self.key_of(id), self.key_of(&new_id));
+            let written = self
+                .write_keys(
+                    &[&old_key, &new_key],
+                    data,
+                    update,
+                    &id.to_string(),
+                    &new_id.to_string(),
+                )
+                .await?;
+            if written.is_some() {
+                self.wait_for_replicas(&new_key).await?;
+            }
+            return Ok(written.is_some());
+        }
+        let key = self.key_of(id);
+        let member = id.to_string();
+        let Some((score, changes)) = self.write(&key, data, update, &member, &member).await? else {
+            return Ok(false);
+        };
+        let moved_expiry = update.expires_at.is_some();
+        let changes: Vec<_> = changes
+            .into_iter()
+            .map(|(old, new)| {
+                // Unchanged and not moved in time: nothing for its set.
+                if old == new && !moved_expiry {
+                    (None, None)
+                } else {
+                    (old, new)
+                }
+            })
+            .collect();
+        self.update_sets(&changes, &member, &member, &score, false, update.now)
+            .await?;
+        self.wait_for_replicas(&key).await?;
+        Ok(true)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        self.delete_counted(id).await.map(|_| ())
+    }
+
+    async fn find_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Record<T>>, StoreError> {
+        Ok(self.members(field, &key, now).await?.1)
+    }
+
+    async fn delete_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        except: Option<SessionId>,
+    ) -> Result<u64, StoreError> {
+        let (_, records) = self.members(field, &key, Utc::now()).await?;
+        let doomed: Vec<SessionId> = records
+            .into_iter()
+            .map(|record| record.id)
+            .filter(|id| Some(*id) != except)
+            .collect();
+        let deletes = doomed.iter().map(|id| self.delete_counted(id));
+        let mut count = 0;
+        for deleted in futures_join(deletes).await {
+            count += u64::from(deleted?);
+        }
+        Ok(count)
+    }
+
+    fn events(&self) -> Option<&SessionEvents> {
+        self.inner.events.as_ref()
+    }
+
+    /// Always 0: Redis expires each session's hash itself, at its
+    /// `expires_at` (`PEXPIREAT`), and each index set with its last member,
+    /// so there is nothing to purge.
+    async fn purge_expired(&self, _now: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+impl<T: SessionData> RedisStore<T> {
+    /// Deletes a session and its index entries: whether it existed.
+    async fn delete_counted(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let key = self.key_of(id);
+        let member = id.to_string();
+        let mut invocation = scripts::DELETE_SCRIPT.key(&key);
+        self.index_args(&mut invocation);
+        invocation.arg(&member);
+        let reply = self.invoke(&invocation).await?;
+        let deleted = succeeded(&reply);
+        if self.is_cluster() {
+            let changes: Vec<_> = (0..self.inner.indexed.len())
+                .map(|i| (present(&reply, 2 + 2 * i), None))
+                .collect();
+            self.update_sets(&changes, &member, &member, b"0", false, Utc::now())
+                .await?;
+        }
+        if deleted {
+            self.wait_for_replicas(&key).await?;
+        }
+        Ok(deleted)
+    }
+}

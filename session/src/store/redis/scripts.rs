@@ -1,0 +1,168 @@
+//! The server-side scripts: each write is one atomic step on the session's
+//! hash. `redis::Script` sends `EVALSHA` and loads the script again when a
+//! server answers `NOSCRIPT` (a restart, a failover, `SCRIPT FLUSH`).
+//!
+//! Index sets are one sorted set per indexed value: members are session
+//! ids, scores their expiry in ms, and the set expires with its last
+//! member. On a standalone server the scripts keep them in the same step
+//! (`here` = 1); on Cluster a set lives in another slot than the session,
+//! so a script only reports the old and new values and the store updates
+//! the sets in a second, pipelined step (`INDEX_ADD`, `ZREM`).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Shared by the scripts that keep index sets.
+const INDEX_HELPERS: &str = r#"
+local function index_add(set, member, score, now)
+  redis.call('ZADD', set, 'GT', score, member)
+  redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+  local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', set, last[2]) end
+end
+local function flag(value)
+  if value then return '1' end
+  return '0'
+end
+"#;
+
+/// Creates the hash only if absent.
+/// KEYS[1] session. ARGV: pexpireat, n, n field/value pairs, here, n_idx,
+/// n_idx (column, set prefix), member, now.
+/// Reply: {created (0/1), score, per index: present, value}.
+const INSERT: &str = r#"
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 1 then return {0} end
+local a = 1
+local expire_ms = ARGV[a]; a = a + 1
+local n_set = tonumber(ARGV[a]); a = a + 1
+redis.call('HSET', key, unpack(ARGV, a, a + 2 * n_set - 1)); a = a + 2 * n_set
+redis.call('PEXPIREAT', key, expire_ms)
+local here = ARGV[a] == '1'; a = a + 1
+local n_idx = tonumber(ARGV[a]); a = a + 1
+local idx = a; a = a + 2 * n_idx
+local member, now = ARGV[a], ARGV[a + 1]
+local reply = {1, expire_ms}
+for i = 0, n_idx - 1 do
+  local value = redis.call('HGET', key, ARGV[idx + 2 * i])
+  if here and value then index_add(ARGV[idx + 2 * i + 1] .. value, member, expire_ms, now) end
+  table.insert(reply, flag(value)); table.insert(reply, value or '')
+end
+return reply
+"#;
+
+/// Writes the dirty fields of a live session, never creating one; with
+/// KEYS[2], renames it first (renew on a standalone server).
+/// ARGV: expected version ('' = any), bump (1/0), pexpireat ('' = keep),
+/// expires_at µs, remember ('' = keep), n_set, pairs, n_del, fields, here,
+/// n_idx, (column, set prefix) each, member, new member, now.
+/// Reply: {written (0/1), score, per index: old present, old, new present, new}.
+const UPDATE: &str = r#"
+local key = KEYS[1]
+local version = redis.call('HGET', key, 'version')
+if not version or redis.call('HEXISTS', key, 'moved-to') == 1 then return {0} end
+local a = 1
+local expected = ARGV[a]; a = a + 1
+if expected ~= '' and version ~= expected then return {0} end
+local bump = ARGV[a] == '1'; a = a + 1
+local expire_ms = ARGV[a]; a = a + 1
+local expires_at = ARGV[a]; a = a + 1
+local remember = ARGV[a]; a = a + 1
+local n_set = tonumber(ARGV[a]); a = a + 1
+local set_from = a; a = a + 2 * n_set
+local n_del = tonumber(ARGV[a]); a = a + 1
+local del_from = a; a = a + n_del
+local here = ARGV[a] == '1'; a = a + 1
+local n_idx = tonumber(ARGV[a]); a = a + 1
+local idx = a; a = a + 2 * n_idx
+local member, new_member, now = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+local old = {}
+for i = 0, n_idx - 1 do old[i] = redis.call('HGET', key, ARGV[idx + 2 * i]) end
+local renamed = KEYS[2] ~= nil
+if renamed then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('ERR the new session id is taken') end
+  redis.call('RENAME', key, KEYS[2])
+  key = KEYS[2]
+end
+if n_set > 0 then redis.call('HSET', key, unpack(ARGV, set_from, set_from + 2 * n_set - 1)) end
+if n_del > 0 then redis.call('HDEL', key, unpack(ARGV, del_from, del_from + n_del - 1)) end
+if bump then redis.call('HINCRBY', key, 'version', 1) end
+if remember ~= '' then redis.call('HSET', key, 'remember', remember) end
+if expire_ms ~= '' then
+  redis.call('HSET', key, 'expires_at', expires_at)
+  redis.call('PEXPIREAT', key, expire_ms)
+end
+local score = expire_ms
+if score == '' then score = tostring(redis.call('PEXPIRETIME', key)) end
+local reply = {1, score}
+for i = 0, n_idx - 1 do
+  local new = redis.call('HGET', key, ARGV[idx + 2 * i])
+  if here then
+    local prefix = ARGV[idx + 2 * i + 1]
+    if old[i] and (old[i] ~= new or renamed) then redis.call('ZREM', prefix .. old[i], member) end
+    if new and (old[i] ~= new or renamed or expire_ms ~= '') then index_add(prefix .. new, new_member, score, now) end
+  end
+  table.insert(reply, flag(old[i])); table.insert(reply, old[i] or '')
+  table.insert(reply, flag(new)); table.insert(reply, new or '')
+end
+return reply
+"#;
+
+/// Deletes a session. ARGV: here, n_idx, (column, set prefix) each, member.
+/// Reply: {deleted (0/1), '', per index: present, value}.
+const DELETE: &str = r#"
+local key = KEYS[1]
+local a = 1
+local here = ARGV[a] == '1'; a = a + 1
+local n_idx = tonumber(ARGV[a]); a = a + 1
+local idx = a; a = a + 2 * n_idx
+local member = ARGV[a]
+local reply = {0, ''}
+for i = 0, n_idx - 1 do
+  local value = redis.call('HGET', key, ARGV[idx + 2 * i])
+  if here and value then redis.call('ZREM', ARGV[idx + 2 * i + 1] .. value, member) end
+  table.insert(reply, flag(value)); table.insert(reply, value or '')
+end
+reply[1] = redis.call('DEL', key)
+return reply
+"#;
+
+/// Renew on Cluster, step 1, on the old key: checks it as an update would
+/// and marks it moved (no write lands on it from now on).
+/// ARGV: expected version ('' = any), new id. Reply: {0} or {1, pexpiretime, hash}.
+const MOVE_OUT: &str = r#"
+local key = KEYS[1]
+local version = redis.call('HGET', key, 'version')
+if not version or redis.call('HEXISTS', key, 'moved-to') == 1 then return {0} end
+if ARGV[1] ~= '' and version ~= ARGV[1] then return {0} end
+redis.call('HSET', key, 'moved-to', ARGV[2])
+return {1, redis.call('PEXPIRETIME', key), redis.call('HGETALL', key)}
+"#;
+
+/// Renew on Cluster, step 2, on the new key: the moved hash, created only
+/// if absent. ARGV: pexpireat, then field/value pairs. Reply: {0} or {1}.
+const MOVE_IN: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HDEL', KEYS[1], 'moved-to')
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return {1}
+"#;
+
+/// A member into an index set, on Cluster. KEYS[1] set. ARGV: member, score, now.
+const INDEX_ADD: &str = r#"
+index_add(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+return {1}
+"#;
+
+fn with_helpers(body: &str) -> Script {
+    Script::new(&format!("{INDEX_HELPERS}{body}"))
+}
+
+pub(crate) static INSERT_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_helpers(INSERT));
+pub(crate) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_helpers(UPDATE));
+pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_helpers(DELETE));
+pub(crate) static MOVE_OUT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MOVE_OUT));
+pub(crate) static MOVE_IN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MOVE_IN));
+pub(crate) static INDEX_ADD_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_helpers(INDEX_ADD));

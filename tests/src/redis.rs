@@ -1,0 +1,234 @@
+//! The Redis backends of the conformance suite: a standalone server and a
+//! Cluster, each test under a key prefix of its own.
+
+use std::time::Duration;
+
+use axum_typed_session::{RedisStore, SessionData};
+use redis::{
+    aio::{ConnectionLike, ConnectionManager},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+    cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
+};
+
+use crate::{Backend, DEFAULT_REDIS_CLUSTER, DEFAULT_REDIS_URL, Fixture, Raw, Tuning, unique_name};
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.into())
+}
+
+/// The seed nodes of the test Cluster.
+pub fn redis_cluster_nodes() -> Vec<String> {
+    std::env::var("TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| DEFAULT_REDIS_CLUSTER.into())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Direct access to the keys behind a Redis fixture.
+#[derive(Clone)]
+pub struct RedisRaw {
+    connection: RawConnection,
+    /// This test's part of every key.
+    pub namespace: String,
+    /// The connected store the others share.
+    seed: RedisStore<Seed>,
+}
+
+#[derive(Clone)]
+enum RawConnection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisRaw {
+    /// A store for `U` under this test's namespace.
+    pub fn store<U: SessionData>(&self) -> RedisStore<U> {
+        self.seed.for_struct::<U>(self.prefix_of(U::SCHEMA.table))
+    }
+
+    /// The prefix of a struct's keys in this test.
+    pub fn prefix_of(&self, table: &str) -> String {
+        format!("{}:{table}", self.namespace)
+    }
+
+    /// The keys matching `pattern`, on every master.
+    pub async fn keys(&self, pattern: &str) -> Vec<Vec<u8>> {
+        let mut cmd = redis::cmd("KEYS");
+        cmd.arg(pattern);
+        match &self.connection {
+            RawConnection::Single(connection) => cmd
+                .query_async(&mut connection.clone())
+                .await
+                .expect("KEYS"),
+            RawConnection::Cluster(connection) => {
+                let reply = connection
+                    .clone()
+                    .route_command(
+                        cmd,
+                        RoutingInfo::MultiNode((
+                            MultipleNodeRoutingInfo::AllMasters,
+                            Some(ResponsePolicy::CombineArrays),
+                        )),
+                    )
+                    .await
+                    .expect("KEYS on every master");
+                redis::from_redis_value(reply).expect("keys")
+            }
+        }
+    }
+
+    /// Runs a command on the node that holds its key.
+    pub async fn command<R: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> R {
+        match &self.connection {
+            RawConnection::Single(connection) => query(&mut connection.clone(), cmd).await,
+            RawConnection::Cluster(connection) => query(&mut connection.clone(), cmd).await,
+        }
+    }
+
+    /// `MEMORY USAGE` of a key, in bytes.
+    pub async fn memory_usage(&self, key: &[u8]) -> i64 {
+        let mut cmd = redis::cmd("MEMORY");
+        cmd.arg("USAGE").arg(key).arg("SAMPLES").arg(0);
+        self.command(&cmd).await
+    }
+
+    /// Deletes every key of this test.
+    pub async fn cleanup(&self) {
+        for key in self.keys(&format!("{}:*", self.namespace)).await {
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(key);
+            let _: i64 = self.command(&cmd).await;
+        }
+    }
+}
+
+async fn query<C: ConnectionLike, R: redis::FromRedisValue>(
+    connection: &mut C,
+    cmd: &redis::Cmd,
+) -> R {
+    cmd.query_async(connection)
+        .await
+        .expect("raw Redis command")
+}
+
+/// A session struct only to hold the connection other stores share.
+#[derive(axum_typed_session::Session, Default)]
+#[session(table = "seed")]
+pub struct Seed {
+    unused: Option<i64>,
+}
+
+pub enum Redis {}
+pub enum RedisCluster {}
+
+async fn fixture<B: Backend<Store<T> = RedisStore<T>>, T: SessionData>(
+    cluster: bool,
+) -> Option<Fixture<B, T>> {
+    let namespace = unique_name("ats");
+    let (database, target) = if cluster {
+        ("Redis Cluster", redis_cluster_nodes().join(","))
+    } else {
+        ("Redis", redis_url())
+    };
+    let opened = async {
+        let builder = RedisStore::<Seed>::builder();
+        if cluster {
+            let seed = builder
+                .connect_cluster(redis_cluster_nodes())
+                .await
+                .map_err(|error| error.to_string())?;
+            let client =
+                ClusterClient::new(redis_cluster_nodes()).map_err(|error| error.to_string())?;
+            let connection = client
+                .get_async_connection()
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok::<_, String>((seed, RawConnection::Cluster(connection)))
+        } else {
+            let seed = builder
+                .connect(&redis_url())
+                .await
+                .map_err(|error| error.to_string())?;
+            let client = redis::Client::open(redis_url()).map_err(|error| error.to_string())?;
+            let connection = ConnectionManager::new(client)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok((seed, RawConnection::Single(connection)))
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), opened).await {
+        Ok(Ok((seed, connection))) => {
+            let raw = RedisRaw {
+                connection,
+                namespace,
+                seed,
+            };
+            Some(Fixture {
+                store: raw.store::<T>(),
+                raw: Raw::Redis(raw),
+            })
+        }
+        Ok(Err(error)) => {
+            crate::unreachable(database, &target, &error);
+            None
+        }
+        Err(elapsed) => {
+            crate::unreachable(database, &target, &elapsed);
+            None
+        }
+    }
+}
+
+fn raw_of(raw: &Raw) -> &RedisRaw {
+    match raw {
+        Raw::Redis(raw) => raw,
+        _ => unreachable!("a Redis fixture holds a Redis connection"),
+    }
+}
+
+fn tuned<U: SessionData>(store: &RedisStore<U>, tuning: Tuning<U>) -> RedisStore<U> {
+    assert!(
+        tuning.cap.is_none(),
+        "the Redis store keeps no caps (max_sessions): run cap cases with local_conformance!"
+    );
+    match tuning.events {
+        Some(events) => store.clone().with_events(events),
+        None => store.clone(),
+    }
+}
+
+impl Backend for Redis {
+    type Store<T: SessionData> = RedisStore<T>;
+    const NAME: &'static str = "Redis";
+
+    fn store_on<U: SessionData>(raw: &Raw) -> RedisStore<U> {
+        raw_of(raw).store::<U>()
+    }
+
+    fn tuned<U: SessionData>(store: &RedisStore<U>, _: &Raw, tuning: Tuning<U>) -> RedisStore<U> {
+        tuned(store, tuning)
+    }
+
+    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
+        fixture::<Self, T>(false).await
+    }
+}
+
+impl Backend for RedisCluster {
+    type Store<T: SessionData> = RedisStore<T>;
+    const NAME: &'static str = "Redis Cluster";
+
+    fn store_on<U: SessionData>(raw: &Raw) -> RedisStore<U> {
+        raw_of(raw).store::<U>()
+    }
+
+    fn tuned<U: SessionData>(store: &RedisStore<U>, _: &Raw, tuning: Tuning<U>) -> RedisStore<U> {
+        tuned(store, tuning)
+    }
+
+    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
+        fixture::<Self, T>(true).await
+    }
+}
