@@ -117,6 +117,11 @@ pub enum Raw {
 }
 
 impl<B: Backend, T: SessionData> Fixture<B, T> {
+    /// The database under the store.
+    pub fn raw(&self) -> &Raw {
+        &self.raw
+    }
+
     /// The fixture's store, sending lifecycle events to `events`.
     pub fn store_with_events(&self, events: axum_typed_session::SessionEvents) -> B::Store<T> {
         B::tuned(

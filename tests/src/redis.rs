@@ -79,6 +79,30 @@ impl RedisRaw {
         }
     }
 
+    /// `SCRIPT FLUSH` on every master, as a restart or failover would.
+    pub async fn flush_scripts(&self) {
+        let mut cmd = redis::cmd("SCRIPT");
+        cmd.arg("FLUSH");
+        match &self.connection {
+            RawConnection::Single(connection) => {
+                let _: () = query(&mut connection.clone(), &cmd).await;
+            }
+            RawConnection::Cluster(connection) => {
+                connection
+                    .clone()
+                    .route_command(
+                        cmd,
+                        RoutingInfo::MultiNode((
+                            MultipleNodeRoutingInfo::AllMasters,
+                            Some(ResponsePolicy::AllSucceeded),
+                        )),
+                    )
+                    .await
+                    .expect("SCRIPT FLUSH on every master");
+            }
+        }
+    }
+
     /// Runs a command on the node that holds its key.
     pub async fn command<R: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> R {
         match &self.connection {

@@ -1,0 +1,433 @@
+//! What only the Redis store has to show, on a standalone server and on the
+//! Cluster: the layout a person sees with `HGETALL`, expiry by Redis itself,
+//! index sets that leave nothing behind, hashes that do not decode or were
+//! written by an older struct, scripts the server forgot, and Redis that is
+//! down at start or goes away mid-request.
+
+use std::time::{Duration, Instant};
+
+use axum::{Router, routing::get};
+use axum_typed_session::{
+    RedisStore, Session, SessionConfig, SessionLayer, SessionQueries, SessionStore, StoreError,
+};
+use conformance_tests::{
+    Backend, Client, Raw, RedisRaw,
+    proxy::{Mode, Proxy},
+    redis_conformance, redis_url,
+};
+use http::StatusCode;
+
+#[derive(Session, Default, Debug)]
+#[session(table = "redis_visits")]
+struct Visit {
+    count: i64,
+    #[session(index)]
+    user_id: Option<i64>,
+    name: Option<String>,
+    #[session(json)]
+    tags: Vec<String>,
+}
+
+/// The same table, as a newer version of the app declares it: two more fields.
+#[derive(Session, Debug)]
+#[session(table = "redis_visits")]
+struct NewerVisit {
+    count: i64,
+    #[session(index)]
+    user_id: Option<i64>,
+    name: Option<String>,
+    #[session(json)]
+    tags: Vec<String>,
+    theme: String,
+    nickname: Option<String>,
+}
+
+impl Default for NewerVisit {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            user_id: None,
+            name: None,
+            tags: Vec::new(),
+            theme: "light".into(),
+            nickname: None,
+        }
+    }
+}
+
+const COOKIE: &str = "session";
+
+fn app<S: SessionStore<Visit>>(store: S, config: SessionConfig) -> Router {
+    Router::new()
+        .route(
+            "/visit",
+            get(|visit: Session<Visit>| async move {
+                let count = visit.update_count(|count| { *count += 1; *count }).await?;
+                Ok::<_, axum_typed_session::SessionError>(count.to_string())
+            }),
+        )
+        .route(
+            "/login/{user}",
+            get(|visit: Session<Visit>, axum::extract::Path(user): axum::extract::Path<i64>| async move {
+                visit.set_user_id(Some(user));
+                visit.set_name(Some(format!("user {user}")));
+                visit.set_tags(vec!["a".into(), "b".into()]);
+                visit.renew();
+                "in"
+            }),
+        )
+        .route("/logout", get(|visit: Session<Visit>| async move { visit.destroy(); "out" }))
+        .route("/plain", get(|| async { "plain" }))
+        .layer(SessionLayer::new(store, config))
+}
+
+fn raw<B: Backend>(fixture: &conformance_tests::Fixture<B, Visit>) -> &RedisRaw {
+    match fixture.raw() {
+        Raw::Redis(raw) => raw,
+        _ => unreachable!("a Redis fixture"),
+    }
+}
+
+fn id_of(client: &Client) -> axum_typed_session::SessionId {
+    axum_typed_session::SessionToken::parse(client.token.as_deref().expect("a token"))
+        .expect("a plain token")
+        .id()
+}
+
+async fn hgetall(raw: &RedisRaw, key: &str) -> std::collections::HashMap<String, String> {
+    let mut cmd = ::redis::cmd("HGETALL");
+    cmd.arg(key);
+    let hash: std::collections::HashMap<String, Vec<u8>> = raw.command(&cmd).await;
+    hash.into_iter()
+        .map(|(field, value)| (field, String::from_utf8_lossy(&value).into_owned()))
+        .collect()
+}
+
+/// One hash per session, readable; Redis's expiry is the session's.
+async fn the_hash_is_the_session<B: Backend<Store<Visit> = RedisStore<Visit>>>() {
+    let Some(fixture) = B::open::<Visit>().await else {
+        return;
+    };
+    let raw = raw(&fixture);
+    let mut client = Client::new(app(fixture.store.clone(), SessionConfig::default()), COOKIE);
+    client.get("/visit").await;
+    client.get("/login/42").await;
+    let id = id_of(&client);
+    let key = fixture.store.key_of(&id);
+    assert_eq!(
+        key,
+        format!("{}:{{{id}}}", raw.prefix_of("redis_visits")),
+        "the id is the hash tag"
+    );
+    let hash = hgetall(raw, &key).await;
+    assert_eq!(hash["count"], "1");
+    assert_eq!(hash["user_id"], "42");
+    assert_eq!(hash["name"], "user 42");
+    assert_eq!(hash["tags"], r#"["a","b"]"#);
+    assert_eq!(hash["version"], "2", "the visit, then the login");
+    assert_eq!(hash["remember"], "0");
+    let record = fixture
+        .store
+        .load(&id, chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        hash["expires_at"],
+        record.expires_at.timestamp_micros().to_string()
+    );
+    assert_eq!(
+        hash["created_at"],
+        record.created_at.timestamp_micros().to_string()
+    );
+    assert_eq!(hash.len(), 8, "nothing else: {hash:?}");
+    let mut pexpiretime = ::redis::cmd("PEXPIRETIME");
+    pexpiretime.arg(&key);
+    let expires_ms: i64 = raw.command(&pexpiretime).await;
+    assert_eq!(
+        expires_ms,
+        (record.expires_at.timestamp_micros() + 999) / 1000,
+        "PEXPIREAT = expires_at"
+    );
+    // Anonymous NULLs are absent fields, not empty strings.
+    let mut fresh = Client::new(client.app.clone(), COOKIE);
+    fresh.get("/visit").await;
+    let hash = hgetall(raw, &fixture.store.key_of(&id_of(&fresh))).await;
+    assert!(
+        !hash.contains_key("user_id") && !hash.contains_key("name"),
+        "{hash:?}"
+    );
+    assert_eq!(
+        fixture
+            .store
+            .purge_expired(chrono::Utc::now())
+            .await
+            .unwrap(),
+        0
+    );
+    fixture.cleanup().await;
+}
+
+/// After every session of a user expired or was destroyed, no key of that
+/// user is left.
+async fn index_sets_leave_nothing_behind<B: Backend<Store<Visit> = RedisStore<Visit>>>() {
+    let Some(fixture) = B::open::<Visit>().await else {
+        return;
+    };
+    let raw = raw(&fixture);
+    let short = SessionConfig::default().with_idle_timeout(Duration::from_millis(300));
+    let app = app(fixture.store.clone(), short);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::new(app.clone(), COOKIE);
+        client.get("/login/42").await;
+        clients.push(client);
+    }
+    let set = fixture
+        .store
+        .index_key_of("user_id", &axum_typed_session::value::Value::I64(42))
+        .unwrap();
+    let mut card = ::redis::cmd("ZCARD");
+    card.arg(&set);
+    assert_eq!(raw.command::<i64>(&card).await, 3);
+    // One destroyed, the others left to expire.
+    clients[0].get("/logout").await;
+    assert_eq!(raw.command::<i64>(&card).await, 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let user_keys = raw
+        .keys(&format!("{}*", raw.prefix_of("redis_visits")))
+        .await;
+    assert!(
+        user_keys.is_empty(),
+        "left behind: {:?}",
+        user_keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        fixture
+            .store
+            .sessions_by(&Visit::USER_ID, &42)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    fixture.cleanup().await;
+}
+
+/// A field that does not decode is a decode error naming the field; one
+/// written by an older struct loads with the field's default.
+async fn bad_and_old_hashes<B: Backend<Store<Visit> = RedisStore<Visit>>>() {
+    let Some(fixture) = B::open::<Visit>().await else {
+        return;
+    };
+    let raw = raw(&fixture);
+    let mut client = Client::new(app(fixture.store.clone(), SessionConfig::default()), COOKIE);
+    client.get("/login/7").await;
+    let id = id_of(&client);
+    let key = fixture.store.key_of(&id);
+
+    // Written by the older struct: the newer one reads its defaults.
+    let newer: RedisStore<NewerVisit> = raw.store();
+    let record = newer
+        .load(&id, chrono::Utc::now())
+        .await
+        .unwrap()
+        .expect("live");
+    assert_eq!(
+        record.data.theme, "light",
+        "the struct's Default for a new field"
+    );
+    assert_eq!(record.data.nickname, None);
+    assert_eq!(record.data.user_id, Some(7));
+
+    let mut corrupt = ::redis::cmd("HSET");
+    corrupt.arg(&key).arg("count").arg("twelve");
+    let _: i64 = raw.command(&corrupt).await;
+    match fixture.store.load(&id, chrono::Utc::now()).await {
+        Err(StoreError::Decode(error)) => {
+            assert_eq!((error.field, error.column), ("count", "count"));
+            assert!(error.to_string().contains("twelve"), "{error}");
+        }
+        other => panic!("expected a decode error naming `count`, got {other:?}"),
+    }
+    let reply = client.get("/visit").await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    // Others are not affected.
+    let mut other = Client::new(client.app.clone(), COOKIE);
+    assert_eq!(other.get("/visit").await.body, "1");
+    let mut bad_json = ::redis::cmd("HSET");
+    bad_json
+        .arg(&key)
+        .arg("count")
+        .arg("3")
+        .arg("tags")
+        .arg("{not json");
+    let _: i64 = raw.command(&bad_json).await;
+    assert!(matches!(
+        fixture.store.load(&id, chrono::Utc::now()).await,
+        Err(StoreError::Decode(error)) if error.field == "tags"
+    ));
+    fixture.cleanup().await;
+}
+
+/// A server that forgot the scripts (restart, failover, SCRIPT FLUSH) gets
+/// them again.
+async fn forgotten_scripts_are_loaded_again<B: Backend<Store<Visit> = RedisStore<Visit>>>() {
+    let Some(fixture) = B::open::<Visit>().await else {
+        return;
+    };
+    let raw = raw(&fixture);
+    let mut client = Client::new(app(fixture.store.clone(), SessionConfig::default()), COOKIE);
+    assert_eq!(client.get("/visit").await.body, "1");
+    raw.flush_scripts().await;
+    assert_eq!(client.get("/visit").await.body, "2");
+    client.get("/login/3").await;
+    assert_eq!(client.get("/visit").await.body, "3");
+    fixture.cleanup().await;
+}
+
+redis_conformance!(
+    the_hash_is_the_session,
+    index_sets_leave_nothing_behind,
+    bad_and_old_hashes,
+    forgotten_scripts_are_loaded_again,
+);
+
+#[tokio::test]
+async fn redis_down_at_start_is_a_clear_error() {
+    let started = Instant::now();
+    let error = RedisStore::<Visit>::builder()
+        .timeout(Duration::from_millis(500))
+        .connect("redis://127.0.0.1:1")
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(error.is_unavailable());
+    let message = error.to_string();
+    assert!(
+        message.contains("cannot connect to Redis at redis://127.0.0.1:1"),
+        "{message}"
+    );
+    let cluster = RedisStore::<Visit>::builder()
+        .timeout(Duration::from_millis(500))
+        .connect_cluster(["redis://127.0.0.1:1", "redis://127.0.0.1:2"])
+        .await
+        .expect_err("no cluster there");
+    assert!(
+        cluster
+            .to_string()
+            .contains("127.0.0.1:1, redis://127.0.0.1:2"),
+        "{cluster}"
+    );
+}
+
+/// Redis going away mid-request (cut, or hung) fails fast within the
+/// store's timeout, writes nothing over the real data, and service resumes
+/// by itself. Through a real TCP proxy in front of the test server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_going_away_fails_fast_and_recovers() {
+    let url = redis_url();
+    let target: std::net::SocketAddr = url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("TEST_REDIS_URL as redis://host:port");
+    if ::redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .is_err()
+    {
+        // Reported (or failed, under CI) by the conformance cases' fixture.
+        let _ = conformance_tests::Redis::open::<Visit>().await;
+        return;
+    }
+    let proxy = Proxy::start(target).await;
+    let timeout = Duration::from_millis(300);
+    let store = RedisStore::<Visit>::builder()
+        .prefix(format!("outage_{}", std::process::id()))
+        .timeout(timeout)
+        .connect(&format!("redis://127.0.0.1:{}", proxy.port()))
+        .await
+        .expect("through the proxy");
+    let app = app(store.clone(), SessionConfig::default());
+    let mut client = Client::new(app.clone(), COOKIE);
+    for expected in 1..=3 {
+        assert_eq!(client.get("/visit").await.body, expected.to_string());
+    }
+    for mode in [Mode::Cut, Mode::Paused] {
+        proxy.set(mode);
+        let started = Instant::now();
+        let reply = client.get("/visit").await;
+        let took = started.elapsed();
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{mode:?}: {}",
+            reply.body
+        );
+        assert!(reply.headers.contains_key("retry-after"));
+        assert!(took < timeout * 3, "{mode:?}: answered in {took:?}");
+        eprintln!("redis {mode:?}: first failure answered in {took:?}");
+        assert_eq!(
+            client.get("/plain").await.body,
+            "plain",
+            "routes without a session work"
+        );
+        proxy.set(Mode::Forward);
+        let back = Instant::now();
+        let mut reply = client.get("/visit").await;
+        while reply.status != StatusCode::OK {
+            assert!(
+                back.elapsed() < Duration::from_secs(5),
+                "service did not resume: {}",
+                reply.body
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            reply = client.get("/visit").await;
+        }
+        eprintln!(
+            "redis {mode:?}: serving again {:?} after Redis came back",
+            back.elapsed()
+        );
+        // The count went on from the last stored value: a failed write was
+        // not applied, nothing was written over the session.
+        let count: i64 = reply.body.parse().unwrap();
+        assert!((4..=5).contains(&count), "{mode:?}: count {count}");
+        let stored = store
+            .load(&id_of(&client), chrono::Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.data.count, count);
+    }
+}
+
+/// WAIT mode on a server without replicas: every write is refused, clearly,
+/// and the request answers 503 rather than pretending it is safe.
+#[tokio::test]
+async fn waiting_for_a_replica_that_does_not_exist_fails_clearly() {
+    let Ok(store) = RedisStore::<Visit>::builder()
+        .prefix(format!("wait_{}", std::process::id()))
+        .wait_for_replicas(1, Duration::from_millis(50))
+        .connect(&redis_url())
+        .await
+    else {
+        let _ = conformance_tests::Redis::open::<Visit>().await;
+        return;
+    };
+    let mut client = Client::new(app(store, SessionConfig::default()), COOKIE);
+    let reply = client.get("/visit").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+}
