@@ -38,8 +38,8 @@ use axum::{
     routing::get,
 };
 use axum_typed_session::{
-    CachedStore, MySqlStore, PgStore, Session, SessionConfig, SessionData, SessionLayer,
-    SessionStore, SqliteStore,
+    CachedStore, MySqlStore, PgStore, RedisStore, Session, SessionConfig, SessionData,
+    SessionLayer, SessionStore, SqliteStore,
 };
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use rand::RngCore;
@@ -177,6 +177,8 @@ enum Db {
     Sqlite,
     Postgres,
     MySql,
+    Redis,
+    RedisCluster,
 }
 
 impl Db {
@@ -185,6 +187,8 @@ impl Db {
             Db::Sqlite => "SQLite",
             Db::Postgres => "PostgreSQL",
             Db::MySql => "MariaDB",
+            Db::Redis => "Redis",
+            Db::RedisCluster => "Redis Cluster",
         }
     }
 
@@ -194,6 +198,8 @@ impl Db {
             Db::Sqlite => "sqlite",
             Db::Postgres => "postgres",
             Db::MySql => "mysql",
+            Db::Redis => "redis",
+            Db::RedisCluster => "redis_cluster",
         }
     }
 }
@@ -210,8 +216,11 @@ fn bare() -> Router {
 }
 
 fn with_sessions<T: Counter, S: SessionStore<T>>(store: S) -> Router {
+    // Ten minutes: long past a run, short enough that the bench's sessions
+    // leave the shared Redis by themselves.
     let config = SessionConfig::default()
         .with_secure(false)
+        .with_idle_timeout(Duration::from_secs(600))
         .with_purge_interval(None);
     Router::new()
         .route(Route::Untouched.path(), get(|| async { "ok" }))
@@ -242,12 +251,70 @@ async fn increment<T: Counter>(visit: Session<T>) -> String {
 }
 
 /// What a careful user writes by hand: the token is the key, one SELECT to
-/// read, SELECT + UPDATE to change, one INSERT for a new visitor.
+/// read, SELECT + UPDATE to change, one INSERT for a new visitor. On Redis:
+/// HGETALL to read, HGETALL + HSET to change, HSET + PEXPIREAT (one
+/// pipeline) for a new visitor, on the client's multiplexed connection.
 #[derive(Clone)]
 enum RawPool {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
     MySql(sqlx::MySqlPool),
+    Redis(redis::aio::ConnectionManager),
+    RedisCluster(redis::cluster_async::ClusterConnection),
+}
+
+/// The hand-written Redis baseline's key of a visitor.
+fn raw_redis_key(id: &str) -> String {
+    format!("raw_sessions_{}:{{{id}}}", std::process::id())
+}
+
+async fn raw_redis_select<C: redis::aio::ConnectionLike>(
+    connection: &mut C,
+    id: &str,
+) -> anyhow::Result<Option<i64>> {
+    let hash: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(raw_redis_key(id))
+        .query_async(connection)
+        .await?;
+    Ok(match hash.get("count") {
+        Some(count) => Some(count.parse()?),
+        None => None,
+    })
+}
+
+async fn raw_redis_update<C: redis::aio::ConnectionLike>(
+    connection: &mut C,
+    id: &str,
+    count: i64,
+) -> anyhow::Result<()> {
+    let _: i64 = redis::cmd("HSET")
+        .arg(raw_redis_key(id))
+        .arg("count")
+        .arg(count)
+        .query_async(connection)
+        .await?;
+    Ok(())
+}
+
+async fn raw_redis_insert<C: redis::aio::ConnectionLike>(
+    connection: &mut C,
+    id: &str,
+) -> anyhow::Result<()> {
+    let key = raw_redis_key(id);
+    let expires = chrono::Utc::now().timestamp_millis() + 600_000;
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(&key)
+        .arg("count")
+        .arg(1)
+        .ignore()
+        .cmd("PEXPIREAT")
+        .arg(&key)
+        .arg(expires)
+        .ignore()
+        .query_async(connection)
+        .await?;
+    Ok(())
 }
 
 fn raw_token(headers: &HeaderMap) -> Option<String> {
@@ -261,8 +328,14 @@ fn raw_token(headers: &HeaderMap) -> Option<String> {
 }
 
 impl RawPool {
-    async fn select(&self, id: &str) -> Result<Option<i64>, sqlx::Error> {
-        match self {
+    async fn select(&self, id: &str) -> anyhow::Result<Option<i64>> {
+        Ok(match self {
+            RawPool::Redis(connection) => {
+                return raw_redis_select(&mut connection.clone(), id).await;
+            }
+            RawPool::RedisCluster(connection) => {
+                return raw_redis_select(&mut connection.clone(), id).await;
+            }
             RawPool::Sqlite(pool) => {
                 sqlx::query_scalar("SELECT count FROM raw_sessions WHERE id = ?")
                     .bind(id)
@@ -281,11 +354,17 @@ impl RawPool {
                     .fetch_optional(pool)
                     .await
             }
-        }
+        }?)
     }
 
-    async fn update(&self, id: &str, count: i64) -> Result<(), sqlx::Error> {
+    async fn update(&self, id: &str, count: i64) -> anyhow::Result<()> {
         match self {
+            RawPool::Redis(connection) => {
+                return raw_redis_update(&mut connection.clone(), id, count).await;
+            }
+            RawPool::RedisCluster(connection) => {
+                return raw_redis_update(&mut connection.clone(), id, count).await;
+            }
             RawPool::Sqlite(pool) => {
                 sqlx::query("UPDATE raw_sessions SET count = ? WHERE id = ?")
                     .bind(count)
@@ -311,8 +390,14 @@ impl RawPool {
         Ok(())
     }
 
-    async fn insert(&self, id: &str) -> Result<(), sqlx::Error> {
+    async fn insert(&self, id: &str) -> anyhow::Result<()> {
         match self {
+            RawPool::Redis(connection) => {
+                return raw_redis_insert(&mut connection.clone(), id).await;
+            }
+            RawPool::RedisCluster(connection) => {
+                return raw_redis_insert(&mut connection.clone(), id).await;
+            }
             RawPool::Sqlite(pool) => {
                 sqlx::query("INSERT INTO raw_sessions (id, count) VALUES (?, 1)")
                     .bind(id)
@@ -335,7 +420,7 @@ impl RawPool {
         Ok(())
     }
 
-    async fn reset(&self) -> Result<(), sqlx::Error> {
+    async fn reset(&self) -> anyhow::Result<()> {
         let (create, delete) = (
             "CREATE TABLE IF NOT EXISTS raw_sessions (id VARCHAR(64) NOT NULL PRIMARY KEY, count BIGINT NOT NULL)",
             "DELETE FROM raw_sessions",
@@ -353,12 +438,14 @@ impl RawPool {
                 sqlx::query(create).execute(pool).await?;
                 sqlx::query(delete).execute(pool).await?;
             }
+            // Keys are this run's own (the process id) and expire by themselves.
+            RawPool::Redis(_) | RawPool::RedisCluster(_) => {}
         }
         Ok(())
     }
 }
 
-fn server_error(error: sqlx::Error) -> Response {
+fn server_error(error: anyhow::Error) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
 }
 
@@ -379,7 +466,7 @@ async fn raw_counter(State(pool): State<RawPool>, headers: HeaderMap) -> Respons
     let result = async {
         let count = pool.select(&id).await?.unwrap_or(0) + 1;
         pool.update(&id, count).await?;
-        Ok::<_, sqlx::Error>(count)
+        Ok::<_, anyhow::Error>(count)
     };
     match result.await {
         Ok(count) => count.to_string().into_response(),
@@ -643,7 +730,29 @@ async fn connect(db: Db) -> anyhow::Result<RawPool> {
                 .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
             RawPool::MySql(sqlx::MySqlPool::connect(&url).await?)
         }
+        Db::Redis => RawPool::Redis(
+            redis::aio::ConnectionManager::new(redis::Client::open(redis_url())?).await?,
+        ),
+        Db::RedisCluster => RawPool::RedisCluster(
+            redis::cluster::ClusterClient::new(redis_cluster_nodes())?
+                .get_async_connection()
+                .await?,
+        ),
     })
+}
+
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn redis_cluster_nodes() -> Vec<String> {
+    std::env::var("TEST_REDIS_CLUSTER")
+        .unwrap_or_else(|_| {
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002".into()
+        })
+        .split(',')
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The session app on `pool`'s database (table emptied): `Visit` on the
@@ -688,7 +797,26 @@ async fn session_app_of<T: Counter>(pool: &RawPool, cache: bool) -> anyhow::Resu
             sqlx::query(delete()).execute(pool).await?;
             build(store, cache)
         }
+        RawPool::Redis(_) => build(
+            RedisStore::<T>::builder()
+                .prefix(redis_prefix::<T>())
+                .connect(&redis_url())
+                .await?,
+            cache,
+        ),
+        RawPool::RedisCluster(_) => build(
+            RedisStore::<T>::builder()
+                .prefix(redis_prefix::<T>())
+                .connect_cluster(redis_cluster_nodes())
+                .await?,
+            cache,
+        ),
     })
+}
+
+/// This run's keys of a struct's sessions.
+fn redis_prefix<T: SessionData>() -> String {
+    format!("{}_{}", T::SCHEMA.table, std::process::id())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -747,8 +875,14 @@ async fn run() -> anyhow::Result<()> {
         .into_iter()
         .filter(|route| routes_filter.is_empty() || routes_filter.contains(&route.path()[1..]))
         .collect();
-    for db in [Db::Sqlite, Db::Postgres, Db::MySql] {
-        if !dbs.is_empty() && !dbs.contains(db.key()) {
+    for db in [
+        Db::Sqlite,
+        Db::Postgres,
+        Db::MySql,
+        Db::Redis,
+        Db::RedisCluster,
+    ] {
+        if !dbs.is_empty() && !dbs.split(',').any(|name| name.trim() == db.key()) {
             continue;
         }
         // Pools live on the server's runtime, like the app that uses them.
@@ -773,7 +907,10 @@ async fn run() -> anyhow::Result<()> {
         targets.push(
             start(
                 raw_sqlx(pool.clone()),
-                format!("raw sqlx/{}", db.name()),
+                match db {
+                    Db::Redis | Db::RedisCluster => format!("raw redis-rs/{}", db.name()),
+                    _ => format!("raw sqlx/{}", db.name()),
+                },
                 Some(db),
                 "raw",
             )
@@ -840,7 +977,7 @@ async fn run() -> anyhow::Result<()> {
         }
     }
 
-    println!("| route | server | req/s | p50 µs | p99 µs | × bare | × raw sqlx | p99 × raw |");
+    println!("| route | server | req/s | p50 µs | p99 µs | × bare | × raw | p99 × raw |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         let bare = rows

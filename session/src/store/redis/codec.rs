@@ -86,10 +86,10 @@ pub(crate) fn decode(sql_type: SqlType, stored: Vec<u8>) -> Result<Value<'static
         SqlType::Bytes => Value::Bytes(stored.into()),
         SqlType::Timestamp => {
             let text = text(stored)?;
+            // `FromStr` reads RFC 3339 and the signed, longer years beyond it.
             Value::Timestamp(
-                DateTime::parse_from_rfc3339(&text)
-                    .map_err(|_| ValueError::Unparsable(format!("{text:?}")))?
-                    .with_timezone(&Utc),
+                text.parse::<DateTime<Utc>>()
+                    .map_err(|_| ValueError::Unparsable(format!("{text:?}")))?,
             )
         }
         SqlType::DateTime => {
@@ -270,6 +270,32 @@ mod tests {
                 Value::Null(_) => unreachable!(),
             };
             assert_eq!(decode(sql_type, stored).unwrap(), value);
+        }
+        // The far ends of chrono's range: signed, more than four digits.
+        for text in [
+            "+10000-01-01T00:00:00Z",
+            "-0001-12-31T23:59:59.999999Z",
+            "+262142-12-31T23:59:59Z",
+        ] {
+            let at = text.parse::<DateTime<Utc>>().expect(text);
+            for value in [
+                Value::Timestamp(at),
+                Value::DateTime(at.naive_utc()),
+                Value::Date(at.date_naive()),
+            ] {
+                let sql_type = match value {
+                    Value::Timestamp(_) => SqlType::Timestamp,
+                    Value::DateTime(_) => SqlType::DateTime,
+                    _ => SqlType::Date,
+                };
+                let stored = encode(&value).unwrap();
+                assert_eq!(
+                    decode(sql_type, stored.clone()).unwrap(),
+                    value,
+                    "{}",
+                    String::from_utf8_lossy(&stored)
+                );
+            }
         }
         assert_eq!(encode(&Value::Null(SqlType::I64)), None);
         assert!(matches!(

@@ -11,6 +11,17 @@
 //! checks the version when it is a compare-and-swap and bumps it, in one
 //! server-side script; a touch only moves the expiry.
 //!
+//! Faults: every call is bounded by the store's timeout, an outage is
+//! [`StoreError::Unavailable`] (a 503 with `Retry-After`), and the client
+//! reconnects by itself. On Cluster, a master that fails is replaced by its
+//! replica within about the cluster's node timeout; meanwhile requests to
+//! its slots fail. Redis replicates asynchronously, so the last writes a
+//! master acknowledged before dying can be lost;
+//! [`RedisStoreBuilder::wait_for_replicas`] waits for a replica after each
+//! write (`WAIT`) so that an acknowledged write survives a failover, at the
+//! cost of a replication round trip per write. Caps per user
+//! (`max_sessions`) are not available on this store.
+//!
 //! Why the `redis` crate (redis-rs): it is maintained by the Redis
 //! organisation with frequent releases, speaks standalone and Cluster
 //! with one `ConnectionLike` trait (so every call here is written once),
@@ -20,6 +31,7 @@
 //! scripts again on `NOSCRIPT`, and has TLS through its own features
 //! (`rustls`/`native-tls` here turn them on; use a `rediss://` URL).
 
+mod batch;
 mod codec;
 mod options;
 mod scripts;
@@ -110,6 +122,8 @@ struct IndexedField {
 
 struct Inner {
     connection: Connection,
+    /// Where the loads and writes of one moment become one pipeline.
+    batcher: Arc<batch::Batcher>,
     prefix: String,
     timeout: Duration,
     wait: Option<WaitForReplicas>,
@@ -259,6 +273,7 @@ impl<T: SessionData> RedisStore<T> {
 
     fn new(
         connection: Connection,
+        batcher: Option<Arc<batch::Batcher>>,
         prefix: String,
         timeout: Duration,
         wait: Option<WaitForReplicas>,
@@ -275,9 +290,12 @@ impl<T: SessionData> RedisStore<T> {
                 set_prefix: format!("{prefix}:index:{}:", column.name).into_bytes(),
             })
             .collect();
+        let batcher =
+            batcher.unwrap_or_else(|| Arc::new(batch::Batcher::start(connection.clone())));
         Self {
             inner: Arc::new(Inner {
                 connection,
+                batcher,
                 prefix,
                 timeout,
                 wait,
@@ -293,6 +311,7 @@ impl<T: SessionData> RedisStore<T> {
     pub fn for_struct<U: SessionData>(&self, prefix: impl Into<String>) -> RedisStore<U> {
         RedisStore::new(
             self.inner.connection.clone(),
+            Some(self.inner.batcher.clone()),
             prefix.into(),
             self.inner.timeout,
             self.inner.wait,
@@ -304,6 +323,7 @@ impl<T: SessionData> RedisStore<T> {
     pub fn with_events(self, events: SessionEvents) -> Self {
         Self::new(
             self.inner.connection.clone(),
+            Some(self.inner.batcher.clone()),
             self.inner.prefix.clone(),
             self.inner.timeout,
             self.inner.wait,
@@ -353,6 +373,30 @@ impl<T: SessionData> RedisStore<T> {
         self.bounded(invocation.invoke_async(&mut connection)).await
     }
 
+    /// A script call in the next batch.
+    async fn call(&self, call: &scripts::Call) -> Result<Vec<redis::Value>, StoreError> {
+        let reply = self
+            .bounded(
+                self.inner
+                    .batcher
+                    .send(call.evalsha(), Some(call.eval()), call.first_key()),
+            )
+            .await?;
+        redis::from_redis_value(reply).map_err(|error| store_error(error.into()))
+    }
+
+    /// A command on `key` in the next batch.
+    async fn batched<R: redis::FromRedisValue>(
+        &self,
+        cmd: Cmd,
+        key: &str,
+    ) -> Result<R, StoreError> {
+        let reply = self
+            .bounded(self.inner.batcher.send(cmd, None, key.as_bytes()))
+            .await?;
+        redis::from_redis_value(reply).map_err(|error| store_error(error.into()))
+    }
+
     async fn command<R: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<R, StoreError> {
         let mut connection = self.inner.connection.clone();
         self.bounded(cmd.query_async(&mut connection)).await
@@ -360,7 +404,7 @@ impl<T: SessionData> RedisStore<T> {
 
     /// The index part of a script's arguments: whether the script keeps the
     /// sets itself (standalone), and each indexed column with its sets' prefix.
-    fn index_args(&self, invocation: &mut ScriptInvocation<'_>) {
+    fn index_args(&self, invocation: &mut scripts::Call) {
         invocation
             .arg(if self.is_cluster() { "0" } else { "1" })
             .arg(self.inner.indexed.len());
@@ -670,8 +714,8 @@ impl<T: SessionData> RedisStore<T> {
                 None => unset.push(column),
             }
         }
-        let mut invocation = scripts::UPDATE_SCRIPT.prepare_invoke();
-        for key in keys {
+        let mut invocation = scripts::UPDATE_TEXT.call(keys[0]);
+        for key in &keys[1..] {
             invocation.key(*key);
         }
         invocation
@@ -713,7 +757,7 @@ impl<T: SessionData> RedisStore<T> {
             .arg(member)
             .arg(new_member)
             .arg(update.now.timestamp_millis());
-        let reply = self.invoke(&invocation).await?;
+        let reply = self.call(&invocation).await?;
         if !succeeded(&reply) {
             return Ok(None);
         }
@@ -758,9 +802,10 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         id: &SessionId,
         now: DateTime<Utc>,
     ) -> Result<Option<Record<T>>, StoreError> {
+        let key = self.key_of(id);
         let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(self.key_of(id));
-        let hash: HashMap<String, Vec<u8>> = self.command(&cmd).await?;
+        cmd.arg(&key);
+        let hash: HashMap<String, Vec<u8>> = self.batched(cmd, &key).await?;
         codec::record_of(*id, hash, now)
     }
 
@@ -768,7 +813,7 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         let key = self.key_of(&record.id);
         let fields = codec::fields_of(record)?;
         let member = record.id.to_string();
-        let mut invocation = scripts::INSERT_SCRIPT.key(&key);
+        let mut invocation = scripts::INSERT_TEXT.call(&key);
         invocation
             .arg(expire_at_ms(record.expires_at))
             .arg(fields.len());
@@ -778,7 +823,7 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         self.index_args(&mut invocation);
         let now = Utc::now();
         invocation.arg(&member).arg(now.timestamp_millis());
-        let reply = self.invoke(&invocation).await?;
+        let reply = self.call(&invocation).await?;
         if !succeeded(&reply) {
             return Err(StoreError::Redis(Arc::new(RedisError::from((
                 redis::ErrorKind::Client,
@@ -887,10 +932,10 @@ impl<T: SessionData> RedisStore<T> {
     async fn delete_counted(&self, id: &SessionId) -> Result<bool, StoreError> {
         let key = self.key_of(id);
         let member = id.to_string();
-        let mut invocation = scripts::DELETE_SCRIPT.key(&key);
+        let mut invocation = scripts::DELETE_TEXT.call(&key);
         self.index_args(&mut invocation);
         invocation.arg(&member);
-        let reply = self.invoke(&invocation).await?;
+        let reply = self.call(&invocation).await?;
         let deleted = succeeded(&reply);
         if self.is_cluster() {
             let changes: Vec<_> = (0..self.inner.indexed.len())

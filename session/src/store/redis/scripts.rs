@@ -11,7 +11,7 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::{Cmd, Script, ToRedisArgs};
 
 /// Shared by the scripts that keep index sets.
 const INDEX_HELPERS: &str = r#"
@@ -160,9 +160,77 @@ fn with_helpers(body: &str) -> Script {
     Script::new(&format!("{INDEX_HELPERS}{body}"))
 }
 
-pub(crate) static INSERT_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_helpers(INSERT));
-pub(crate) static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_helpers(UPDATE));
-pub(crate) static DELETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_helpers(DELETE));
 pub(crate) static MOVE_OUT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MOVE_OUT));
 pub(crate) static MOVE_IN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MOVE_IN));
 pub(crate) static INDEX_ADD_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_helpers(INDEX_ADD));
+
+/// A script's source and its SHA-1, for calls built by hand (batched).
+pub(crate) struct ScriptText {
+    source: String,
+    hash: String,
+}
+
+impl ScriptText {
+    fn new(body: &str) -> Self {
+        let source = format!("{INDEX_HELPERS}{body}");
+        let hash = Script::new(&source).get_hash().to_owned();
+        Self { source, hash }
+    }
+
+    /// A call of this script on `key`.
+    pub(crate) fn call(&'static self, key: impl ToRedisArgs) -> Call {
+        let mut call = Call {
+            script: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        };
+        call.key(key);
+        call
+    }
+}
+
+/// One call of a script: its keys and arguments, as `EVALSHA` (batched) or
+/// `EVAL` (when the server forgot the script).
+pub(crate) struct Call {
+    script: &'static ScriptText,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    pub(crate) fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    pub(crate) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    /// The first key: what routes the call.
+    pub(crate) fn first_key(&self) -> &[u8] {
+        self.keys.first().map_or(&[], Vec::as_slice)
+    }
+
+    fn command(&self, name: &str, script: &str) -> Cmd {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(script)
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+
+    pub(crate) fn evalsha(&self) -> Cmd {
+        self.command("EVALSHA", &self.script.hash)
+    }
+
+    pub(crate) fn eval(&self) -> Cmd {
+        self.command("EVAL", &self.script.source)
+    }
+}
+
+pub(crate) static INSERT_TEXT: LazyLock<ScriptText> = LazyLock::new(|| ScriptText::new(INSERT));
+pub(crate) static UPDATE_TEXT: LazyLock<ScriptText> = LazyLock::new(|| ScriptText::new(UPDATE));
+pub(crate) static DELETE_TEXT: LazyLock<ScriptText> = LazyLock::new(|| ScriptText::new(DELETE));
