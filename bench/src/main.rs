@@ -261,6 +261,63 @@ enum RawPool {
     MySql(sqlx::MySqlPool),
     Redis(redis::aio::ConnectionManager),
     RedisCluster(redis::cluster_async::ClusterConnection),
+    /// The other way people write it: a pool of connections, each serving
+    /// one request at a time (as bb8/deadpool hand them out), no
+    /// pipelining across requests.
+    RedisPooled(std::sync::Arc<RedisPool>),
+}
+
+/// Ten connections (sqlx's default pool size), handed out in turn.
+struct RedisPool {
+    connections: Vec<tokio::sync::Mutex<RedisConnection>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+enum RedisConnection {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl RedisPool {
+    async fn open(cluster: bool) -> anyhow::Result<Self> {
+        let mut connections = Vec::new();
+        for _ in 0..10 {
+            connections.push(tokio::sync::Mutex::new(if cluster {
+                RedisConnection::Cluster(
+                    redis::cluster::ClusterClient::new(redis_cluster_nodes())?
+                        .get_async_connection()
+                        .await?,
+                )
+            } else {
+                RedisConnection::Single(
+                    redis::Client::open(redis_url())?
+                        .get_multiplexed_async_connection()
+                        .await?,
+                )
+            }));
+        }
+        Ok(Self {
+            connections,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// A connection of its own for one request.
+    async fn get(&self) -> tokio::sync::MutexGuard<'_, RedisConnection> {
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.connections[turn % self.connections.len()].lock().await
+    }
+}
+
+/// Runs `$body` with `$connection` bound to whichever connection the pool gave.
+macro_rules! pooled {
+    ($pool:expr, |$connection:ident| $body:expr) => {{
+        let mut guard = $pool.get().await;
+        match &mut *guard {
+            RedisConnection::Single($connection) => $body,
+            RedisConnection::Cluster($connection) => $body,
+        }
+    }};
 }
 
 /// The hand-written Redis baseline's key of a visitor.
@@ -336,6 +393,7 @@ impl RawPool {
             RawPool::RedisCluster(connection) => {
                 return raw_redis_select(&mut connection.clone(), id).await;
             }
+            RawPool::RedisPooled(pool) => return pooled!(pool, |c| raw_redis_select(c, id).await),
             RawPool::Sqlite(pool) => {
                 sqlx::query_scalar("SELECT count FROM raw_sessions WHERE id = ?")
                     .bind(id)
@@ -361,6 +419,9 @@ impl RawPool {
         match self {
             RawPool::Redis(connection) => {
                 return raw_redis_update(&mut connection.clone(), id, count).await;
+            }
+            RawPool::RedisPooled(pool) => {
+                return pooled!(pool, |c| raw_redis_update(c, id, count).await);
             }
             RawPool::RedisCluster(connection) => {
                 return raw_redis_update(&mut connection.clone(), id, count).await;
@@ -398,6 +459,7 @@ impl RawPool {
             RawPool::RedisCluster(connection) => {
                 return raw_redis_insert(&mut connection.clone(), id).await;
             }
+            RawPool::RedisPooled(pool) => return pooled!(pool, |c| raw_redis_insert(c, id).await),
             RawPool::Sqlite(pool) => {
                 sqlx::query("INSERT INTO raw_sessions (id, count) VALUES (?, 1)")
                     .bind(id)
@@ -439,7 +501,7 @@ impl RawPool {
                 sqlx::query(delete).execute(pool).await?;
             }
             // Keys are this run's own (the process id) and expire by themselves.
-            RawPool::Redis(_) | RawPool::RedisCluster(_) => {}
+            RawPool::Redis(_) | RawPool::RedisCluster(_) | RawPool::RedisPooled(_) => {}
         }
         Ok(())
     }
@@ -804,6 +866,7 @@ async fn session_app_of<T: Counter>(pool: &RawPool, cache: bool) -> anyhow::Resu
                 .await?,
             cache,
         ),
+        RawPool::RedisPooled(_) => unreachable!("the pooled baseline has no session app"),
         RawPool::RedisCluster(_) => build(
             RedisStore::<T>::builder()
                 .prefix(redis_prefix::<T>())
@@ -916,6 +979,20 @@ async fn run() -> anyhow::Result<()> {
             )
             .await?,
         );
+        if matches!(db, Db::Redis | Db::RedisCluster) {
+            let pool = server_runtime()
+                .spawn(RedisPool::open(db == Db::RedisCluster))
+                .await??;
+            targets.push(
+                start(
+                    raw_sqlx(RawPool::RedisPooled(std::sync::Arc::new(pool))),
+                    format!("raw redis-rs pooled/{}", db.name()),
+                    Some(db),
+                    "raw_pooled",
+                )
+                .await?,
+            );
+        }
         let mut sessions = vec![("session", session), ("session+cache", cached)];
         if std::env::var("BENCH_INDEX_COST").is_ok_and(|value| value == "1") {
             let (plain, indexed) = {
@@ -977,8 +1054,10 @@ async fn run() -> anyhow::Result<()> {
         }
     }
 
-    println!("| route | server | req/s | p50 µs | p99 µs | × bare | × raw | p99 × raw |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| route | server | req/s | p50 µs | p99 µs | × bare | × raw | p99 × raw | × raw pooled |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         let bare = rows
             .iter()
@@ -989,11 +1068,14 @@ async fn run() -> anyhow::Result<()> {
         let ratio = |base: Option<&Row>| {
             base.map_or("—".to_owned(), |base| format!("{:.2}", row.ratio(base)))
         };
+        let pooled = rows.iter().find(|r| {
+            r.kind == "raw_pooled" && r.route == row.route && r.db == row.db && row.db.is_some()
+        });
         let p99_ratio = raw.map_or("—".to_owned(), |raw| {
             format!("{:.2}", row.p99 as f64 / raw.p99.max(1) as f64)
         });
         println!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |{}",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |{}",
             row.route.path(),
             row.target,
             row.rps,
@@ -1007,6 +1089,11 @@ async fn run() -> anyhow::Result<()> {
             },
             if row.kind == "session" {
                 p99_ratio
+            } else {
+                "—".into()
+            },
+            if row.kind == "session" {
+                ratio(pooled)
             } else {
                 "—".into()
             },

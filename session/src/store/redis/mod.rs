@@ -31,7 +31,6 @@
 //! scripts again on `NOSCRIPT`, and has TLS through its own features
 //! (`rustls`/`native-tls` here turn them on; use a `rediss://` URL).
 
-mod batch;
 mod codec;
 mod options;
 mod scripts;
@@ -122,8 +121,6 @@ struct IndexedField {
 
 struct Inner {
     connection: Connection,
-    /// Where the loads and writes of one moment become one pipeline.
-    batcher: Arc<batch::Batcher>,
     prefix: String,
     timeout: Duration,
     wait: Option<WaitForReplicas>,
@@ -273,7 +270,6 @@ impl<T: SessionData> RedisStore<T> {
 
     fn new(
         connection: Connection,
-        batcher: Option<Arc<batch::Batcher>>,
         prefix: String,
         timeout: Duration,
         wait: Option<WaitForReplicas>,
@@ -290,12 +286,9 @@ impl<T: SessionData> RedisStore<T> {
                 set_prefix: format!("{prefix}:index:{}:", column.name).into_bytes(),
             })
             .collect();
-        let batcher =
-            batcher.unwrap_or_else(|| Arc::new(batch::Batcher::start(connection.clone())));
         Self {
             inner: Arc::new(Inner {
                 connection,
-                batcher,
                 prefix,
                 timeout,
                 wait,
@@ -311,7 +304,6 @@ impl<T: SessionData> RedisStore<T> {
     pub fn for_struct<U: SessionData>(&self, prefix: impl Into<String>) -> RedisStore<U> {
         RedisStore::new(
             self.inner.connection.clone(),
-            Some(self.inner.batcher.clone()),
             prefix.into(),
             self.inner.timeout,
             self.inner.wait,
@@ -323,7 +315,6 @@ impl<T: SessionData> RedisStore<T> {
     pub fn with_events(self, events: SessionEvents) -> Self {
         Self::new(
             self.inner.connection.clone(),
-            Some(self.inner.batcher.clone()),
             self.inner.prefix.clone(),
             self.inner.timeout,
             self.inner.wait,
@@ -373,26 +364,28 @@ impl<T: SessionData> RedisStore<T> {
         self.bounded(invocation.invoke_async(&mut connection)).await
     }
 
-    /// A script call in the next batch.
-    async fn call(&self, call: &scripts::Call) -> Result<Vec<redis::Value>, StoreError> {
+    /// A script call: `EVALSHA`, and `EVAL` with the source if the server
+    /// forgot the script (a restart, a failover, `SCRIPT FLUSH`). Sent on
+    /// the multiplexed connection, so the calls of concurrent requests are
+    /// pipelined by the client.
+    async fn call(&self, call: scripts::Call) -> Result<Vec<redis::Value>, StoreError> {
+        let mut connection = self.inner.connection.clone();
         let reply = self
-            .bounded(
-                self.inner
-                    .batcher
-                    .send(call.evalsha(), Some(call.eval()), call.first_key()),
-            )
-            .await?;
-        redis::from_redis_value(reply).map_err(|error| store_error(error.into()))
-    }
-
-    /// A command on `key` in the next batch.
-    async fn batched<R: redis::FromRedisValue>(
-        &self,
-        cmd: Cmd,
-        key: &str,
-    ) -> Result<R, StoreError> {
-        let reply = self
-            .bounded(self.inner.batcher.send(cmd, None, key.as_bytes()))
+            .bounded(async {
+                match call
+                    .evalsha()
+                    .query_async::<redis::Value>(&mut connection)
+                    .await
+                {
+                    Err(error)
+                        if error.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        call.eval().query_async(&mut connection).await
+                    }
+                    other => other,
+                }
+            })
             .await?;
         redis::from_redis_value(reply).map_err(|error| store_error(error.into()))
     }
@@ -757,7 +750,7 @@ impl<T: SessionData> RedisStore<T> {
             .arg(member)
             .arg(new_member)
             .arg(update.now.timestamp_millis());
-        let reply = self.call(&invocation).await?;
+        let reply = self.call(invocation).await?;
         if !succeeded(&reply) {
             return Ok(None);
         }
@@ -805,7 +798,7 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         let key = self.key_of(id);
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(&key);
-        let hash: HashMap<String, Vec<u8>> = self.batched(cmd, &key).await?;
+        let hash: HashMap<String, Vec<u8>> = self.command(&cmd).await?;
         codec::record_of(*id, hash, now)
     }
 
@@ -823,7 +816,7 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         self.index_args(&mut invocation);
         let now = Utc::now();
         invocation.arg(&member).arg(now.timestamp_millis());
-        let reply = self.call(&invocation).await?;
+        let reply = self.call(invocation).await?;
         if !succeeded(&reply) {
             return Err(StoreError::Redis(Arc::new(RedisError::from((
                 redis::ErrorKind::Client,
@@ -935,7 +928,7 @@ impl<T: SessionData> RedisStore<T> {
         let mut invocation = scripts::DELETE_TEXT.call(&key);
         self.index_args(&mut invocation);
         invocation.arg(&member);
-        let reply = self.call(&invocation).await?;
+        let reply = self.call(invocation).await?;
         let deleted = succeeded(&reply);
         if self.is_cluster() {
             let changes: Vec<_> = (0..self.inner.indexed.len())

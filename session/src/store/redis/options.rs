@@ -177,13 +177,6 @@ impl<T: SessionData> RedisStoreBuilder<T> {
 
     fn build(self, connection: Connection) -> RedisStore<T> {
         let prefix = self.prefix.unwrap_or_else(|| T::SCHEMA.table.to_owned());
-        RedisStore::new(
-            connection,
-            None,
-            prefix,
-            self.timeout,
-            self.wait,
-            self.events,
-        )
+        RedisStore::new(connection, prefix, self.timeout, self.wait, self.events)
     }
 }

@@ -60,11 +60,8 @@ return reply
 /// Reply: {written (0/1), score, per index: old present, old, new present, new}.
 const UPDATE: &str = r#"
 local key = KEYS[1]
-local version = redis.call('HGET', key, 'version')
-if not version or redis.call('HEXISTS', key, 'moved-to') == 1 then return {0} end
 local a = 1
 local expected = ARGV[a]; a = a + 1
-if expected ~= '' and version ~= expected then return {0} end
 local bump = ARGV[a] == '1'; a = a + 1
 local expire_ms = ARGV[a]; a = a + 1
 local expires_at = ARGV[a]; a = a + 1
@@ -77,33 +74,49 @@ local here = ARGV[a] == '1'; a = a + 1
 local n_idx = tonumber(ARGV[a]); a = a + 1
 local idx = a; a = a + 2 * n_idx
 local member, new_member, now = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-local old = {}
-for i = 0, n_idx - 1 do old[i] = redis.call('HGET', key, ARGV[idx + 2 * i]) end
+-- One read: the version, the moved mark, the indexed values.
+local wanted = {'version', 'moved-to'}
+for i = 0, n_idx - 1 do wanted[3 + i] = ARGV[idx + 2 * i] end
+local current = redis.call('HMGET', key, unpack(wanted))
+local version = current[1]
+if not version or current[2] then return {0} end
+if expected ~= '' and version ~= expected then return {0} end
 local renamed = KEYS[2] ~= nil
 if renamed then
   if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('ERR the new session id is taken') end
   redis.call('RENAME', key, KEYS[2])
   key = KEYS[2]
 end
-if n_set > 0 then redis.call('HSET', key, unpack(ARGV, set_from, set_from + 2 * n_set - 1)) end
-if n_del > 0 then redis.call('HDEL', key, unpack(ARGV, del_from, del_from + n_del - 1)) end
-if bump then redis.call('HINCRBY', key, 'version', 1) end
-if remember ~= '' then redis.call('HSET', key, 'remember', remember) end
-if expire_ms ~= '' then
-  redis.call('HSET', key, 'expires_at', expires_at)
-  redis.call('PEXPIREAT', key, expire_ms)
+-- One write: the dirty fields and the library's.
+local writes = {}
+for i = set_from, set_from + 2 * n_set - 1 do writes[#writes + 1] = ARGV[i] end
+if bump then
+  writes[#writes + 1] = 'version'
+  writes[#writes + 1] = tostring(tonumber(version) + 1)
 end
+if remember ~= '' then
+  writes[#writes + 1] = 'remember'
+  writes[#writes + 1] = remember
+end
+if expire_ms ~= '' then
+  writes[#writes + 1] = 'expires_at'
+  writes[#writes + 1] = expires_at
+end
+if #writes > 0 then redis.call('HSET', key, unpack(writes)) end
+if n_del > 0 then redis.call('HDEL', key, unpack(ARGV, del_from, del_from + n_del - 1)) end
+if expire_ms ~= '' then redis.call('PEXPIREAT', key, expire_ms) end
 local score = expire_ms
-if score == '' then score = tostring(redis.call('PEXPIRETIME', key)) end
+if score == '' and n_idx > 0 then score = tostring(redis.call('PEXPIRETIME', key)) end
 local reply = {1, score}
 for i = 0, n_idx - 1 do
+  local old = current[3 + i]
   local new = redis.call('HGET', key, ARGV[idx + 2 * i])
   if here then
     local prefix = ARGV[idx + 2 * i + 1]
-    if old[i] and (old[i] ~= new or renamed) then redis.call('ZREM', prefix .. old[i], member) end
-    if new and (old[i] ~= new or renamed or expire_ms ~= '') then index_add(prefix .. new, new_member, score, now) end
+    if old and (old ~= new or renamed) then redis.call('ZREM', prefix .. old, member) end
+    if new and (old ~= new or renamed or expire_ms ~= '') then index_add(prefix .. new, new_member, score, now) end
   end
-  table.insert(reply, flag(old[i])); table.insert(reply, old[i] or '')
+  table.insert(reply, flag(old)); table.insert(reply, old or '')
   table.insert(reply, flag(new)); table.insert(reply, new or '')
 end
 return reply
@@ -164,7 +177,7 @@ pub(crate) static MOVE_OUT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::n
 pub(crate) static MOVE_IN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MOVE_IN));
 pub(crate) static INDEX_ADD_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_helpers(INDEX_ADD));
 
-/// A script's source and its SHA-1, for calls built by hand (batched).
+/// A script's source and its SHA-1, for calls built by hand.
 pub(crate) struct ScriptText {
     source: String,
     hash: String,
@@ -189,8 +202,8 @@ impl ScriptText {
     }
 }
 
-/// One call of a script: its keys and arguments, as `EVALSHA` (batched) or
-/// `EVAL` (when the server forgot the script).
+/// One call of a script: its keys and arguments, as `EVALSHA`, or `EVAL`
+/// when the server forgot the script.
 pub(crate) struct Call {
     script: &'static ScriptText,
     keys: Vec<Vec<u8>>,
@@ -206,11 +219,6 @@ impl Call {
     pub(crate) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
         self.args.extend(arg.to_redis_args());
         self
-    }
-
-    /// The first key: what routes the call.
-    pub(crate) fn first_key(&self) -> &[u8] {
-        self.keys.first().map_or(&[], Vec::as_slice)
     }
 
     fn command(&self, name: &str, script: &str) -> Cmd {
