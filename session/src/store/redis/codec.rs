@@ -252,23 +252,7 @@ mod tests {
         ];
         for value in values {
             let stored = encode(&value).expect("not NULL");
-            let sql_type = match &value {
-                Value::Bool(_) => SqlType::Bool,
-                Value::I16(_) => SqlType::I16,
-                Value::I32(_) => SqlType::I32,
-                Value::I64(_) => SqlType::I64,
-                Value::U64(_) => SqlType::U64,
-                Value::F32(_) => SqlType::F32,
-                Value::F64(_) => SqlType::F64,
-                Value::Text(_) => SqlType::Text,
-                Value::Json(_) => SqlType::Json,
-                Value::Bytes(_) => SqlType::Bytes,
-                Value::Timestamp(_) => SqlType::Timestamp,
-                Value::DateTime(_) => SqlType::DateTime,
-                Value::Date(_) => SqlType::Date,
-                Value::Uuid(_) => SqlType::Uuid,
-                Value::Null(_) => unreachable!(),
-            };
+            let sql_type = value.sql_type();
             assert_eq!(decode(sql_type, stored).unwrap(), value);
         }
         // The far ends of chrono's range: signed, more than four digits.
@@ -283,11 +267,7 @@ mod tests {
                 Value::DateTime(at.naive_utc()),
                 Value::Date(at.date_naive()),
             ] {
-                let sql_type = match value {
-                    Value::Timestamp(_) => SqlType::Timestamp,
-                    Value::DateTime(_) => SqlType::DateTime,
-                    _ => SqlType::Date,
-                };
+                let sql_type = value.sql_type();
                 let stored = encode(&value).unwrap();
                 assert_eq!(
                     decode(sql_type, stored.clone()).unwrap(),

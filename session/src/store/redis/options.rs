@@ -25,6 +25,10 @@ struct ConnectError {
     source: redis::RedisError,
 }
 
+fn no_answer() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "no answer within the store's timeout"))
+}
+
 /// Options of a [`RedisStore`].
 ///
 /// ```no_run
@@ -127,12 +131,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             ConnectionManager::new_with_config(client, config),
         )
         .await
-        .map_err(|_| {
-            failed(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "no answer within the store's timeout",
-            )))
-        })?
+        .map_err(|_| failed(no_answer()))?
         .map_err(failed)?;
         Ok(self.build(Connection::Single(connection)))
     }
@@ -165,12 +164,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             .map_err(failed)?;
         let connection = tokio::time::timeout(self.timeout, client.get_async_connection())
             .await
-            .map_err(|_| {
-                failed(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "no answer within the store's timeout",
-                )))
-            })?
+            .map_err(|_| failed(no_answer()))?
             .map_err(failed)?;
         Ok(self.build(Connection::Cluster(connection)))
     }
