@@ -133,3 +133,27 @@ pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
+
+/// A setting from the environment (`BENCH_SECONDS`, ...), or `default`.
+pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The load generator's HTTP client, keeping a connection per request in flight.
+pub fn client(in_flight: usize) -> HttpClient {
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(in_flight)
+        .build_http()
+}
+
+/// Runs the load generator on one thread; the servers have their own (see
+/// [`serve`]), so each side has one of the two cores.
+pub fn load_generator(run: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run)
+}

@@ -41,7 +41,6 @@ use axum_typed_session::{
     CachedStore, MySqlStore, PgStore, RedisStore, Session, SessionConfig, SessionData,
     SessionLayer, SessionStore, SqliteStore,
 };
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use rand::RngCore;
 
 mod common;
@@ -883,26 +882,14 @@ fn redis_prefix<T: SessionData>() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    // The load generator on one thread; the server on its own (see `serve`).
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    common::load_generator(run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    let seconds: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
+    let seconds: f64 = common::setting("BENCH_SECONDS", 5.0);
     let duration = Duration::from_secs_f64(seconds);
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(IN_FLIGHT)
-        .build_http();
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let client = common::client(IN_FLIGHT);
+    let rounds: usize = common::setting("BENCH_ROUNDS", 3);
     let mut failures = Vec::new();
 
     eprintln!(

@@ -74,6 +74,9 @@ fn unique_name(prefix: &str) -> String {
 pub trait Backend: Send + Sync + Sized + 'static {
     type Store<T: SessionData>: SessionStore<T>;
     const NAME: &'static str;
+    /// Whether the database expires sessions by itself (Redis), leaving
+    /// nothing for the purge.
+    const EXPIRES_BY_ITSELF: bool = false;
 
     /// A new, empty database (schema, file) with a store for `T` on it, not
     /// migrated; `None` if the database is unreachable outside CI (already reported).

@@ -226,6 +226,7 @@ fn tuned<U: SessionData>(store: &RedisStore<U>, tuning: Tuning<U>) -> RedisStore
 impl Backend for Redis {
     type Store<T: SessionData> = RedisStore<T>;
     const NAME: &'static str = "Redis";
+    const EXPIRES_BY_ITSELF: bool = true;
 
     fn store_on<U: SessionData>(raw: &Raw) -> RedisStore<U> {
         raw_of(raw).store::<U>()
@@ -243,6 +244,7 @@ impl Backend for Redis {
 impl Backend for RedisCluster {
     type Store<T: SessionData> = RedisStore<T>;
     const NAME: &'static str = "Redis Cluster";
+    const EXPIRES_BY_ITSELF: bool = true;
 
     fn store_on<U: SessionData>(raw: &Raw) -> RedisStore<U> {
         raw_of(raw).store::<U>()

@@ -7,7 +7,6 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    body::Body,
     extract::State,
     routing::{get, post},
 };
@@ -18,11 +17,9 @@ use chrono::Utc;
 use conformance_tests::{
     Backend, Client, Reply, conformance, send, sql_conformance, ungrouped_conformance,
 };
-use http::{Request, StatusCode, header};
-use http_body_util::BodyExt as _;
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tower::ServiceExt as _;
 
 #[derive(Session, Default)]
 #[session(table = "edge_sessions")]
@@ -217,33 +214,12 @@ async fn a_racing_write_after_logout_leaves_nothing<B: Backend>() {
     fixture.cleanup().await;
 }
 
-/// A request with the headers a browser sends.
-async fn send_with(app: &Router, headers: &[(&str, &str)]) -> (StatusCode, String, bool) {
-    let mut request = Request::builder()
-        .method("POST")
-        .uri("/start")
-        .header(header::HOST, "app.example.com");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = app
-        .clone()
-        .oneshot(request.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    let status = response.status();
-    let sets_cookie = response.headers().contains_key(header::SET_COOKIE);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (
-        status,
-        String::from_utf8_lossy(&body).into_owned(),
-        sets_cookie,
-    )
+/// A `POST /start` with the headers a browser sends.
+async fn post_start(app: &Router, headers: &[(&str, &str)]) -> (StatusCode, String, bool) {
+    let mut all = vec![("host", "app.example.com")];
+    all.extend_from_slice(headers);
+    let reply = conformance_tests::send_with(app, "POST", "/start", None, &all).await;
+    (reply.status, reply.body, !reply.cookies.is_empty())
 }
 
 /// Login CSRF: a cross-site form posted to a route that works without a
@@ -280,7 +256,7 @@ async fn the_guard_refuses_cross_site_posts<B: Backend>() {
         (vec![("origin", "https://app.example.com")], true),
         (vec![], true),
     ] {
-        let (status, body, sets_cookie) = send_with(&app, &headers).await;
+        let (status, body, sets_cookie) = post_start(&app, &headers).await;
         if allowed {
             assert_eq!(status, StatusCode::OK, "{headers:?}: {body}");
             assert!(sets_cookie, "{headers:?}");

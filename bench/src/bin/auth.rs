@@ -33,7 +33,6 @@ use axum_typed_session::{
     login_required,
 };
 use common::{HttpClient, median, percentile, request, serve, server_runtime, settle};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde::Deserialize;
 
 const USERS: i64 = 64;
@@ -115,13 +114,13 @@ impl AuthnBackend for Users {
 const CREATE_USERS: &str = "CREATE TABLE IF NOT EXISTS bench_users (id BIGINT PRIMARY KEY, name VARCHAR(64) NOT NULL, hash VARCHAR(128) NOT NULL)";
 
 /// Connects, creates the users and empties the sessions table.
-async fn open(db: &str) -> anyhow::Result<Users> {
+async fn open(db: String) -> anyhow::Result<Users> {
     let insert = |id: i64| {
         format!(
             "INSERT INTO bench_users (id, name, hash) VALUES ({id}, 'user{id}', '$argon2id$v=19$m=19456,t=2,p=1$bench{id}')"
         )
     };
-    let users = match db {
+    let users = match db.as_str() {
         "sqlite" => {
             let path = std::env::temp_dir().join(format!("authbench_{}.db", std::process::id()));
             let pool =
@@ -346,33 +345,21 @@ async fn load(
 }
 
 fn main() -> anyhow::Result<()> {
-    // The load generator on one thread; the servers on their own (see `serve`).
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    common::load_generator(run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    let seconds: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let seconds: f64 = common::setting("BENCH_SECONDS", 3.0);
+    let rounds: usize = common::setting("BENCH_ROUNDS", 3);
     let dbs = std::env::var("BENCH_DBS").unwrap_or_else(|_| "sqlite,postgres,mysql".into());
     let duration = Duration::from_secs_f64(seconds);
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(IN_FLIGHT)
-        .build_http();
+    let client = common::client(IN_FLIGHT);
     let mut failures = Vec::new();
     println!("| database | server | req/s | p50 µs | p99 µs | × bare | × session alone |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     let mut extra = Vec::new();
     for db in dbs.split(',').map(str::trim) {
-        let users = match server_runtime().spawn(open_owned(db.to_owned())).await? {
+        let users = match server_runtime().spawn(open(db.to_owned())).await? {
             Ok(users) => users,
             Err(error) => {
                 eprintln!("SKIPPED {db}: unreachable ({error})");
@@ -445,9 +432,4 @@ async fn run() -> anyhow::Result<()> {
         anyhow::bail!("failures:\n{}", failures.join("\n"));
     }
     Ok(())
-}
-
-/// `open` with an owned name, to run on the server's runtime.
-async fn open_owned(db: String) -> anyhow::Result<Users> {
-    open(&db).await
 }

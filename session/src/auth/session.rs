@@ -205,16 +205,24 @@ impl<B: AuthnBackend> AuthSession<B> {
     /// goes in the same write.
     pub async fn login(&mut self, user: &B::User) -> Result<(), Error<B>> {
         self.cross_site.map_err(Error::CrossSite)?;
+        let key = self.write_sign_in(user).await?;
+        self.core.remember(&key, user);
+        tracing::debug!(session = ?self.session.id(), "signed in");
+        Ok(())
+    }
+
+    /// The sign-in write: a new token, the user's id and auth hash, done
+    /// when this returns; the request goes on as `user`. Returns the id as
+    /// stored.
+    async fn write_sign_in(&mut self, user: &B::User) -> Result<String, Error<B>> {
         let key = user_key::<B>(&user.id())?;
         self.session.set_user_id(Some(key.clone()));
         self.session
             .set_auth_hash(Some(user.session_auth_hash().to_vec()));
         self.session.renew();
         self.session.write_now().await?;
-        self.core.remember(&key, user);
         *lock(&self.user.0) = Some(user.clone());
-        tracing::debug!(session = ?self.session.id(), "signed in");
-        Ok(())
+        Ok(key)
     }
 
     /// Signs out: deletes the session now and clears the cookie; the rest
@@ -270,17 +278,9 @@ impl<B: AuthnBackend> AuthSession<B> {
         }
         // Re-sign this session in first (new token, new hash), then delete
         // every other: none of them can be written back afterwards.
-        let key = user_key::<B>(&id)?;
-        self.session
-            .set_auth_hash(Some(user.session_auth_hash().to_vec()));
-        self.session.renew();
-        self.session.write_now().await?;
-        *lock(&self.user.0) = Some(user.clone());
-        let current = self.session.id();
-        let count = match current {
-            Some(current) => self.users().sign_out_others(&id, &current).await?,
-            None => self.users().sign_out_everywhere(&id).await?,
-        };
+        let key = self.write_sign_in(user).await?;
+        let count = self.sign_out_others(&id).await?;
+        // After the sign-out, which forgets the cached user.
         self.core.remember(&key, user);
         Ok(count)
     }

@@ -184,7 +184,8 @@ pub(crate) fn record_of<T: SessionData>(
     // A field the hash lacks was added to the struct after the session was
     // written: NULL for an `Option`, else the struct's `Default` for it, as
     // `migrate()` adds a column on the SQL stores.
-    let defaults = T::default();
+    // Built only if a field is missing: most loads never need it.
+    let mut defaults = None;
     let mut values = Vec::with_capacity(T::SCHEMA.columns.len());
     for (index, column) in T::SCHEMA.columns.iter().enumerate() {
         let value = match hash.remove(column.name) {
@@ -195,7 +196,10 @@ pub(crate) fn record_of<T: SessionData>(
                 source,
             })?,
             None if column.nullable => Value::Null(column.sql_type),
-            None => defaults.encode_column(index)?.into_owned(),
+            None => defaults
+                .get_or_insert_with(T::default)
+                .encode_column(index)?
+                .into_owned(),
         };
         values.push(value);
     }

@@ -519,7 +519,7 @@ impl<T: SessionData> RedisStore<T> {
         field: usize,
         key: &Value<'static>,
         now: DateTime<Utc>,
-    ) -> Result<(Vec<u8>, Vec<Record<T>>), StoreError> {
+    ) -> Result<Vec<Record<T>>, StoreError> {
         let indexed = self
             .inner
             .indexed
@@ -531,7 +531,7 @@ impl<T: SessionData> RedisStore<T> {
         let mut set = indexed.set_prefix.clone();
         match encode(key) {
             Some(value) => set.extend(value),
-            None => return Ok((set, Vec::new())),
+            None => return Ok(Vec::new()),
         }
         // What is stale is decided by the clock, whatever `now` asks about.
         let clock = Utc::now();
@@ -565,7 +565,7 @@ impl<T: SessionData> RedisStore<T> {
             remove.arg(&set).arg(stale);
             self.command::<i64>(&remove).await?;
         }
-        Ok((set, live))
+        Ok(live)
     }
 
     /// Renew on Cluster, where the old and the new key are in different
@@ -631,8 +631,8 @@ impl<T: SessionData> RedisStore<T> {
                 new_id: None,
                 ..update
             };
-            self.write(
-                &new_key,
+            self.write_keys(
+                &[&new_key],
                 data,
                 update,
                 &new_id.to_string(),
@@ -676,20 +676,10 @@ impl<T: SessionData> RedisStore<T> {
         }
     }
 
-    /// The update script on `key`: `None` if no live session matched, else
-    /// the expiry score and, per indexed field, the values before and after.
-    async fn write(
-        &self,
-        key: &str,
-        data: &T,
-        update: Update,
-        member: &str,
-        new_member: &str,
-    ) -> Result<Written, StoreError> {
-        self.write_keys(&[key], data, update, member, new_member)
-            .await
-    }
-
+    /// The update script on `keys` (the session's, and its new one when
+    /// renewed on a standalone server): `None` if no live session matched,
+    /// else the expiry score and, per indexed field, the values before and
+    /// after.
     async fn write_keys(
         &self,
         keys: &[&str],
@@ -854,7 +844,10 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         }
         let key = self.key_of(id);
         let member = id.to_string();
-        let Some((score, changes)) = self.write(&key, data, update, &member, &member).await? else {
+        let Some((score, changes)) = self
+            .write_keys(&[&key], data, update, &member, &member)
+            .await?
+        else {
             return Ok(false);
         };
         let moved_expiry = update.expires_at.is_some();
@@ -885,7 +878,7 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         key: Value<'static>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Record<T>>, StoreError> {
-        Ok(self.members(field, &key, now).await?.1)
+        self.members(field, &key, now).await
     }
 
     async fn delete_by(
@@ -894,7 +887,7 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         key: Value<'static>,
         except: Option<SessionId>,
     ) -> Result<u64, StoreError> {
-        let (_, records) = self.members(field, &key, Utc::now()).await?;
+        let records = self.members(field, &key, Utc::now()).await?;
         let doomed: Vec<SessionId> = records
             .into_iter()
             .map(|record| record.id)
