@@ -64,6 +64,13 @@ struct CachedVisit {
     count: i64,
 }
 
+/// The same session on Redis with the client cache, under its own keys.
+#[derive(Session, Default)]
+#[session(table = "bench_tracked_sessions")]
+struct TrackedVisit {
+    count: i64,
+}
+
 /// The same session with a user column, without and with an index on it:
 /// what an indexed field costs (`BENCH_INDEX_COST=1`).
 #[derive(Session, Default)]
@@ -133,6 +140,7 @@ macro_rules! counter {
 }
 counter!(Visit);
 counter!(CachedVisit);
+counter!(TrackedVisit);
 counter!(UserVisit, user);
 counter!(IndexedVisit, user);
 
@@ -981,6 +989,21 @@ async fn run() -> anyhow::Result<()> {
             );
         }
         let mut sessions = vec![("session", session), ("session+cache", cached)];
+        if db == Db::Redis {
+            // The client cache kept exact by Redis's invalidations: safe
+            // with several instances, unlike `session+cache`.
+            let tracked = server_runtime()
+                .spawn(async move {
+                    let store = RedisStore::<TrackedVisit>::builder()
+                        .prefix(redis_prefix::<TrackedVisit>())
+                        .client_cache(100_000)
+                        .connect(&redis_url())
+                        .await?;
+                    Ok::<_, anyhow::Error>(with_sessions::<TrackedVisit, _>(store))
+                })
+                .await??;
+            sessions.push(("session+client cache", tracked));
+        }
         if std::env::var("BENCH_INDEX_COST").is_ok_and(|value| value == "1") {
             let (plain, indexed) = {
                 let pool = pool.clone();

@@ -56,7 +56,9 @@ fn unreachable(database: &str, url: &str, error: &dyn std::fmt::Display) {
 pub mod proxy;
 mod redis;
 
-pub use redis::{Redis, RedisCluster, RedisRaw, redis_cluster_nodes, redis_url};
+pub use redis::{
+    CLIENT_CACHE, Redis, RedisCached, RedisCluster, RedisRaw, redis_cluster_nodes, redis_url,
+};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -908,6 +910,7 @@ macro_rules! local_conformance {
 macro_rules! redis_conformance {
     ($($case:ident),* $(,)?) => {
         $crate::conformance!(@backend redis, $crate::Redis, $($case),*);
+        $crate::conformance!(@backend redis_cached, $crate::RedisCached, $($case),*);
         $crate::conformance!(@backend redis_cluster, $crate::RedisCluster, $($case),*);
     };
 }

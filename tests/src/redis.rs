@@ -145,10 +145,18 @@ pub struct Seed {
 }
 
 pub enum Redis {}
+/// A standalone server, the store with its client cache on
+/// ([`RedisStoreBuilder::client_cache`](axum_typed_session::RedisStoreBuilder::client_cache)):
+/// every raw edit of a test then also checks that the cache hears of it.
+pub enum RedisCached {}
 pub enum RedisCluster {}
+
+/// The capacity of the test stores' client cache.
+pub const CLIENT_CACHE: usize = 10_000;
 
 async fn fixture<B: Backend<Store<T> = RedisStore<T>>, T: SessionData>(
     cluster: bool,
+    cached: bool,
 ) -> Option<Fixture<B, T>> {
     let namespace = unique_name("ats");
     let (database, target) = if cluster {
@@ -157,7 +165,10 @@ async fn fixture<B: Backend<Store<T> = RedisStore<T>>, T: SessionData>(
         ("Redis", redis_url())
     };
     let opened = async {
-        let builder = RedisStore::<Seed>::builder();
+        let mut builder = RedisStore::<Seed>::builder();
+        if cached {
+            builder = builder.client_cache(CLIENT_CACHE);
+        }
         if cluster {
             let seed = builder
                 .connect_cluster(redis_cluster_nodes())
@@ -237,7 +248,25 @@ impl Backend for Redis {
     }
 
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
-        fixture::<Self, T>(false).await
+        fixture::<Self, T>(false, false).await
+    }
+}
+
+impl Backend for RedisCached {
+    type Store<T: SessionData> = RedisStore<T>;
+    const NAME: &'static str = "Redis (client cache)";
+    const EXPIRES_BY_ITSELF: bool = true;
+
+    fn store_on<U: SessionData>(raw: &Raw) -> RedisStore<U> {
+        raw_of(raw).store::<U>()
+    }
+
+    fn tuned<U: SessionData>(store: &RedisStore<U>, _: &Raw, tuning: Tuning<U>) -> RedisStore<U> {
+        tuned(store, tuning)
+    }
+
+    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
+        fixture::<Self, T>(false, true).await
     }
 }
 
@@ -255,6 +284,6 @@ impl Backend for RedisCluster {
     }
 
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
-        fixture::<Self, T>(true).await
+        fixture::<Self, T>(true, false).await
     }
 }

@@ -348,11 +348,21 @@ async fn redis_going_away_fails_fast_and_recovers() {
         let _ = conformance_tests::Redis::open::<Visit>().await;
         return;
     }
+    for cached in [false, true] {
+        going_away(target, cached).await;
+    }
+}
+
+async fn going_away(target: std::net::SocketAddr, cached: bool) {
     let proxy = Proxy::start(target).await;
     let timeout = Duration::from_millis(300);
-    let store = RedisStore::<Visit>::builder()
-        .prefix(format!("outage_{}", std::process::id()))
-        .timeout(timeout)
+    let mut builder = RedisStore::<Visit>::builder()
+        .prefix(format!("outage_{}_{cached}", std::process::id()))
+        .timeout(timeout);
+    if cached {
+        builder = builder.client_cache(100);
+    }
+    let store = builder
         .connect(&format!("redis://127.0.0.1:{}", proxy.port()))
         .await
         .expect("through the proxy");
@@ -406,6 +416,28 @@ async fn redis_going_away_fails_fast_and_recovers() {
             .unwrap()
             .unwrap();
         assert_eq!(stored.data.count, count);
+    }
+    if cached {
+        // The reconnected connection tracks again: a change from another
+        // client reaches the cache.
+        let mut direct = ::redis::Client::open(format!("redis://{target}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: i64 = ::redis::cmd("HSET")
+            .arg(store.key_of(&id_of(&client)))
+            .arg("count")
+            .arg("50")
+            .query_async(&mut direct)
+            .await
+            .unwrap();
+        assert_eq!(
+            client.get("/visit").await.body,
+            "51",
+            "cached after the outage, and told"
+        );
+        assert!(store.cached() >= 1);
     }
 }
 

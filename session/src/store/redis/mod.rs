@@ -31,6 +31,7 @@
 //! scripts again on `NOSCRIPT`, and has TLS through its own features
 //! (`rustls`/`native-tls` here turn them on; use a `rediss://` URL).
 
+mod cache;
 mod codec;
 mod options;
 mod scripts;
@@ -46,7 +47,10 @@ use redis::{
 
 pub use options::{DEFAULT_TIMEOUT, RedisStoreBuilder};
 
-use self::codec::{encode, expire_at_ms, micros};
+use self::{
+    cache::ClientCache,
+    codec::{encode, expire_at_ms, micros},
+};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -126,6 +130,8 @@ struct Inner {
     wait: Option<WaitForReplicas>,
     events: Option<SessionEvents>,
     indexed: Vec<IndexedField>,
+    /// The client-side cache, shared by the stores on this connection.
+    cache: Option<Arc<ClientCache>>,
 }
 
 /// A session store on Redis or Valkey, standalone ([`connect`](Self::connect))
@@ -274,6 +280,7 @@ impl<T: SessionData> RedisStore<T> {
         timeout: Duration,
         wait: Option<WaitForReplicas>,
         events: Option<SessionEvents>,
+        cache: Option<Arc<ClientCache>>,
     ) -> Self {
         let indexed = T::SCHEMA
             .columns
@@ -294,6 +301,7 @@ impl<T: SessionData> RedisStore<T> {
                 wait,
                 events,
                 indexed,
+                cache,
             }),
             session: PhantomData,
         }
@@ -308,6 +316,7 @@ impl<T: SessionData> RedisStore<T> {
             self.inner.timeout,
             self.inner.wait,
             self.inner.events.clone(),
+            self.inner.cache.clone(),
         )
     }
 
@@ -319,7 +328,94 @@ impl<T: SessionData> RedisStore<T> {
             self.inner.timeout,
             self.inner.wait,
             Some(events),
+            self.inner.cache.clone(),
         )
+    }
+
+    /// How many sessions the client cache holds now (0 without one).
+    pub fn cached(&self) -> usize {
+        self.inner.cache.as_ref().map_or(0, |cache| cache.len())
+    }
+
+    /// With a client cache: switches tracking on for the current
+    /// connection (`CLIENT TRACKING ON NOLOOP`) and notes its client id.
+    pub(crate) async fn start_tracking(&self) -> Result<(), StoreError> {
+        let Some(cache) = &self.inner.cache else {
+            return Ok(());
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("NOLOOP")
+            .ignore()
+            .cmd("CLIENT")
+            .arg("ID");
+        let mut connection = self.inner.connection.clone();
+        let (id,): (i64,) = self.bounded(pipe.query_async(&mut connection)).await?;
+        cache.tracking_on(id);
+        Ok(())
+    }
+
+    /// After a call that ran on connection `id`: if tracking is not on
+    /// there (the client reconnected), it is switched on again.
+    async fn check_tracking(&self, id: Option<i64>) -> Result<(), StoreError> {
+        match (&self.inner.cache, id) {
+            (Some(cache), Some(id)) if !cache.is_tracking(id) => self.start_tracking().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// A load through the client cache: the cached session once a sync
+    /// point came back, else a `HGETALL` whose reply is cached.
+    async fn load_cached(
+        &self,
+        cache: &ClientCache,
+        id: &SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Record<T>>, StoreError> {
+        let key = self.key_of(id);
+        if cache.has(key.as_bytes(), now) {
+            let connection = cache
+                .synced(|| async {
+                    let mut cmd = redis::cmd("CLIENT");
+                    cmd.arg("ID");
+                    self.command::<i64>(&cmd).await
+                })
+                .await?;
+            if cache.is_tracking(connection) {
+                if let Some(record) = cache.get::<T>(key.as_bytes(), now, Record::duplicate) {
+                    return Ok(Some(record));
+                }
+            } else {
+                self.check_tracking(Some(connection)).await?;
+            }
+        }
+        let ticket = cache.begin(key.as_bytes());
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT").arg("ID").cmd("HGETALL").arg(&key);
+        let mut connection = self.inner.connection.clone();
+        let loaded: Result<(i64, HashMap<String, Vec<u8>>), StoreError> =
+            self.bounded(pipe.query_async(&mut connection)).await;
+        let (connection, hash) = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                cache.finish::<T>(key.as_bytes(), ticket, None, |_| None);
+                return Err(error);
+            }
+        };
+        let record = match codec::record_of::<T>(*id, hash, now) {
+            Ok(record) => record,
+            Err(error) => {
+                cache.finish::<T>(key.as_bytes(), ticket, None, |_| None);
+                return Err(error);
+            }
+        };
+        cache.finish::<T>(key.as_bytes(), ticket, Some(connection), |_| {
+            record.as_ref().map(Record::duplicate)
+        });
+        self.check_tracking(Some(connection)).await?;
+        Ok(record)
     }
 
     /// The key of a session's hash. The braces make the id the hash tag.
@@ -369,25 +465,49 @@ impl<T: SessionData> RedisStore<T> {
     /// the multiplexed connection, so the calls of concurrent requests are
     /// pipelined by the client.
     async fn call(&self, call: scripts::Call) -> Result<Vec<redis::Value>, StoreError> {
-        let mut connection = self.inner.connection.clone();
-        let reply = self
+        self.call_on(call).await.map(|(reply, _)| reply)
+    }
+
+    /// [`call`](Self::call), and with a client cache the `CLIENT ID` of the
+    /// connection it ran on (sent in the same pipeline).
+    async fn call_on(
+        &self,
+        call: scripts::Call,
+    ) -> Result<(Vec<redis::Value>, Option<i64>), StoreError> {
+        let connection = self.inner.connection.clone();
+        let tracked = self.inner.cache.is_some();
+        let send = |cmd: Cmd| {
+            let mut connection = connection.clone();
+            async move {
+                if tracked {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("CLIENT").arg("ID").add_command(cmd);
+                    let (id, reply): (i64, redis::Value) =
+                        pipe.query_async(&mut connection).await?;
+                    Ok((reply, Some(id)))
+                } else {
+                    cmd.query_async::<redis::Value>(&mut connection)
+                        .await
+                        .map(|reply| (reply, None))
+                }
+            }
+        };
+        let (reply, id) = self
             .bounded(async {
-                match call
-                    .evalsha()
-                    .query_async::<redis::Value>(&mut connection)
-                    .await
-                {
+                match send(call.evalsha()).await {
                     Err(error)
                         if error.kind()
                             == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                     {
-                        call.eval().query_async(&mut connection).await
+                        send(call.eval()).await
                     }
                     other => other,
                 }
             })
             .await?;
-        redis::from_redis_value(reply).map_err(|error| store_error(error.into()))
+        let reply = redis::from_redis_value(reply).map_err(|error| store_error(error.into()))?;
+        self.check_tracking(id).await?;
+        Ok((reply, id))
     }
 
     async fn command<R: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<R, StoreError> {
@@ -639,6 +759,7 @@ impl<T: SessionData> RedisStore<T> {
                 &new_id.to_string(),
             )
             .await
+            .map(|(written, _)| written)
         }
         .await;
         match moved {
@@ -687,7 +808,7 @@ impl<T: SessionData> RedisStore<T> {
         update: Update,
         member: &str,
         new_member: &str,
-    ) -> Result<Written, StoreError> {
+    ) -> Result<(Written, Option<i64>), StoreError> {
         let mut set = Vec::new();
         let mut unset = Vec::new();
         for index in update.dirty.iter() {
@@ -740,15 +861,15 @@ impl<T: SessionData> RedisStore<T> {
             .arg(member)
             .arg(new_member)
             .arg(update.now.timestamp_millis());
-        let reply = self.call(invocation).await?;
+        let (reply, connection) = self.call_on(invocation).await?;
         if !succeeded(&reply) {
-            return Ok(None);
+            return Ok((None, connection));
         }
         let score = reply.get(1).map(bytes).unwrap_or_default();
         let changes = (0..self.inner.indexed.len())
             .map(|i| (present(&reply, 2 + 4 * i), present(&reply, 4 + 4 * i)))
             .collect();
-        Ok(Some((score, changes)))
+        Ok((Some((score, changes)), connection))
     }
 }
 
@@ -785,6 +906,9 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         id: &SessionId,
         now: DateTime<Utc>,
     ) -> Result<Option<Record<T>>, StoreError> {
+        if let Some(cache) = &self.inner.cache {
+            return self.load_cached(cache, id, now).await;
+        }
         let key = self.key_of(id);
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(&key);
@@ -806,7 +930,22 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         self.index_args(&mut invocation);
         let now = Utc::now();
         invocation.arg(&member).arg(now.timestamp_millis());
-        let reply = self.call(invocation).await?;
+        let ticket = self
+            .inner
+            .cache
+            .as_ref()
+            .map(|cache| cache.begin(key.as_bytes()));
+        let called = self.call_on(invocation).await;
+        if let (Some(cache), Some(ticket)) = (&self.inner.cache, ticket) {
+            let connection = called
+                .as_ref()
+                .ok()
+                .and_then(|(reply, id)| succeeded(reply).then_some(*id)?);
+            cache.finish::<T>(key.as_bytes(), ticket, connection, |_| {
+                Some(record.duplicate())
+            });
+        }
+        let (reply, _) = called?;
         if !succeeded(&reply) {
             return Err(StoreError::Redis(Arc::new(RedisError::from((
                 redis::ErrorKind::Client,
@@ -824,6 +963,10 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
 
     async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
         if let Some(new_id) = update.new_id {
+            if let Some(cache) = &self.inner.cache {
+                cache.remove(self.key_of(id).as_bytes());
+                cache.remove(self.key_of(&new_id).as_bytes());
+            }
             if self.is_cluster() {
                 return self.move_session(id, &new_id, data, update).await;
             }
@@ -836,7 +979,8 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
                     &id.to_string(),
                     &new_id.to_string(),
                 )
-                .await?;
+                .await?
+                .0;
             if written.is_some() {
                 self.wait_for_replicas(&new_key).await?;
             }
@@ -844,10 +988,31 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         }
         let key = self.key_of(id);
         let member = id.to_string();
-        let Some((score, changes)) = self
+        let ticket = self
+            .inner
+            .cache
+            .as_ref()
+            .map(|cache| cache.begin(key.as_bytes()));
+        let written = self
             .write_keys(&[&key], data, update, &member, &member)
-            .await?
-        else {
+            .await;
+        if let (Some(cache), Some(ticket)) = (&self.inner.cache, ticket) {
+            // Exact only from the cached copy it started from: the ticket
+            // held means no other client wrote the key in between.
+            let connection = match &written {
+                Ok((Some(_), connection)) => *connection,
+                _ => None,
+            };
+            cache.finish::<T>(key.as_bytes(), ticket, connection, |base| {
+                let mut record = base?;
+                let exact = update.expected_version.is_none_or(|v| v == record.version);
+                exact.then(|| {
+                    record.apply(data, &update);
+                    record
+                })
+            });
+        }
+        let Some((score, changes)) = written?.0 else {
             return Ok(false);
         };
         let moved_expiry = update.expires_at.is_some();
@@ -921,7 +1086,14 @@ impl<T: SessionData> RedisStore<T> {
         let mut invocation = scripts::DELETE_TEXT.call(&key);
         self.index_args(&mut invocation);
         invocation.arg(&member);
-        let reply = self.call(invocation).await?;
+        if let Some(cache) = &self.inner.cache {
+            cache.remove(key.as_bytes());
+        }
+        let reply = self.call(invocation).await;
+        if let Some(cache) = &self.inner.cache {
+            cache.remove(key.as_bytes());
+        }
+        let reply = reply?;
         let deleted = succeeded(&reply);
         if self.is_cluster() {
             let changes: Vec<_> = (0..self.inner.indexed.len())

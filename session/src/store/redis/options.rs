@@ -1,14 +1,14 @@
 //! [`RedisStoreBuilder`]: the key prefix, the timeout, waiting for
 //! replicas, events; then a server or a Cluster to connect to.
 
-use std::{marker::PhantomData, time::Duration};
+use std::{marker::PhantomData, sync::Arc, time::Duration};
 
 use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
     cluster::ClusterClientBuilder,
 };
 
-use super::{Connection, RedisStore, WaitForReplicas, unavailable};
+use super::{Connection, RedisStore, WaitForReplicas, cache::ClientCache, unavailable};
 use crate::{data::SessionData, error::StoreError, events::SessionEvents};
 
 /// How long one Redis call may take before the request fails with
@@ -55,6 +55,7 @@ pub struct RedisStoreBuilder<T> {
     timeout: Duration,
     wait: Option<WaitForReplicas>,
     events: Option<SessionEvents>,
+    cache: Option<usize>,
     session: PhantomData<fn() -> T>,
 }
 
@@ -64,6 +65,7 @@ impl<T> std::fmt::Debug for RedisStoreBuilder<T> {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("wait", &self.wait)
+            .field("client_cache", &self.cache)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +77,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             timeout: DEFAULT_TIMEOUT,
             wait: None,
             events: None,
+            cache: None,
             session: PhantomData,
         }
     }
@@ -112,6 +115,29 @@ impl<T: SessionData> RedisStoreBuilder<T> {
         self
     }
 
+    /// Keeps up to `capacity` sessions in this process, so that a request
+    /// whose session is cached skips its `HGETALL` (standalone servers only;
+    /// [`connect_cluster`](Self::connect_cluster) refuses it). Off by default.
+    ///
+    /// It stays exact with any number of app instances: the connection
+    /// switches to RESP3 with `CLIENT TRACKING ON NOLOOP`, so Redis pushes
+    /// an invalidation whenever another client changes a session this
+    /// process read, and a cached session is served only after a sync point
+    /// (a `CLIENT ID`) sent after the request started has come back. All
+    /// requests waiting at one moment share one sync point: a read still
+    /// sees every write that finished before it began, from any instance,
+    /// at a share of one round trip instead of one `HGETALL` each. A write
+    /// goes to Redis as always and, once it succeeded, updates the cached
+    /// copy. A reconnect empties the cache.
+    ///
+    /// Costs: memory for `capacity` sessions here, and Redis keeps one
+    /// tracking entry per session this process read (bounded by its
+    /// `tracking-table-max-keys`).
+    pub fn client_cache(mut self, capacity: usize) -> Self {
+        self.cache = Some(capacity);
+        self
+    }
+
     /// Connects to one server: `redis://[user:password@]host:port[/db]`,
     /// or `rediss://` for TLS (with the `rustls` or `native-tls` feature).
     pub async fn connect(self, url: &str) -> Result<RedisStore<T>, StoreError> {
@@ -121,11 +147,28 @@ impl<T: SessionData> RedisStoreBuilder<T> {
                 source,
             })
         };
-        let client = redis::Client::open(url).map_err(failed)?;
-        let config = ConnectionManagerConfig::new()
+        let mut client = redis::Client::open(url).map_err(failed)?;
+        let mut config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1);
+        let cache = self
+            .cache
+            .map(|capacity| Arc::new(ClientCache::new(capacity)));
+        if let Some(cache) = &cache {
+            // Invalidations are pushes: RESP3.
+            let info = client.get_connection_info().clone();
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            client = redis::Client::open(info.set_redis_settings(settings)).map_err(failed)?;
+            let cache = cache.clone();
+            config = config.set_push_sender(move |push: redis::PushInfo| {
+                cache.on_push(&push);
+                Ok::<(), std::convert::Infallible>(())
+            });
+        }
         let connection = tokio::time::timeout(
             self.timeout,
             ConnectionManager::new_with_config(client, config),
@@ -133,7 +176,12 @@ impl<T: SessionData> RedisStoreBuilder<T> {
         .await
         .map_err(|_| failed(no_answer()))?
         .map_err(failed)?;
-        Ok(self.build(Connection::Single(connection)))
+        let timeout = self.timeout;
+        let store = self.build(Connection::Single(connection), cache);
+        tokio::time::timeout(timeout, store.start_tracking())
+            .await
+            .map_err(|_| failed(no_answer()))??;
+        Ok(store)
     }
 
     /// Connects to a Redis Cluster through some of its nodes
@@ -144,6 +192,11 @@ impl<T: SessionData> RedisStoreBuilder<T> {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        if self.cache.is_some() {
+            return Err(StoreError::Unsupported {
+                what: "a client cache on Redis Cluster (RedisStoreBuilder::client_cache works with connect only)",
+            });
+        }
         let nodes: Vec<String> = nodes
             .into_iter()
             .map(|node| node.as_ref().to_owned())
@@ -166,11 +219,18 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             .await
             .map_err(|_| failed(no_answer()))?
             .map_err(failed)?;
-        Ok(self.build(Connection::Cluster(connection)))
+        Ok(self.build(Connection::Cluster(connection), None))
     }
 
-    fn build(self, connection: Connection) -> RedisStore<T> {
+    fn build(self, connection: Connection, cache: Option<Arc<ClientCache>>) -> RedisStore<T> {
         let prefix = self.prefix.unwrap_or_else(|| T::SCHEMA.table.to_owned());
-        RedisStore::new(connection, prefix, self.timeout, self.wait, self.events)
+        RedisStore::new(
+            connection,
+            prefix,
+            self.timeout,
+            self.wait,
+            self.events,
+            cache,
+        )
     }
 }

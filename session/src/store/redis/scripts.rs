@@ -8,6 +8,11 @@
 //! (`here` = 1); on Cluster a set lives in another slot than the session,
 //! so a script only reports the old and new values and the store updates
 //! the sets in a second, pipelined step (`INDEX_ADD`, `ZREM`).
+//!
+//! `INSERT` and `UPDATE` read the session's key once more at their end:
+//! with the client cache's `CLIENT TRACKING ... NOLOOP`, a connection's own
+//! write ends Redis's tracking of that key for it, and the read renews it,
+//! so another client's later write still sends the invalidation.
 
 use std::sync::LazyLock;
 
@@ -49,6 +54,7 @@ for i = 0, n_idx - 1 do
   if here and value then index_add(ARGV[idx + 2 * i + 1] .. value, member, expire_ms, now) end
   table.insert(reply, flag(value)); table.insert(reply, value or '')
 end
+redis.call('HGET', key, 'version')
 return reply
 "#;
 
@@ -119,6 +125,7 @@ for i = 0, n_idx - 1 do
   table.insert(reply, flag(old)); table.insert(reply, old or '')
   table.insert(reply, flag(new)); table.insert(reply, new or '')
 end
+redis.call('HGET', key, 'version')
 return reply
 "#;
 

@@ -1,0 +1,556 @@
+//! The opt-in client-side cache of a standalone [`RedisStore`](super::RedisStore)
+//! ([`RedisStoreBuilder::client_cache`](super::RedisStoreBuilder::client_cache)):
+//! sessions this process loaded or wrote, kept exact by Redis itself.
+//!
+//! How it stays exact, with any number of app instances on one Redis:
+//!
+//! - **Tracking.** The store's connection speaks RESP3 with
+//!   `CLIENT TRACKING ON NOLOOP`: Redis remembers the keys this connection
+//!   read and, when anyone else changes one, pushes an invalidation on the
+//!   same connection. The client hands pushes to [`ClientCache::on_push`]
+//!   in the order they arrive, before any reply that follows them.
+//!   Our own writes do not invalidate (`NOLOOP`), so every write script
+//!   reads the key again at its end to keep it tracked.
+//! - **A sync point per read.** A cached session is served only after a
+//!   `CLIENT ID` sent after the request started has come back
+//!   ([`ClientCache::synced`]): every invalidation of a write Redis applied
+//!   before it has arrived by then. One `CLIENT ID` serves every request
+//!   waiting at that moment, so a read costs a share of a round trip
+//!   instead of a `HGETALL` of its own, and it still sees every write that
+//!   finished before it began, from any instance.
+//! - **Tickets.** Before a load or a write is sent, its key gets a ticket
+//!   ([`ClientCache::begin`]); an invalidation removes the entry and with it
+//!   the ticket. The reply becomes the cached value only if the ticket is
+//!   still there, no other call of this process on that key overlapped it,
+//!   and it ran on the connection whose tracking is on (its `CLIENT ID`,
+//!   sent in the same pipeline, says which). A reconnect is a new client id:
+//!   the cache is emptied and tracking switched on again.
+
+use std::{
+    any::Any,
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
+};
+
+use chrono::{DateTime, Utc};
+use redis::{PushInfo, PushKind};
+
+use crate::{error::StoreError, store::Record, sync::lock};
+
+/// A cached session, type-erased so that the stores of several structs
+/// can share one connection ([`RedisStore::for_struct`](super::RedisStore::for_struct)).
+struct Cached {
+    record: Box<dyn Any + Send + Sync>,
+    expires_at: DateTime<Utc>,
+}
+
+enum State {
+    /// Exact as of the last sync point.
+    Ready(Cached),
+    /// Calls of this process on the key are in flight. `clean`: only one
+    /// ever joined (`base`: the cached value it started from, if any).
+    Busy {
+        ops: u32,
+        clean: bool,
+        base: Option<Cached>,
+    },
+}
+
+struct Entry {
+    epoch: u64,
+    state: State,
+}
+
+#[derive(Default)]
+struct Entries {
+    map: HashMap<Vec<u8>, Entry>,
+    next_epoch: u64,
+}
+
+/// The entry a call began on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    epoch: u64,
+}
+
+pub(crate) struct ClientCache {
+    entries: Mutex<Entries>,
+    capacity: usize,
+    /// The `CLIENT ID` of the connection whose tracking is on; 0: none.
+    tracking: AtomicI64,
+    barrier: Barrier,
+}
+
+impl std::fmt::Debug for ClientCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCache")
+            .field("cached", &lock(&self.entries).map.len())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            entries: Mutex::new(Entries::default()),
+            capacity: capacity.max(1),
+            tracking: AtomicI64::new(0),
+            barrier: Barrier::default(),
+        }
+    }
+
+    /// Called by the client for every push, in the order they arrive.
+    pub(crate) fn on_push(&self, push: &PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(redis::Value::Array(keys)) => {
+                    let mut entries = lock(&self.entries);
+                    for key in keys {
+                        if let redis::Value::BulkString(key) = key {
+                            entries.map.remove(key.as_slice());
+                        }
+                    }
+                }
+                // FLUSHDB / FLUSHALL, or a form we do not know: all of it.
+                _ => self.clear(),
+            },
+            // The connection is gone, and its tracking with it.
+            PushKind::Disconnection => {
+                self.tracking.store(0, Ordering::SeqCst);
+                self.clear();
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        lock(&self.entries).map.clear();
+    }
+
+    /// Whether `connection` (a `CLIENT ID`) is the one whose tracking is on.
+    pub(crate) fn is_tracking(&self, connection: i64) -> bool {
+        connection != 0 && self.tracking.load(Ordering::SeqCst) == connection
+    }
+
+    /// Tracking is now on for `connection`; what was cached before is not
+    /// tracked there, so it goes.
+    pub(crate) fn tracking_on(&self, connection: i64) {
+        self.clear();
+        self.tracking.store(connection, Ordering::SeqCst);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.entries).map.len()
+    }
+
+    /// The cached session at `key`, if any and not expired.
+    pub(crate) fn get<T: Send + Sync + 'static>(
+        &self,
+        key: &[u8],
+        now: DateTime<Utc>,
+        duplicate: impl FnOnce(&Record<T>) -> Record<T>,
+    ) -> Option<Record<T>> {
+        let entries = lock(&self.entries);
+        match &entries.map.get(key)?.state {
+            State::Ready(cached) if cached.expires_at > now => {
+                cached.record.downcast_ref::<Record<T>>().map(duplicate)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `key` holds a session that [`get`](Self::get) would serve.
+    pub(crate) fn has(&self, key: &[u8], now: DateTime<Utc>) -> bool {
+        matches!(
+            lock(&self.entries).map.get(key).map(|entry| &entry.state),
+            Some(State::Ready(cached)) if cached.expires_at > now
+        )
+    }
+
+    /// A call on `key` is about to be sent.
+    pub(crate) fn begin(&self, key: &[u8]) -> Ticket {
+        let mut entries = lock(&self.entries);
+        let fresh_epoch = entries.next_epoch;
+        let entry = entries.map.entry(key.to_vec()).or_insert(Entry {
+            epoch: fresh_epoch,
+            state: State::Busy {
+                ops: 0,
+                clean: true,
+                base: None,
+            },
+        });
+        let epoch = entry.epoch;
+        entry.state = match std::mem::replace(
+            &mut entry.state,
+            State::Busy {
+                ops: 0,
+                clean: true,
+                base: None,
+            },
+        ) {
+            State::Ready(cached) => State::Busy {
+                ops: 1,
+                clean: true,
+                base: Some(cached),
+            },
+            State::Busy { ops, clean, base } => State::Busy {
+                ops: ops + 1,
+                clean: clean && ops == 0,
+                base: if ops == 0 { base } else { None },
+            },
+        };
+        if epoch == fresh_epoch {
+            entries.next_epoch += 1;
+        }
+        Ticket { epoch }
+    }
+
+    /// The call that began with `ticket` is over. `connection`: the client
+    /// id it ran on. `outcome` gets the value the entry started from (if
+    /// it was cached) and gives what the store holds now, if it knows.
+    pub(crate) fn finish<T: Send + Sync + 'static>(
+        &self,
+        key: &[u8],
+        ticket: Ticket,
+        connection: Option<i64>,
+        outcome: impl FnOnce(Option<Record<T>>) -> Option<Record<T>>,
+    ) {
+        let tracked = connection.is_some_and(|connection| self.is_tracking(connection));
+        let mut entries = lock(&self.entries);
+        let Some(entry) = entries.map.get_mut(key) else {
+            return;
+        };
+        if entry.epoch != ticket.epoch {
+            return;
+        }
+        let State::Busy { ops, clean, base } = &mut entry.state else {
+            return;
+        };
+        *ops = ops.saturating_sub(1);
+        if *ops > 0 {
+            // Another call of ours overlapped: neither knows the final state.
+            *clean = false;
+            return;
+        }
+        let kept = if *clean && tracked {
+            let base = base
+                .take()
+                .and_then(|cached| cached.record.downcast::<Record<T>>().ok())
+                .map(|record| *record);
+            outcome(base)
+        } else {
+            None
+        };
+        match kept {
+            Some(record) => {
+                entry.state = State::Ready(Cached {
+                    expires_at: record.expires_at,
+                    record: Box::new(record),
+                });
+                let full = entries.map.len() > self.capacity;
+                if full {
+                    Self::shrink(&mut entries, self.capacity);
+                }
+            }
+            None => {
+                entries.map.remove(key);
+            }
+        }
+    }
+
+    /// Drops `key` now: an entry in flight keeps nothing when it finishes.
+    pub(crate) fn remove(&self, key: &[u8]) {
+        lock(&self.entries).map.remove(key);
+    }
+
+    /// Over capacity: expired sessions go first, then ready ones until half
+    /// is left (entries in flight stay; their calls finish them).
+    fn shrink(entries: &mut Entries, capacity: usize) {
+        let now = Utc::now();
+        entries.map.retain(|_, entry| match &entry.state {
+            State::Ready(cached) => cached.expires_at > now,
+            State::Busy { .. } => true,
+        });
+        if entries.map.len() > capacity {
+            let mut keep = capacity / 2;
+            entries.map.retain(|_, entry| match entry.state {
+                State::Busy { .. } => true,
+                State::Ready(_) => {
+                    if keep > 0 {
+                        keep -= 1;
+                        true
+                    } else {
+                        false
+                    }
+                }
+            });
+        }
+    }
+
+    /// Waits for a sync point sent after this call: `ping` sends `CLIENT
+    /// ID` and answers it. Concurrent callers share one; a caller that comes
+    /// while one is in flight waits for the next. Answers the client id.
+    pub(crate) async fn synced<F, Fut>(&self, ping: F) -> Result<i64, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<i64, StoreError>>,
+    {
+        self.barrier.wait(ping).await
+    }
+}
+
+#[derive(Default)]
+struct BarrierState {
+    /// Sync points sent so far (the last one's number).
+    sent: u64,
+    /// The newest one answered, and its answer.
+    answered: u64,
+    answer: Option<Result<i64, Arc<StoreError>>>,
+    in_flight: bool,
+}
+
+#[derive(Default)]
+struct Barrier {
+    state: Mutex<BarrierState>,
+    answered: tokio::sync::Notify,
+}
+
+/// Releases the sync point if its sender's future is dropped mid-flight,
+/// so the next caller sends one.
+struct InFlight<'a>(&'a Barrier, Option<u64>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.1.is_some() {
+            lock(&self.0.state).in_flight = false;
+            self.0.answered.notify_waiters();
+        }
+    }
+}
+
+impl Barrier {
+    async fn wait<F, Fut>(&self, ping: F) -> Result<i64, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<i64, StoreError>>,
+    {
+        // Only a sync point numbered `need` or later was sent after now.
+        let need = lock(&self.state).sent + 1;
+        loop {
+            let notified = self.answered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let lead = {
+                let mut state = lock(&self.state);
+                if state.answered >= need {
+                    return match state.answer.clone() {
+                        Some(Ok(id)) => Ok(id),
+                        Some(Err(error)) => Err(StoreError::Unavailable {
+                            retry_after: std::time::Duration::from_secs(1),
+                            source: Some(error),
+                        }),
+                        None => unreachable!("an answered sync point has its answer"),
+                    };
+                }
+                if state.in_flight {
+                    false
+                } else {
+                    state.in_flight = true;
+                    true
+                }
+            };
+            if !lead {
+                notified.await;
+                continue;
+            }
+            let mut guard = InFlight(self, Some(0));
+            // Let the requests that are ready now join this sync point: it
+            // gets its number (and they theirs) only when it is sent.
+            tokio::task::yield_now().await;
+            let number = {
+                let mut state = lock(&self.state);
+                state.sent += 1;
+                state.sent
+            };
+            guard.1 = Some(number);
+            let answer = ping().await;
+            guard.1 = None;
+            let shared = match &answer {
+                Ok(id) => Ok(*id),
+                Err(error) => Err(Arc::new(clone_error(error))),
+            };
+            {
+                let mut state = lock(&self.state);
+                state.in_flight = false;
+                state.answered = number;
+                state.answer = Some(shared);
+            }
+            self.answered.notify_waiters();
+            if number >= need {
+                return answer;
+            }
+        }
+    }
+}
+
+/// The failure of a shared sync point, for the callers that waited on it.
+fn clone_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Unavailable {
+            retry_after,
+            source,
+        } => StoreError::Unavailable {
+            retry_after: *retry_after,
+            source: source.clone(),
+        },
+        StoreError::Redis(error) => StoreError::Redis(error.clone()),
+        other => StoreError::Unavailable {
+            retry_after: std::time::Duration::from_secs(1),
+            source: Some(Arc::new(std::io::Error::other(other.to_string()))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::SessionToken;
+
+    #[derive(Default)]
+    struct Data(i64);
+
+    fn record(count: i64) -> Record<Data> {
+        let now = Utc::now();
+        Record {
+            id: SessionToken::generate().id(),
+            data: Data(count),
+            version: 1,
+            expires_at: now + chrono::Duration::minutes(5),
+            created_at: now,
+            remember: false,
+        }
+    }
+
+    fn dup(record: &Record<Data>) -> Record<Data> {
+        Record {
+            data: Data(record.data.0),
+            ..*record
+        }
+    }
+
+    fn cache() -> ClientCache {
+        let cache = ClientCache::new(100);
+        cache.tracking_on(7);
+        cache
+    }
+
+    #[test]
+    fn a_fill_is_kept_only_on_the_tracked_connection() {
+        let cache = cache();
+        let ticket = cache.begin(b"k");
+        cache.finish(b"k", ticket, Some(8), |_| Some(record(1)));
+        assert!(!cache.has(b"k", Utc::now()));
+        let ticket = cache.begin(b"k");
+        cache.finish(b"k", ticket, Some(7), |_| Some(record(1)));
+        assert_eq!(cache.get(b"k", Utc::now(), dup).map(|r| r.data.0), Some(1));
+    }
+
+    #[test]
+    fn an_invalidation_during_a_call_keeps_its_reply_out() {
+        let cache = cache();
+        let ticket = cache.begin(b"k");
+        cache.on_push(&PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![redis::Value::Array(vec![redis::Value::BulkString(
+                b"k".to_vec(),
+            )])],
+        });
+        cache.finish(b"k", ticket, Some(7), |_| Some(record(1)));
+        assert!(!cache.has(b"k", Utc::now()));
+    }
+
+    #[test]
+    fn overlapping_calls_of_ours_keep_nothing() {
+        let cache = cache();
+        let first = cache.begin(b"k");
+        let second = cache.begin(b"k");
+        cache.finish(b"k", second, Some(7), |_| Some(record(2)));
+        cache.finish(b"k", first, Some(7), |_| Some(record(1)));
+        assert!(!cache.has(b"k", Utc::now()));
+    }
+
+    #[test]
+    fn a_write_applies_to_the_value_it_started_from() {
+        let cache = cache();
+        let ticket = cache.begin(b"k");
+        cache.finish(b"k", ticket, Some(7), |_| Some(record(1)));
+        let ticket = cache.begin(b"k");
+        assert!(!cache.has(b"k", Utc::now()), "in flight: not served");
+        cache.finish::<Data>(b"k", ticket, Some(7), |base| {
+            base.map(|mut record| {
+                record.data.0 += 1;
+                record
+            })
+        });
+        assert_eq!(cache.get(b"k", Utc::now(), dup).map(|r| r.data.0), Some(2));
+    }
+
+    #[test]
+    fn a_reconnect_empties_the_cache() {
+        let cache = cache();
+        let ticket = cache.begin(b"k");
+        cache.finish(b"k", ticket, Some(7), |_| Some(record(1)));
+        cache.on_push(&PushInfo {
+            kind: PushKind::Disconnection,
+            data: vec![],
+        });
+        assert!(!cache.has(b"k", Utc::now()));
+        assert!(!cache.is_tracking(7));
+    }
+
+    #[tokio::test]
+    async fn one_sync_point_serves_the_callers_waiting_for_it() {
+        let cache = Arc::new(cache());
+        let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let waiters: Vec<_> = (0..10)
+            .map(|_| {
+                let (cache, pings, gate) = (cache.clone(), pings.clone(), gate.clone());
+                tokio::spawn(async move {
+                    cache
+                        .synced(|| async {
+                            pings.fetch_add(1, Ordering::SeqCst);
+                            gate.acquire().await.unwrap().forget();
+                            Ok(7)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        gate.add_permits(100);
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap().unwrap(), 7);
+        }
+        // The first sync point, and at most one more for those that came
+        // while it was in flight.
+        assert!(pings.load(Ordering::SeqCst) <= 2, "{pings:?}");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_sync_point_does_not_wedge_the_others() {
+        let cache = Arc::new(cache());
+        let stuck = cache.synced(std::future::pending::<Result<i64, StoreError>>);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(10), stuck).await;
+        let answered = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            cache.synced(|| async { Ok(7) }),
+        )
+        .await;
+        assert_eq!(answered.unwrap().unwrap(), 7);
+    }
+}
