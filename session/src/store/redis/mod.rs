@@ -22,6 +22,12 @@
 //! cost of a replication round trip per write. Caps per user
 //! (`max_sessions`) are not available on this store.
 //!
+//! Client cache (opt-in, standalone: [`RedisStoreBuilder::client_cache`]):
+//! sessions this process read or wrote stay in memory, kept exact by
+//! Redis's invalidation pushes (`CLIENT TRACKING`), and a cached one is
+//! served after a shared sync point, so that a read still sees every write
+//! that finished before it began, from any instance, without a `HGETALL`.
+//!
 //! Why the `redis` crate (redis-rs): it is maintained by the Redis
 //! organisation with frequent releases, speaks standalone and Cluster
 //! with one `ConnectionLike` trait (so every call here is written once),
