@@ -114,6 +114,32 @@ pub enum SessionError {
 }
 
 impl StoreError {
+    /// The same error for each request that waited on one shared call (a
+    /// grouped statement, a shared sync point): the variant and its source
+    /// kept where the source can be shared, else the message.
+    pub(crate) fn share(&self) -> StoreError {
+        match self {
+            #[cfg(feature = "_sql")]
+            StoreError::Database(source) => StoreError::Database(source.clone()),
+            #[cfg(feature = "redis")]
+            StoreError::Redis(source) => StoreError::Redis(source.clone()),
+            StoreError::Unavailable {
+                retry_after,
+                source,
+            } => StoreError::Unavailable {
+                retry_after: *retry_after,
+                source: source.clone(),
+            },
+            #[cfg(feature = "_sql")]
+            other => sqlx::Error::Protocol(other.to_string()).into(),
+            #[cfg(not(feature = "_sql"))]
+            other => StoreError::Unavailable {
+                retry_after: std::time::Duration::from_secs(1),
+                source: Some(Arc::new(std::io::Error::other(other.to_string()))),
+            },
+        }
+    }
+
     /// Whether this is [`StoreError::Unavailable`]: the database is down,
     /// as opposed to a conflict, a decode error or a refused statement.
     pub fn is_unavailable(&self) -> bool {

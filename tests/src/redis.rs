@@ -144,12 +144,16 @@ pub struct Seed {
     unused: Option<i64>,
 }
 
-pub enum Redis {}
-/// A standalone server, the store with its client cache on
-/// ([`RedisStoreBuilder::client_cache`](axum_typed_session::RedisStoreBuilder::client_cache)):
-/// every raw edit of a test then also checks that the cache hears of it.
-pub enum RedisCached {}
-pub enum RedisCluster {}
+/// The Redis backends, one type: on a Cluster or a standalone server, with
+/// the store's client cache
+/// ([`RedisStoreBuilder::client_cache`](axum_typed_session::RedisStoreBuilder::client_cache))
+/// or without. With it, every raw edit of a test also checks that the
+/// cache hears of it.
+pub enum RedisBackend<const CLUSTER: bool, const CACHED: bool> {}
+
+pub type Redis = RedisBackend<false, false>;
+pub type RedisCached = RedisBackend<false, true>;
+pub type RedisCluster = RedisBackend<true, false>;
 
 /// The capacity of the test stores' client cache.
 pub const CLIENT_CACHE: usize = 10_000;
@@ -234,9 +238,13 @@ fn tuned<U: SessionData>(store: &RedisStore<U>, tuning: Tuning<U>) -> RedisStore
     }
 }
 
-impl Backend for Redis {
+impl<const CLUSTER: bool, const CACHED: bool> Backend for RedisBackend<CLUSTER, CACHED> {
     type Store<T: SessionData> = RedisStore<T>;
-    const NAME: &'static str = "Redis";
+    const NAME: &'static str = match (CLUSTER, CACHED) {
+        (true, _) => "Redis Cluster",
+        (false, true) => "Redis (client cache)",
+        (false, false) => "Redis",
+    };
     const EXPIRES_BY_ITSELF: bool = true;
 
     fn store_on<U: SessionData>(raw: &Raw) -> RedisStore<U> {
@@ -248,42 +256,6 @@ impl Backend for Redis {
     }
 
     async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
-        fixture::<Self, T>(false, false).await
-    }
-}
-
-impl Backend for RedisCached {
-    type Store<T: SessionData> = RedisStore<T>;
-    const NAME: &'static str = "Redis (client cache)";
-    const EXPIRES_BY_ITSELF: bool = true;
-
-    fn store_on<U: SessionData>(raw: &Raw) -> RedisStore<U> {
-        raw_of(raw).store::<U>()
-    }
-
-    fn tuned<U: SessionData>(store: &RedisStore<U>, _: &Raw, tuning: Tuning<U>) -> RedisStore<U> {
-        tuned(store, tuning)
-    }
-
-    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
-        fixture::<Self, T>(false, true).await
-    }
-}
-
-impl Backend for RedisCluster {
-    type Store<T: SessionData> = RedisStore<T>;
-    const NAME: &'static str = "Redis Cluster";
-    const EXPIRES_BY_ITSELF: bool = true;
-
-    fn store_on<U: SessionData>(raw: &Raw) -> RedisStore<U> {
-        raw_of(raw).store::<U>()
-    }
-
-    fn tuned<U: SessionData>(store: &RedisStore<U>, _: &Raw, tuning: Tuning<U>) -> RedisStore<U> {
-        tuned(store, tuning)
-    }
-
-    async fn open_unmigrated<T: SessionData>() -> Option<Fixture<Self, T>> {
-        fixture::<Self, T>(true, false).await
+        fixture::<Self, T>(CLUSTER, CACHED).await
     }
 }

@@ -30,7 +30,7 @@ use std::{
     any::Any,
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Mutex,
         atomic::{AtomicI64, Ordering},
     },
 };
@@ -38,7 +38,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use redis::{PushInfo, PushKind};
 
-use crate::{error::StoreError, store::Record, sync::lock};
+use crate::{data::SessionData, error::StoreError, store::Record, sync::lock};
 
 /// A cached session, type-erased so that the stores of several structs
 /// can share one connection ([`RedisStore::for_struct`](super::RedisStore::for_struct)).
@@ -148,17 +148,13 @@ impl ClientCache {
     }
 
     /// The cached session at `key`, if any and not expired.
-    pub(crate) fn get<T: Send + Sync + 'static>(
-        &self,
-        key: &[u8],
-        now: DateTime<Utc>,
-        duplicate: impl FnOnce(&Record<T>) -> Record<T>,
-    ) -> Option<Record<T>> {
+    pub(crate) fn get<T: SessionData>(&self, key: &[u8], now: DateTime<Utc>) -> Option<Record<T>> {
         let entries = lock(&self.entries);
         match &entries.map.get(key)?.state {
-            State::Ready(cached) if cached.expires_at > now => {
-                cached.record.downcast_ref::<Record<T>>().map(duplicate)
-            }
+            State::Ready(cached) if cached.expires_at > now => cached
+                .record
+                .downcast_ref::<Record<T>>()
+                .map(Record::duplicate),
             _ => None,
         }
     }
@@ -174,45 +170,48 @@ impl ClientCache {
     /// A call on `key` is about to be sent.
     pub(crate) fn begin(&self, key: &[u8]) -> Ticket {
         let mut entries = lock(&self.entries);
-        let fresh_epoch = entries.next_epoch;
-        let entry = entries.map.entry(key.to_vec()).or_insert(Entry {
-            epoch: fresh_epoch,
-            state: State::Busy {
+        if let Some(entry) = entries.map.get_mut(key) {
+            let placeholder = State::Busy {
                 ops: 0,
-                clean: true,
+                clean: false,
                 base: None,
-            },
-        });
-        let epoch = entry.epoch;
-        entry.state = match std::mem::replace(
-            &mut entry.state,
-            State::Busy {
-                ops: 0,
-                clean: true,
-                base: None,
-            },
-        ) {
-            State::Ready(cached) => State::Busy {
-                ops: 1,
-                clean: true,
-                base: Some(cached),
-            },
-            State::Busy { ops, clean, base } => State::Busy {
-                ops: ops + 1,
-                clean: clean && ops == 0,
-                base: if ops == 0 { base } else { None },
-            },
-        };
-        if epoch == fresh_epoch {
-            entries.next_epoch += 1;
+            };
+            entry.state = match std::mem::replace(&mut entry.state, placeholder) {
+                State::Ready(cached) => State::Busy {
+                    ops: 1,
+                    clean: true,
+                    base: Some(cached),
+                },
+                // Another call of ours is in flight: neither will know the
+                // final state.
+                State::Busy { ops, .. } => State::Busy {
+                    ops: ops + 1,
+                    clean: false,
+                    base: None,
+                },
+            };
+            return Ticket { epoch: entry.epoch };
         }
+        let epoch = entries.next_epoch;
+        entries.next_epoch += 1;
+        entries.map.insert(
+            key.to_vec(),
+            Entry {
+                epoch,
+                state: State::Busy {
+                    ops: 1,
+                    clean: true,
+                    base: None,
+                },
+            },
+        );
         Ticket { epoch }
     }
 
     /// The call that began with `ticket` is over. `connection`: the client
     /// id it ran on. `outcome` gets the value the entry started from (if
     /// it was cached) and gives what the store holds now, if it knows.
-    pub(crate) fn finish<T: Send + Sync + 'static>(
+    pub(crate) fn finish<T: SessionData>(
         &self,
         key: &[u8],
         ticket: Ticket,
@@ -232,8 +231,6 @@ impl ClientCache {
         };
         *ops = ops.saturating_sub(1);
         if *ops > 0 {
-            // Another call of ours overlapped: neither knows the final state.
-            *clean = false;
             return;
         }
         let kept = if *clean && tracked {
@@ -309,7 +306,7 @@ struct BarrierState {
     sent: u64,
     /// The newest one answered, and its answer.
     answered: u64,
-    answer: Option<Result<i64, Arc<StoreError>>>,
+    answer: Option<Result<i64, StoreError>>,
     in_flight: bool,
 }
 
@@ -321,13 +318,17 @@ struct Barrier {
 
 /// Releases the sync point if its sender's future is dropped mid-flight,
 /// so the next caller sends one.
-struct InFlight<'a>(&'a Barrier, Option<u64>);
+struct InFlight<'a> {
+    barrier: &'a Barrier,
+    armed: bool,
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.1.is_some() {
-            lock(&self.0.state).in_flight = false;
-            self.0.answered.notify_waiters();
+        if self.armed {
+            let barrier = self.barrier;
+            lock(&barrier.state).in_flight = false;
+            barrier.answered.notify_waiters();
         }
     }
 }
@@ -346,15 +347,12 @@ impl Barrier {
             notified.as_mut().enable();
             let lead = {
                 let mut state = lock(&self.state);
-                if state.answered >= need {
-                    return match state.answer.clone() {
-                        Some(Ok(id)) => Ok(id),
-                        Some(Err(error)) => Err(StoreError::Unavailable {
-                            retry_after: std::time::Duration::from_secs(1),
-                            source: Some(error),
-                        }),
-                        None => unreachable!("an answered sync point has its answer"),
-                    };
+                if state.answered >= need
+                    && let Some(answer) = &state.answer
+                {
+                    // The answer of the sync point it waited for: the
+                    // same id, or the same error.
+                    return answer.as_ref().map(|id| *id).map_err(StoreError::share);
                 }
                 if state.in_flight {
                     false
@@ -367,7 +365,10 @@ impl Barrier {
                 notified.await;
                 continue;
             }
-            let mut guard = InFlight(self, Some(0));
+            let mut guard = InFlight {
+                barrier: self,
+                armed: true,
+            };
             // Let the requests that are ready now join this sync point: it
             // gets its number (and they theirs) only when it is sent.
             tokio::task::yield_now().await;
@@ -376,18 +377,13 @@ impl Barrier {
                 state.sent += 1;
                 state.sent
             };
-            guard.1 = Some(number);
             let answer = ping().await;
-            guard.1 = None;
-            let shared = match &answer {
-                Ok(id) => Ok(*id),
-                Err(error) => Err(Arc::new(clone_error(error))),
-            };
+            guard.armed = false;
             {
                 let mut state = lock(&self.state);
                 state.in_flight = false;
                 state.answered = number;
-                state.answer = Some(shared);
+                state.answer = Some(answer.as_ref().map(|id| *id).map_err(StoreError::share));
             }
             self.answered.notify_waiters();
             if number >= need {
@@ -397,48 +393,27 @@ impl Barrier {
     }
 }
 
-/// The failure of a shared sync point, for the callers that waited on it.
-fn clone_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Unavailable {
-            retry_after,
-            source,
-        } => StoreError::Unavailable {
-            retry_after: *retry_after,
-            source: source.clone(),
-        },
-        StoreError::Redis(error) => StoreError::Redis(error.clone()),
-        other => StoreError::Unavailable {
-            retry_after: std::time::Duration::from_secs(1),
-            source: Some(Arc::new(std::io::Error::other(other.to_string()))),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::token::SessionToken;
 
-    #[derive(Default)]
-    struct Data(i64);
+    #[derive(crate::Session, Default)]
+    struct Data {
+        count: i64,
+    }
 
     fn record(count: i64) -> Record<Data> {
         let now = Utc::now();
         Record {
             id: SessionToken::generate().id(),
-            data: Data(count),
+            data: Data { count },
             version: 1,
             expires_at: now + chrono::Duration::minutes(5),
             created_at: now,
             remember: false,
-        }
-    }
-
-    fn dup(record: &Record<Data>) -> Record<Data> {
-        Record {
-            data: Data(record.data.0),
-            ..*record
         }
     }
 
@@ -456,7 +431,10 @@ mod tests {
         assert!(!cache.has(b"k", Utc::now()));
         let ticket = cache.begin(b"k");
         cache.finish(b"k", ticket, Some(7), |_| Some(record(1)));
-        assert_eq!(cache.get(b"k", Utc::now(), dup).map(|r| r.data.0), Some(1));
+        assert_eq!(
+            cache.get::<Data>(b"k", Utc::now()).map(|r| r.data.count),
+            Some(1)
+        );
     }
 
     #[test]
@@ -492,11 +470,14 @@ mod tests {
         assert!(!cache.has(b"k", Utc::now()), "in flight: not served");
         cache.finish::<Data>(b"k", ticket, Some(7), |base| {
             base.map(|mut record| {
-                record.data.0 += 1;
+                record.data.count += 1;
                 record
             })
         });
-        assert_eq!(cache.get(b"k", Utc::now(), dup).map(|r| r.data.0), Some(2));
+        assert_eq!(
+            cache.get::<Data>(b"k", Utc::now()).map(|r| r.data.count),
+            Some(2)
+        );
     }
 
     #[test]

@@ -338,6 +338,12 @@ impl<T: SessionData> RedisStore<T> {
         )
     }
 
+    /// The scripts' last argument: whether they read their key at the end,
+    /// to keep it tracked for the client cache.
+    fn tracks(&self) -> &'static str {
+        if self.inner.cache.is_some() { "1" } else { "0" }
+    }
+
     /// How many sessions the client cache holds now (0 without one).
     pub fn cached(&self) -> usize {
         self.inner.cache.as_ref().map_or(0, |cache| cache.len())
@@ -390,7 +396,7 @@ impl<T: SessionData> RedisStore<T> {
                 })
                 .await?;
             if cache.is_tracking(connection) {
-                if let Some(record) = cache.get::<T>(key.as_bytes(), now, Record::duplicate) {
+                if let Some(record) = cache.get::<T>(key.as_bytes(), now) {
                     return Ok(Some(record));
                 }
             } else {
@@ -401,25 +407,18 @@ impl<T: SessionData> RedisStore<T> {
         let mut pipe = redis::pipe();
         pipe.cmd("CLIENT").arg("ID").cmd("HGETALL").arg(&key);
         let mut connection = self.inner.connection.clone();
-        let loaded: Result<(i64, HashMap<String, Vec<u8>>), StoreError> =
-            self.bounded(pipe.query_async(&mut connection)).await;
-        let (connection, hash) = match loaded {
-            Ok(loaded) => loaded,
-            Err(error) => {
-                cache.finish::<T>(key.as_bytes(), ticket, None, |_| None);
-                return Err(error);
-            }
-        };
-        let record = match codec::record_of::<T>(*id, hash, now) {
-            Ok(record) => record,
-            Err(error) => {
-                cache.finish::<T>(key.as_bytes(), ticket, None, |_| None);
-                return Err(error);
-            }
-        };
-        cache.finish::<T>(key.as_bytes(), ticket, Some(connection), |_| {
+        let loaded = async {
+            let (connection, hash): (i64, HashMap<String, Vec<u8>>) =
+                self.bounded(pipe.query_async(&mut connection)).await?;
+            Ok::<_, StoreError>((connection, codec::record_of::<T>(*id, hash, now)?))
+        }
+        .await;
+        let on = loaded.as_ref().ok().map(|(connection, _)| *connection);
+        cache.finish::<T>(key.as_bytes(), ticket, on, |_| {
+            let (_, record) = loaded.as_ref().ok()?;
             record.as_ref().map(Record::duplicate)
         });
+        let (connection, record) = loaded?;
         self.check_tracking(Some(connection)).await?;
         Ok(record)
     }
@@ -866,7 +865,8 @@ impl<T: SessionData> RedisStore<T> {
         invocation
             .arg(member)
             .arg(new_member)
-            .arg(update.now.timestamp_millis());
+            .arg(update.now.timestamp_millis())
+            .arg(self.tracks());
         let (reply, connection) = self.call_on(invocation).await?;
         if !succeeded(&reply) {
             return Ok((None, connection));
@@ -935,7 +935,10 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         }
         self.index_args(&mut invocation);
         let now = Utc::now();
-        invocation.arg(&member).arg(now.timestamp_millis());
+        invocation
+            .arg(&member)
+            .arg(now.timestamp_millis())
+            .arg(self.tracks());
         let ticket = self
             .inner
             .cache

@@ -176,11 +176,9 @@ impl<T: SessionData> RedisStoreBuilder<T> {
         .await
         .map_err(|_| failed(no_answer()))?
         .map_err(failed)?;
-        let timeout = self.timeout;
         let store = self.build(Connection::Single(connection), cache);
-        tokio::time::timeout(timeout, store.start_tracking())
-            .await
-            .map_err(|_| failed(no_answer()))??;
+        // Bounded by the store's timeout, as every call.
+        store.start_tracking().await?;
         Ok(store)
     }
 

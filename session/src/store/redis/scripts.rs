@@ -9,8 +9,8 @@
 //! so a script only reports the old and new values and the store updates
 //! the sets in a second, pipelined step (`INDEX_ADD`, `ZREM`).
 //!
-//! `INSERT` and `UPDATE` read the session's key once more at their end:
-//! with the client cache's `CLIENT TRACKING ... NOLOOP`, a connection's own
+//! With `track` = 1, `INSERT` and `UPDATE` read the session's key once more
+//! at their end: with the client cache's `CLIENT TRACKING ... NOLOOP`, a connection's own
 //! write ends Redis's tracking of that key for it, and the read renews it,
 //! so another client's later write still sends the invalidation.
 
@@ -34,7 +34,7 @@ end
 
 /// Creates the hash only if absent.
 /// KEYS[1] session. ARGV: pexpireat, n, n field/value pairs, here, n_idx,
-/// n_idx (column, set prefix), member, now.
+/// n_idx (column, set prefix), member, now, track (1/0).
 /// Reply: {created (0/1), score, per index: present, value}.
 const INSERT: &str = r#"
 local key = KEYS[1]
@@ -47,14 +47,14 @@ redis.call('PEXPIREAT', key, expire_ms)
 local here = ARGV[a] == '1'; a = a + 1
 local n_idx = tonumber(ARGV[a]); a = a + 1
 local idx = a; a = a + 2 * n_idx
-local member, now = ARGV[a], ARGV[a + 1]
+local member, now, track = ARGV[a], ARGV[a + 1], ARGV[a + 2] == '1'
 local reply = {1, expire_ms}
 for i = 0, n_idx - 1 do
   local value = redis.call('HGET', key, ARGV[idx + 2 * i])
   if here and value then index_add(ARGV[idx + 2 * i + 1] .. value, member, expire_ms, now) end
   table.insert(reply, flag(value)); table.insert(reply, value or '')
 end
-redis.call('HGET', key, 'version')
+if track then redis.call('HGET', key, 'version') end
 return reply
 "#;
 
@@ -62,7 +62,7 @@ return reply
 /// KEYS[2], renames it first (renew on a standalone server).
 /// ARGV: expected version ('' = any), bump (1/0), pexpireat ('' = keep),
 /// expires_at µs, remember ('' = keep), n_set, pairs, n_del, fields, here,
-/// n_idx, (column, set prefix) each, member, new member, now.
+/// n_idx, (column, set prefix) each, member, new member, now, track (1/0).
 /// Reply: {written (0/1), score, per index: old present, old, new present, new}.
 const UPDATE: &str = r#"
 local key = KEYS[1]
@@ -79,7 +79,7 @@ local del_from = a; a = a + n_del
 local here = ARGV[a] == '1'; a = a + 1
 local n_idx = tonumber(ARGV[a]); a = a + 1
 local idx = a; a = a + 2 * n_idx
-local member, new_member, now = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+local member, new_member, now, track = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
 -- One read: the version, the moved mark, the indexed values.
 local wanted = {'version', 'moved-to'}
 for i = 0, n_idx - 1 do wanted[3 + i] = ARGV[idx + 2 * i] end
@@ -125,7 +125,7 @@ for i = 0, n_idx - 1 do
   table.insert(reply, flag(old)); table.insert(reply, old or '')
   table.insert(reply, flag(new)); table.insert(reply, new or '')
 end
-redis.call('HGET', key, 'version')
+if track then redis.call('HGET', key, 'version') end
 return reply
 "#;
 

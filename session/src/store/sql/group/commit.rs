@@ -92,7 +92,7 @@ pub(crate) async fn commit_group<B: Dialect>(
         Err(error) => {
             let error = error.into_store_error(core);
             for done in waiting {
-                let _ = done.send(Err(super::share(&error)));
+                let _ = done.send(Err(error.share()));
             }
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use super::{Held, connection, share};
+use super::{Held, connection};
 use crate::{
     data::SessionData,
     error::StoreError,
@@ -81,7 +81,7 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
             Ok(connection) => connection,
             Err(error) => {
                 for (_, done) in group {
-                    let _ = done.send(Err(share(&error)));
+                    let _ = done.send(Err(error.share()));
                 }
                 return;
             }
@@ -107,7 +107,7 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
                 *held = None;
                 let error = self.core.failed(error);
                 for (_, done) in group {
-                    let _ = done.send(Err(share(&error)));
+                    let _ = done.send(Err(error.share()));
                 }
                 return;
             }

@@ -98,22 +98,6 @@ pub(crate) async fn connection<'a, B: Dialect>(
     Ok(&mut **held.as_mut().expect("just acquired"))
 }
 
-/// The same error for every waiter of a shared statement: its source kept
-/// where it can be shared.
-pub(crate) fn share(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Database(source) => StoreError::Database(source.clone()),
-        StoreError::Unavailable {
-            retry_after,
-            source,
-        } => StoreError::Unavailable {
-            retry_after: *retry_after,
-            source: source.clone(),
-        },
-        other => sqlx::Error::Protocol(other.to_string()).into(),
-    }
-}
-
 /// Gives the held connection back between groups when the pool has none
 /// left, so that a pool of one (or a busy pool) still serves the other
 /// statements (deletes, purges, the app's own queries) under constant load.
