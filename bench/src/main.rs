@@ -20,7 +20,9 @@
 //!
 //! To iterate on one part, `BENCH_DBS=sqlite,postgres,mysql` picks the
 //! stores and `BENCH_ROUTES=counter,read,untouched,first` the routes (both
-//! default to all; bare and the memory store always run, as references).
+//! default to all; bare and the memory store always run, as references),
+//! and `BENCH_TARGETS=bare,raw redis-rs/Redis,client cache` keeps only the
+//! servers whose name contains one of those parts (for profiling one).
 //!
 //! Databases: `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` (defaults: the local
 //! servers); a store whose database is unreachable is reported as skipped.
@@ -1023,6 +1025,13 @@ async fn run() -> anyhow::Result<()> {
         }
     }
 
+    if let Ok(wanted) = std::env::var("BENCH_TARGETS") {
+        targets.retain(|target| {
+            wanted
+                .split(',')
+                .any(|part| target.name.contains(part.trim()))
+        });
+    }
     // Each round measures one route on every server back to back, so a
     // ratio compares runs seconds apart; each figure is the median over the
     // rounds (ratios: of the per-round ratios).

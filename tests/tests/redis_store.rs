@@ -288,11 +288,57 @@ async fn forgotten_scripts_are_loaded_again<B: Backend<Store<Visit> = RedisStore
     fixture.cleanup().await;
 }
 
+/// Concurrent requests share a pipeline (on a standalone server, one group
+/// of commands): a session whose key holds something else than a hash
+/// fails alone, and every other request in its group answers.
+async fn one_bad_key_fails_alone<B: Backend<Store<Visit> = RedisStore<Visit>>>() {
+    let Some(fixture) = B::open::<Visit>().await else {
+        return;
+    };
+    let raw = raw(&fixture);
+    let app = app(fixture.store.clone(), SessionConfig::default());
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut client = Client::new(app.clone(), COOKIE);
+        assert_eq!(client.get("/visit").await.body, "1");
+        clients.push(client);
+    }
+    let bad = fixture.store.key_of(&id_of(&clients[0]));
+    let mut replace = ::redis::cmd("SET");
+    replace.arg(&bad).arg("not a hash");
+    let () = raw.command(&replace).await;
+    let mut requests = tokio::task::JoinSet::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        requests.spawn(async move { (i, client.get("/visit").await) });
+    }
+    let mut answered = 0;
+    while let Some(joined) = requests.join_next().await {
+        let (i, reply) = joined.expect("a request task");
+        if i == 0 {
+            assert_eq!(
+                reply.status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "a key of the wrong type is the store's error: {}",
+                reply.body
+            );
+        } else {
+            assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "2"));
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 19);
+    let mut delete = ::redis::cmd("DEL");
+    delete.arg(&bad);
+    let _: i64 = raw.command(&delete).await;
+    fixture.cleanup().await;
+}
+
 redis_conformance!(
     the_hash_is_the_session,
     index_sets_leave_nothing_behind,
     bad_and_old_hashes,
     forgotten_scripts_are_loaded_again,
+    one_bad_key_fails_alone,
 );
 
 #[tokio::test]

@@ -12,9 +12,9 @@
 //!   Our own writes do not invalidate (`NOLOOP`), so every write script
 //!   reads the key again at its end to keep it tracked.
 //! - **A sync point per read.** A cached session is served only after a
-//!   `CLIENT ID` sent after the request started has come back
-//!   ([`ClientCache::synced`]): every invalidation of a write Redis applied
-//!   before it has arrived by then. One `CLIENT ID` serves every request
+//!   group pipeline sent after the request started has come back
+//!   ([`super::group`]): every invalidation of a write Redis applied
+//!   before it has arrived by then. One group serves every request
 //!   waiting at that moment, so a read costs a share of a round trip
 //!   instead of a `HGETALL` of its own, and it still sees every write that
 //!   finished before it began, from any instance.
@@ -22,9 +22,9 @@
 //!   ([`ClientCache::begin`]); an invalidation removes the entry and with it
 //!   the ticket. The reply becomes the cached value only if the ticket is
 //!   still there, no other call of this process on that key overlapped it,
-//!   and it ran on the connection whose tracking is on (its `CLIENT ID`,
-//!   sent in the same pipeline, says which). A reconnect is a new client id:
-//!   the cache is emptied and tracking switched on again.
+//!   and it ran where tracking was on (the group's `CLIENT ID` says). A
+//!   reconnect is a new client id: the cache is emptied and tracking
+//!   switched on again.
 
 use std::{
     any::Any,
@@ -38,7 +38,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use redis::{PushInfo, PushKind};
 
-use crate::{data::SessionData, error::StoreError, store::Record, sync::lock};
+use crate::{data::SessionData, store::Record, sync::lock};
 
 /// A cached session, type-erased so that the stores of several structs
 /// can share one connection ([`RedisStore::for_struct`](super::RedisStore::for_struct)).
@@ -81,7 +81,6 @@ pub(crate) struct ClientCache {
     capacity: usize,
     /// The `CLIENT ID` of the connection whose tracking is on; 0: none.
     tracking: AtomicI64,
-    barrier: Barrier,
 }
 
 impl std::fmt::Debug for ClientCache {
@@ -99,7 +98,6 @@ impl ClientCache {
             entries: Mutex::new(Entries::default()),
             capacity: capacity.max(1),
             tracking: AtomicI64::new(0),
-            barrier: Barrier::default(),
         }
     }
 
@@ -129,6 +127,11 @@ impl ClientCache {
 
     pub(crate) fn clear(&self) {
         lock(&self.entries).map.clear();
+    }
+
+    /// The `CLIENT ID` of the connection whose tracking is on; 0: none.
+    pub(crate) fn tracking(&self) -> i64 {
+        self.tracking.load(Ordering::SeqCst)
     }
 
     /// Whether `connection` (a `CLIENT ID`) is the one whose tracking is on.
@@ -208,17 +211,17 @@ impl ClientCache {
         Ticket { epoch }
     }
 
-    /// The call that began with `ticket` is over. `connection`: the client
-    /// id it ran on. `outcome` gets the value the entry started from (if
-    /// it was cached) and gives what the store holds now, if it knows.
+    /// The call that began with `ticket` is over. `tracked`: it ran where
+    /// tracking was on ([`Answer::tracked`](super::group::Answer::tracked)).
+    /// `outcome` gets the value the entry started from (if it was cached)
+    /// and gives what the store holds now, if it knows.
     pub(crate) fn finish<T: SessionData>(
         &self,
         key: &[u8],
         ticket: Ticket,
-        connection: Option<i64>,
+        tracked: bool,
         outcome: impl FnOnce(Option<Record<T>>) -> Option<Record<T>>,
     ) {
-        let tracked = connection.is_some_and(|connection| self.is_tracking(connection));
         let mut entries = lock(&self.entries);
         let Some(entry) = entries.map.get_mut(key) else {
             return;
@@ -287,116 +290,10 @@ impl ClientCache {
             });
         }
     }
-
-    /// Waits for a sync point sent after this call: `ping` sends `CLIENT
-    /// ID` and answers it. Concurrent callers share one; a caller that comes
-    /// while one is in flight waits for the next. Answers the client id.
-    pub(crate) async fn synced<F, Fut>(&self, ping: F) -> Result<i64, StoreError>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<i64, StoreError>>,
-    {
-        self.barrier.wait(ping).await
-    }
-}
-
-#[derive(Default)]
-struct BarrierState {
-    /// Sync points sent so far (the last one's number).
-    sent: u64,
-    /// The newest one answered, and its answer.
-    answered: u64,
-    answer: Option<Result<i64, StoreError>>,
-    in_flight: bool,
-}
-
-#[derive(Default)]
-struct Barrier {
-    state: Mutex<BarrierState>,
-    answered: tokio::sync::Notify,
-}
-
-/// Releases the sync point if its sender's future is dropped mid-flight,
-/// so the next caller sends one.
-struct InFlight<'a> {
-    barrier: &'a Barrier,
-    armed: bool,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let barrier = self.barrier;
-            lock(&barrier.state).in_flight = false;
-            barrier.answered.notify_waiters();
-        }
-    }
-}
-
-impl Barrier {
-    async fn wait<F, Fut>(&self, ping: F) -> Result<i64, StoreError>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<i64, StoreError>>,
-    {
-        // Only a sync point numbered `need` or later was sent after now.
-        let need = lock(&self.state).sent + 1;
-        loop {
-            let notified = self.answered.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let lead = {
-                let mut state = lock(&self.state);
-                if state.answered >= need
-                    && let Some(answer) = &state.answer
-                {
-                    // The answer of the sync point it waited for: the
-                    // same id, or the same error.
-                    return answer.as_ref().map(|id| *id).map_err(StoreError::share);
-                }
-                if state.in_flight {
-                    false
-                } else {
-                    state.in_flight = true;
-                    true
-                }
-            };
-            if !lead {
-                notified.await;
-                continue;
-            }
-            let mut guard = InFlight {
-                barrier: self,
-                armed: true,
-            };
-            // Let the requests that are ready now join this sync point: it
-            // gets its number (and they theirs) only when it is sent.
-            tokio::task::yield_now().await;
-            let number = {
-                let mut state = lock(&self.state);
-                state.sent += 1;
-                state.sent
-            };
-            let answer = ping().await;
-            guard.armed = false;
-            {
-                let mut state = lock(&self.state);
-                state.in_flight = false;
-                state.answered = number;
-                state.answer = Some(answer.as_ref().map(|id| *id).map_err(StoreError::share));
-            }
-            self.answered.notify_waiters();
-            if number >= need {
-                return answer;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::token::SessionToken;
 
@@ -424,13 +321,13 @@ mod tests {
     }
 
     #[test]
-    fn a_fill_is_kept_only_on_the_tracked_connection() {
+    fn a_fill_is_kept_only_where_tracking_was_on() {
         let cache = cache();
         let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, Some(8), |_| Some(record(1)));
+        cache.finish(b"k", ticket, false, |_| Some(record(1)));
         assert!(!cache.has(b"k", Utc::now()));
         let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, Some(7), |_| Some(record(1)));
+        cache.finish(b"k", ticket, true, |_| Some(record(1)));
         assert_eq!(
             cache.get::<Data>(b"k", Utc::now()).map(|r| r.data.count),
             Some(1)
@@ -447,7 +344,7 @@ mod tests {
                 b"k".to_vec(),
             )])],
         });
-        cache.finish(b"k", ticket, Some(7), |_| Some(record(1)));
+        cache.finish(b"k", ticket, true, |_| Some(record(1)));
         assert!(!cache.has(b"k", Utc::now()));
     }
 
@@ -456,8 +353,8 @@ mod tests {
         let cache = cache();
         let first = cache.begin(b"k");
         let second = cache.begin(b"k");
-        cache.finish(b"k", second, Some(7), |_| Some(record(2)));
-        cache.finish(b"k", first, Some(7), |_| Some(record(1)));
+        cache.finish(b"k", second, true, |_| Some(record(2)));
+        cache.finish(b"k", first, true, |_| Some(record(1)));
         assert!(!cache.has(b"k", Utc::now()));
     }
 
@@ -465,10 +362,10 @@ mod tests {
     fn a_write_applies_to_the_value_it_started_from() {
         let cache = cache();
         let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, Some(7), |_| Some(record(1)));
+        cache.finish(b"k", ticket, true, |_| Some(record(1)));
         let ticket = cache.begin(b"k");
         assert!(!cache.has(b"k", Utc::now()), "in flight: not served");
-        cache.finish::<Data>(b"k", ticket, Some(7), |base| {
+        cache.finish::<Data>(b"k", ticket, true, |base| {
             base.map(|mut record| {
                 record.data.count += 1;
                 record
@@ -484,54 +381,12 @@ mod tests {
     fn a_reconnect_empties_the_cache() {
         let cache = cache();
         let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, Some(7), |_| Some(record(1)));
+        cache.finish(b"k", ticket, true, |_| Some(record(1)));
         cache.on_push(&PushInfo {
             kind: PushKind::Disconnection,
             data: vec![],
         });
         assert!(!cache.has(b"k", Utc::now()));
         assert!(!cache.is_tracking(7));
-    }
-
-    #[tokio::test]
-    async fn one_sync_point_serves_the_callers_waiting_for_it() {
-        let cache = Arc::new(cache());
-        let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let waiters: Vec<_> = (0..10)
-            .map(|_| {
-                let (cache, pings, gate) = (cache.clone(), pings.clone(), gate.clone());
-                tokio::spawn(async move {
-                    cache
-                        .synced(|| async {
-                            pings.fetch_add(1, Ordering::SeqCst);
-                            gate.acquire().await.unwrap().forget();
-                            Ok(7)
-                        })
-                        .await
-                })
-            })
-            .collect();
-        tokio::task::yield_now().await;
-        gate.add_permits(100);
-        for waiter in waiters {
-            assert_eq!(waiter.await.unwrap().unwrap(), 7);
-        }
-        // The first sync point, and at most one more for those that came
-        // while it was in flight.
-        assert!(pings.load(Ordering::SeqCst) <= 2, "{pings:?}");
-    }
-
-    #[tokio::test]
-    async fn a_dropped_sync_point_does_not_wedge_the_others() {
-        let cache = Arc::new(cache());
-        let stuck = cache.synced(std::future::pending::<Result<i64, StoreError>>);
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(10), stuck).await;
-        let answered = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            cache.synced(|| async { Ok(7) }),
-        )
-        .await;
-        assert_eq!(answered.unwrap().unwrap(), 7);
     }
 }

@@ -39,6 +39,7 @@
 
 mod cache;
 mod codec;
+mod group;
 mod options;
 mod scripts;
 
@@ -56,6 +57,7 @@ pub use options::{DEFAULT_TIMEOUT, RedisStoreBuilder};
 use self::{
     cache::ClientCache,
     codec::{encode, expire_at_ms, micros},
+    group::Groups,
 };
 use crate::{
     data::SessionData,
@@ -138,6 +140,8 @@ struct Inner {
     indexed: Vec<IndexedField>,
     /// The client-side cache, shared by the stores on this connection.
     cache: Option<Arc<ClientCache>>,
+    /// Grouped pipelines (standalone), shared by the stores on this connection.
+    groups: Option<Arc<Groups>>,
 }
 
 /// A session store on Redis or Valkey, standalone ([`connect`](Self::connect))
@@ -215,13 +219,7 @@ struct NotReplicated {
 /// hung, failing over) is [`StoreError::Unavailable`], a 503 the client
 /// may retry; anything else is [`StoreError::Redis`].
 fn store_error(error: RedisError) -> StoreError {
-    if error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_cluster_error()
-        || matches!(error.kind(), redis::ErrorKind::ClusterConnectionNotFound)
-    {
+    if is_outage(&error) {
         StoreError::Unavailable {
             retry_after: Duration::from_secs(1),
             source: Some(Arc::new(error)),
@@ -229,6 +227,16 @@ fn store_error(error: RedisError) -> StoreError {
     } else {
         StoreError::Redis(Arc::new(error))
     }
+}
+
+/// The server is down, hung or failing over (rather than refusing one command).
+fn is_outage(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_cluster_error()
+        || matches!(error.kind(), redis::ErrorKind::ClusterConnectionNotFound)
 }
 
 fn unavailable(source: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -287,6 +295,7 @@ impl<T: SessionData> RedisStore<T> {
         wait: Option<WaitForReplicas>,
         events: Option<SessionEvents>,
         cache: Option<Arc<ClientCache>>,
+        groups: Option<Arc<Groups>>,
     ) -> Self {
         let indexed = T::SCHEMA
             .columns
@@ -308,6 +317,7 @@ impl<T: SessionData> RedisStore<T> {
                 events,
                 indexed,
                 cache,
+                groups,
             }),
             session: PhantomData,
         }
@@ -323,6 +333,7 @@ impl<T: SessionData> RedisStore<T> {
             self.inner.wait,
             self.inner.events.clone(),
             self.inner.cache.clone(),
+            self.inner.groups.clone(),
         )
     }
 
@@ -335,6 +346,7 @@ impl<T: SessionData> RedisStore<T> {
             self.inner.wait,
             Some(events),
             self.inner.cache.clone(),
+            self.inner.groups.clone(),
         )
     }
 
@@ -352,75 +364,43 @@ impl<T: SessionData> RedisStore<T> {
     /// With a client cache: switches tracking on for the current
     /// connection (`CLIENT TRACKING ON NOLOOP`) and notes its client id.
     pub(crate) async fn start_tracking(&self) -> Result<(), StoreError> {
-        let Some(cache) = &self.inner.cache else {
-            return Ok(());
-        };
-        let mut pipe = redis::pipe();
-        pipe.cmd("CLIENT")
-            .arg("TRACKING")
-            .arg("ON")
-            .arg("NOLOOP")
-            .ignore()
-            .cmd("CLIENT")
-            .arg("ID");
-        let mut connection = self.inner.connection.clone();
-        let (id,): (i64,) = self.bounded(pipe.query_async(&mut connection)).await?;
-        cache.tracking_on(id);
-        Ok(())
-    }
-
-    /// After a call that ran on connection `id`: if tracking is not on
-    /// there (the client reconnected), it is switched on again.
-    async fn check_tracking(&self, id: Option<i64>) -> Result<(), StoreError> {
-        match (&self.inner.cache, id) {
-            (Some(cache), Some(id)) if !cache.is_tracking(id) => self.start_tracking().await,
-            _ => Ok(()),
+        match &self.inner.groups {
+            Some(groups) => groups.start_tracking().await,
+            None => Ok(()),
         }
     }
 
-    /// A load through the client cache: the cached session once a sync
-    /// point came back, else a `HGETALL` whose reply is cached.
+    /// A load through the client cache: the cached session once a group
+    /// sent after the call began came back (a sync point), else a
+    /// `HGETALL` whose reply is cached.
     async fn load_cached(
         &self,
         cache: &ClientCache,
+        groups: &Arc<Groups>,
         id: &SessionId,
         now: DateTime<Utc>,
     ) -> Result<Option<Record<T>>, StoreError> {
         let key = self.key_of(id);
-        if cache.has(key.as_bytes(), now) {
-            let connection = cache
-                .synced(|| async {
-                    let mut cmd = redis::cmd("CLIENT");
-                    cmd.arg("ID");
-                    self.command::<i64>(&cmd).await
-                })
-                .await?;
-            if cache.is_tracking(connection) {
-                if let Some(record) = cache.get::<T>(key.as_bytes(), now) {
-                    return Ok(Some(record));
-                }
-            } else {
-                self.check_tracking(Some(connection)).await?;
-            }
+        if cache.has(key.as_bytes(), now)
+            && groups.send(None).await?.tracked
+            && let Some(record) = cache.get::<T>(key.as_bytes(), now)
+        {
+            return Ok(Some(record));
         }
         let ticket = cache.begin(key.as_bytes());
-        let mut pipe = redis::pipe();
-        pipe.cmd("CLIENT").arg("ID").cmd("HGETALL").arg(&key);
-        let mut connection = self.inner.connection.clone();
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(&key);
         let loaded = async {
-            let (connection, hash): (i64, HashMap<String, Vec<u8>>) =
-                self.bounded(pipe.query_async(&mut connection)).await?;
-            Ok::<_, StoreError>((connection, codec::record_of::<T>(*id, hash, now)?))
+            let (hash, tracked) = self.query::<HashMap<String, Vec<u8>>>(cmd).await?;
+            Ok::<_, StoreError>((codec::record_of::<T>(*id, hash, now)?, tracked))
         }
         .await;
-        let on = loaded.as_ref().ok().map(|(connection, _)| *connection);
-        cache.finish::<T>(key.as_bytes(), ticket, on, |_| {
-            let (_, record) = loaded.as_ref().ok()?;
+        let tracked = loaded.as_ref().is_ok_and(|(_, tracked)| *tracked);
+        cache.finish::<T>(key.as_bytes(), ticket, tracked, |_| {
+            let (record, _) = loaded.as_ref().ok()?;
             record.as_ref().map(Record::duplicate)
         });
-        let (connection, record) = loaded?;
-        self.check_tracking(Some(connection)).await?;
-        Ok(record)
+        loaded.map(|(record, _)| record)
     }
 
     /// The key of a session's hash. The braces make the id the hash tag.
@@ -465,59 +445,61 @@ impl<T: SessionData> RedisStore<T> {
         self.bounded(invocation.invoke_async(&mut connection)).await
     }
 
+    /// One command: in the next group on a standalone server, else on
+    /// its own. Answers the command's own reply (a server error there is
+    /// this command's) and whether it ran where the client cache's
+    /// tracking was on.
+    async fn send(&self, cmd: Cmd) -> Result<(RedisResult<redis::Value>, bool), StoreError> {
+        if let Some(groups) = &self.inner.groups {
+            let answer = groups.send(Some(cmd)).await?;
+            return Ok((answer.value, answer.tracked));
+        }
+        let mut connection = self.inner.connection.clone();
+        match tokio::time::timeout(self.inner.timeout, connection.req_packed_command(&cmd)).await {
+            Ok(Ok(value)) => Ok((value.extract_error(), false)),
+            Ok(Err(error)) if is_outage(&error) => Err(store_error(error)),
+            Ok(Err(error)) => Ok((Err(error), false)),
+            Err(_) => Err(unavailable(TimedOut(self.inner.timeout))),
+        }
+    }
+
+    /// [`send`](Self::send), its reply converted to `R`.
+    async fn query<R: redis::FromRedisValue>(&self, cmd: Cmd) -> Result<(R, bool), StoreError> {
+        let (value, tracked) = self.send(cmd).await?;
+        let value = value.map_err(store_error)?;
+        let reply = redis::from_redis_value(value).map_err(|error| store_error(error.into()))?;
+        Ok((reply, tracked))
+    }
+
+    async fn command<R: redis::FromRedisValue>(&self, cmd: Cmd) -> Result<R, StoreError> {
+        self.query(cmd).await.map(|(reply, _)| reply)
+    }
+
     /// A script call: `EVALSHA`, and `EVAL` with the source if the server
-    /// forgot the script (a restart, a failover, `SCRIPT FLUSH`). Sent on
-    /// the multiplexed connection, so the calls of concurrent requests are
-    /// pipelined by the client.
+    /// forgot the script (a restart, a failover, `SCRIPT FLUSH`).
     async fn call(&self, call: scripts::Call) -> Result<Vec<redis::Value>, StoreError> {
         self.call_on(call).await.map(|(reply, _)| reply)
     }
 
-    /// [`call`](Self::call), and with a client cache the `CLIENT ID` of the
-    /// connection it ran on (sent in the same pipeline).
-    async fn call_on(
-        &self,
-        call: scripts::Call,
-    ) -> Result<(Vec<redis::Value>, Option<i64>), StoreError> {
-        let connection = self.inner.connection.clone();
-        let tracked = self.inner.cache.is_some();
-        let send = |cmd: Cmd| {
-            let mut connection = connection.clone();
-            async move {
-                if tracked {
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("CLIENT").arg("ID").add_command(cmd);
-                    let (id, reply): (i64, redis::Value) =
-                        pipe.query_async(&mut connection).await?;
-                    Ok((reply, Some(id)))
-                } else {
-                    cmd.query_async::<redis::Value>(&mut connection)
-                        .await
-                        .map(|reply| (reply, None))
-                }
-            }
-        };
-        let (reply, id) = self
-            .bounded(async {
-                match send(call.evalsha()).await {
-                    Err(error)
-                        if error.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        send(call.eval()).await
-                    }
-                    other => other,
-                }
-            })
-            .await?;
+    /// [`call`](Self::call), and whether it ran where the client cache's
+    /// tracking was on.
+    async fn call_on(&self, call: scripts::Call) -> Result<(Vec<redis::Value>, bool), StoreError> {
+        let (reply, tracked) = self.call_value(call).await?;
         let reply = redis::from_redis_value(reply).map_err(|error| store_error(error.into()))?;
-        self.check_tracking(id).await?;
-        Ok((reply, id))
+        Ok((reply, tracked))
     }
 
-    async fn command<R: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<R, StoreError> {
-        let mut connection = self.inner.connection.clone();
-        self.bounded(cmd.query_async(&mut connection)).await
+    /// [`call_on`](Self::call_on), its reply as it came.
+    async fn call_value(&self, call: scripts::Call) -> Result<(redis::Value, bool), StoreError> {
+        let (reply, tracked) = match self.send(call.evalsha()).await? {
+            (Err(error), _)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                self.send(call.eval()).await?
+            }
+            sent => sent,
+        };
+        Ok((reply.map_err(store_error)?, tracked))
     }
 
     /// The index part of a script's arguments: whether the script keeps the
@@ -596,7 +578,7 @@ impl<T: SessionData> RedisStore<T> {
         cmd.arg(wait.replicas)
             .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
         let acked: i64 = match &self.inner.connection {
-            Connection::Single(_) => self.command(&cmd).await?,
+            Connection::Single(_) => self.command(cmd).await?,
             Connection::Cluster(connection) => {
                 use redis::cluster_routing::{
                     Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,
@@ -662,10 +644,10 @@ impl<T: SessionData> RedisStore<T> {
         let clock = Utc::now();
         let mut trim = redis::cmd("ZREMRANGEBYSCORE");
         trim.arg(&set).arg("-inf").arg(clock.timestamp_millis());
-        self.command::<i64>(&trim).await?;
+        self.command::<i64>(trim).await?;
         let mut range = redis::cmd("ZRANGE");
         range.arg(&set).arg(0).arg(-1);
-        let members: Vec<String> = self.command(&range).await?;
+        let members: Vec<String> = self.command(range).await?;
         let ids: Vec<SessionId> = members
             .iter()
             .filter_map(|member| member.parse().ok())
@@ -688,7 +670,7 @@ impl<T: SessionData> RedisStore<T> {
         if !stale.is_empty() {
             let mut remove = redis::cmd("ZREM");
             remove.arg(&set).arg(stale);
-            self.command::<i64>(&remove).await?;
+            self.command::<i64>(remove).await?;
         }
         Ok(live)
     }
@@ -771,7 +753,7 @@ impl<T: SessionData> RedisStore<T> {
             Ok(Some((score, changes))) => {
                 let mut delete = redis::cmd("DEL");
                 delete.arg(&old_key);
-                self.command::<i64>(&delete).await?;
+                self.command::<i64>(delete).await?;
                 let changes: Vec<_> = old_values
                     .into_iter()
                     .zip(changes.into_iter().map(|(_, new)| new))
@@ -795,8 +777,8 @@ impl<T: SessionData> RedisStore<T> {
                 undo_new.arg(&new_key);
                 let mut undo_old = redis::cmd("HDEL");
                 undo_old.arg(&old_key).arg(codec::MOVED_TO);
-                let _ = self.command::<i64>(&undo_new).await;
-                let _ = self.command::<i64>(&undo_old).await;
+                let _ = self.command::<i64>(undo_new).await;
+                let _ = self.command::<i64>(undo_old).await;
                 failed.map(|_| false)
             }
         }
@@ -813,7 +795,7 @@ impl<T: SessionData> RedisStore<T> {
         update: Update,
         member: &str,
         new_member: &str,
-    ) -> Result<(Written, Option<i64>), StoreError> {
+    ) -> Result<(Written, bool), StoreError> {
         let mut set = Vec::new();
         let mut unset = Vec::new();
         for index in update.dirty.iter() {
@@ -822,6 +804,9 @@ impl<T: SessionData> RedisStore<T> {
                 Some(value) => set.push((column, value)),
                 None => unset.push(column),
             }
+        }
+        if keys.len() == 1 && unset.is_empty() && self.inner.indexed.is_empty() {
+            return self.write_fields(keys[0], &set, &update).await;
         }
         let mut invocation = scripts::UPDATE_TEXT.call(keys[0]);
         for key in &keys[1..] {
@@ -867,15 +852,57 @@ impl<T: SessionData> RedisStore<T> {
             .arg(new_member)
             .arg(update.now.timestamp_millis())
             .arg(self.tracks());
-        let (reply, connection) = self.call_on(invocation).await?;
+        let (reply, tracked) = self.call_on(invocation).await?;
         if !succeeded(&reply) {
-            return Ok((None, connection));
+            return Ok((None, tracked));
         }
         let score = reply.get(1).map(bytes).unwrap_or_default();
         let changes = (0..self.inner.indexed.len())
             .map(|i| (present(&reply, 2 + 4 * i), present(&reply, 4 + 4 * i)))
             .collect();
-        Ok((Some((score, changes)), connection))
+        Ok((Some((score, changes)), tracked))
+    }
+}
+
+impl<T: SessionData> RedisStore<T> {
+    /// The common update ([`scripts::UPDATE_FIELDS_TEXT`]): `set` and the
+    /// library's fields that change, on the session at `key`.
+    async fn write_fields(
+        &self,
+        key: &str,
+        set: &[(&str, Vec<u8>)],
+        update: &Update,
+    ) -> Result<(Written, bool), StoreError> {
+        let mut invocation = scripts::UPDATE_FIELDS_TEXT.call(key);
+        invocation
+            .arg(
+                update
+                    .expected_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(if update.is_touch() { "0" } else { "1" })
+            .arg(
+                update
+                    .expires_at
+                    .map(|at| expire_at_ms(at).to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(self.tracks());
+        for (column, value) in set {
+            invocation.arg(*column).arg(value);
+        }
+        if let Some(at) = update.expires_at {
+            invocation.arg(codec::EXPIRES_AT).arg(micros(at));
+        }
+        if let Some(remember) = update.remember {
+            invocation
+                .arg(codec::REMEMBER)
+                .arg(if remember { "1" } else { "0" });
+        }
+        let (reply, tracked) = self.call_value(invocation).await?;
+        let written = matches!(reply, redis::Value::Int(1));
+        Ok((written.then(|| (Vec::new(), Vec::new())), tracked))
     }
 }
 
@@ -912,13 +939,13 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         id: &SessionId,
         now: DateTime<Utc>,
     ) -> Result<Option<Record<T>>, StoreError> {
-        if let Some(cache) = &self.inner.cache {
-            return self.load_cached(cache, id, now).await;
+        if let (Some(cache), Some(groups)) = (&self.inner.cache, &self.inner.groups) {
+            return self.load_cached(cache, groups, id, now).await;
         }
         let key = self.key_of(id);
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(&key);
-        let hash: HashMap<String, Vec<u8>> = self.command(&cmd).await?;
+        let hash: HashMap<String, Vec<u8>> = self.command(cmd).await?;
         codec::record_of(*id, hash, now)
     }
 
@@ -946,11 +973,10 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
             .map(|cache| cache.begin(key.as_bytes()));
         let called = self.call_on(invocation).await;
         if let (Some(cache), Some(ticket)) = (&self.inner.cache, ticket) {
-            let connection = called
+            let tracked = called
                 .as_ref()
-                .ok()
-                .and_then(|(reply, id)| succeeded(reply).then_some(*id)?);
-            cache.finish::<T>(key.as_bytes(), ticket, connection, |_| {
+                .is_ok_and(|(reply, tracked)| *tracked && succeeded(reply));
+            cache.finish::<T>(key.as_bytes(), ticket, tracked, |_| {
                 Some(record.duplicate())
             });
         }
@@ -1008,11 +1034,8 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         if let (Some(cache), Some(ticket)) = (&self.inner.cache, ticket) {
             // Exact only from the cached copy it started from: the ticket
             // held means no other client wrote the key in between.
-            let connection = match &written {
-                Ok((Some(_), connection)) => *connection,
-                _ => None,
-            };
-            cache.finish::<T>(key.as_bytes(), ticket, connection, |base| {
+            let tracked = matches!(&written, Ok((Some(_), true)));
+            cache.finish::<T>(key.as_bytes(), ticket, tracked, |base| {
                 let mut record = base?;
                 let exact = update.expected_version.is_none_or(|v| v == record.version);
                 exact.then(|| {

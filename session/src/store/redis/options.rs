@@ -8,7 +8,9 @@ use redis::{
     cluster::ClusterClientBuilder,
 };
 
-use super::{Connection, RedisStore, WaitForReplicas, cache::ClientCache, unavailable};
+use super::{
+    Connection, RedisStore, WaitForReplicas, cache::ClientCache, group::Groups, unavailable,
+};
 use crate::{data::SessionData, error::StoreError, events::SessionEvents};
 
 /// How long one Redis call may take before the request fails with
@@ -176,7 +178,9 @@ impl<T: SessionData> RedisStoreBuilder<T> {
         .await
         .map_err(|_| failed(no_answer()))?
         .map_err(failed)?;
-        let store = self.build(Connection::Single(connection), cache);
+        let connection = Connection::Single(connection);
+        let groups = Arc::new(Groups::new(connection.clone(), self.timeout, cache.clone()));
+        let store = self.build(connection, cache, Some(groups));
         // Bounded by the store's timeout, as every call.
         store.start_tracking().await?;
         Ok(store)
@@ -217,10 +221,15 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             .await
             .map_err(|_| failed(no_answer()))?
             .map_err(failed)?;
-        Ok(self.build(Connection::Cluster(connection), None))
+        Ok(self.build(Connection::Cluster(connection), None, None))
     }
 
-    fn build(self, connection: Connection, cache: Option<Arc<ClientCache>>) -> RedisStore<T> {
+    fn build(
+        self,
+        connection: Connection,
+        cache: Option<Arc<ClientCache>>,
+        groups: Option<Arc<Groups>>,
+    ) -> RedisStore<T> {
         let prefix = self.prefix.unwrap_or_else(|| T::SCHEMA.table.to_owned());
         RedisStore::new(
             connection,
@@ -229,6 +238,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             self.wait,
             self.events,
             cache,
+            groups,
         )
     }
 }

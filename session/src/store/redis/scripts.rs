@@ -129,6 +129,30 @@ if track then redis.call('HGET', key, 'version') end
 return reply
 "#;
 
+/// The common update, in as little Lua as it can be (each line of a
+/// script costs server time): no new id, no field removed, no indexed
+/// field. Writes the pairs given (the dirty fields, and `expires_at` /
+/// `remember` when they change) to a live session only, checking the
+/// version when one is expected and bumping it.
+/// ARGV: expected version ('' = any), bump (1/0), pexpireat ('' = keep),
+/// track (1/0), then field/value pairs. Reply: 1 written, 0 no live
+/// session (or another version).
+const UPDATE_FIELDS: &str = r#"
+local key = KEYS[1]
+local current = redis.call('HMGET', key, 'version', 'moved-to')
+local version = current[1]
+if not version or current[2] then return 0 end
+if ARGV[1] ~= '' and version ~= ARGV[1] then return 0 end
+if ARGV[2] == '1' then
+  redis.call('HSET', key, 'version', tostring(tonumber(version) + 1), unpack(ARGV, 5))
+elseif #ARGV > 4 then
+  redis.call('HSET', key, unpack(ARGV, 5))
+end
+if ARGV[3] ~= '' then redis.call('PEXPIREAT', key, ARGV[3]) end
+if ARGV[4] == '1' then redis.call('HGET', key, 'version') end
+return 1
+"#;
+
 /// Deletes a session. ARGV: here, n_idx, (column, set prefix) each, member.
 /// Reply: {deleted (0/1), '', per index: present, value}.
 const DELETE: &str = r#"
@@ -192,9 +216,16 @@ pub(crate) struct ScriptText {
 
 impl ScriptText {
     fn new(body: &str) -> Self {
-        let source = format!("{INDEX_HELPERS}{body}");
-        let hash = Script::new(&source).get_hash().to_owned();
-        Self { source, hash }
+        Self::plain(&format!("{INDEX_HELPERS}{body}"))
+    }
+
+    /// A script that does not use the index helpers.
+    fn plain(source: &str) -> Self {
+        let hash = Script::new(source).get_hash().to_owned();
+        Self {
+            source: source.to_owned(),
+            hash,
+        }
     }
 
     /// A call of this script on `key`.
@@ -248,4 +279,6 @@ impl Call {
 
 pub(crate) static INSERT_TEXT: LazyLock<ScriptText> = LazyLock::new(|| ScriptText::new(INSERT));
 pub(crate) static UPDATE_TEXT: LazyLock<ScriptText> = LazyLock::new(|| ScriptText::new(UPDATE));
+pub(crate) static UPDATE_FIELDS_TEXT: LazyLock<ScriptText> =
+    LazyLock::new(|| ScriptText::plain(UPDATE_FIELDS));
 pub(crate) static DELETE_TEXT: LazyLock<ScriptText> = LazyLock::new(|| ScriptText::new(DELETE));
