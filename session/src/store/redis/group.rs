@@ -4,12 +4,11 @@
 //! A request queues its command and waits for its reply. A task takes the
 //! queue and sends it as one group: it yields first, so that every request
 //! the runtime has ready (and every socket that became readable) queues
-//! its command before. One group is out at a time; while it is, the next
-//! one gathers, and the task sends it when the reply came. Under load a
-//! group carries many requests' commands for one write and one read on
-//! the socket, one timer and one reply channel between the connection and
-//! us; alone, a request is sent at once. Each command keeps its own reply:
-//! one that fails (a script error, a wrong type) fails alone.
+//! its command before. Under load a group carries many requests' commands
+//! for one write and one read on the socket, one timer and one reply
+//! channel between the connection and us; alone, a request is sent at
+//! once. Each command keeps its own reply: one that fails (a script error,
+//! a wrong type) fails alone.
 //!
 //! With a client cache every group starts with `CLIENT ID`, so its replies
 //! say which connection they ran on, and whether tracking was on there
@@ -49,30 +48,29 @@ struct Waiting {
 #[derive(Default)]
 struct Queue {
     waiting: Vec<Waiting>,
+    /// How many of `waiting` carry a command (the others wait for a sync point).
+    commands: usize,
     /// A task is about to take the queue.
     gathering: bool,
-    /// Groups sent and not answered yet.
-    in_flight: usize,
+    /// A group of sync points only is out.
+    syncing: bool,
 }
 
 impl Queue {
-    /// Whether a task should take the queue now (and it is marked taken).
-    fn gather(&mut self, max: usize) -> bool {
-        let go = !self.waiting.is_empty() && !self.gathering && self.in_flight < max;
+    /// Whether a task should take the queue now (then it is marked taken).
+    /// Commands go at once; sync points alone wait while a group of them
+    /// is out, so that under load they share one (cached reads, the bulk
+    /// of a site's requests, then cost a small share of a round trip),
+    /// while a request's load or write never waits for another group.
+    fn gather(&mut self) -> bool {
+        let go =
+            !self.gathering && !self.waiting.is_empty() && (self.commands > 0 || !self.syncing);
         if go {
             self.gathering = true;
         }
         go
     }
 }
-
-/// Groups in flight at once. One: while it is out, the next gathers, so
-/// that under load groups grow by themselves (as the SQL stores' group
-/// commit). Measured on the load bench (`bench/RESULTS.md`): cached reads
-/// gain most from large groups; a counter (a sync point, then a write)
-/// does about 10 % better with any number in flight, as each of its two
-/// steps then waits for no other group.
-const MAX_IN_FLIGHT: usize = 1;
 
 /// The group task ended without answering (the runtime shut down).
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +87,7 @@ struct Running<'a> {
 
 enum Phase {
     Gathering,
-    Sending,
+    Sending { syncing: bool },
     Done,
 }
 
@@ -102,7 +100,11 @@ impl Drop for Running<'_> {
         let mut queue = lock(&self.groups.queue);
         match phase {
             Phase::Gathering => queue.gathering = false,
-            Phase::Sending => queue.in_flight -= 1,
+            Phase::Sending { syncing } => {
+                if syncing {
+                    queue.syncing = false;
+                }
+            }
             Phase::Done => {}
         }
     }
@@ -136,8 +138,9 @@ impl Groups {
         let (reply, answer) = oneshot::channel();
         let spawn = {
             let mut queue = lock(&self.queue);
+            queue.commands += usize::from(cmd.is_some());
             queue.waiting.push(Waiting { cmd, reply });
-            queue.gather(MAX_IN_FLIGHT)
+            queue.gather()
         };
         if spawn {
             // Its own task: a request that goes away (its client hung up)
@@ -147,7 +150,8 @@ impl Groups {
         answer.await.unwrap_or_else(|_| Err(unavailable(Dropped)))
     }
 
-    /// Sends a group, then the next one while there is one to send.
+    /// Sends a group, then the next one while there is one to send
+    /// ([`Queue::gather`]).
     async fn run(self: Arc<Self>) {
         let mut guard = Running {
             groups: &self,
@@ -156,17 +160,20 @@ impl Groups {
         loop {
             // Every request ready now queues first.
             tokio::task::yield_now().await;
-            let waiting = {
+            let (waiting, syncing) = {
                 let mut queue = lock(&self.queue);
                 queue.gathering = false;
-                queue.in_flight += 1;
-                std::mem::take(&mut queue.waiting)
+                let syncing = std::mem::take(&mut queue.commands) == 0;
+                queue.syncing |= syncing;
+                (std::mem::take(&mut queue.waiting), syncing)
             };
-            guard.phase = Phase::Sending;
+            guard.phase = Phase::Sending { syncing };
             self.flush(waiting).await;
             let mut queue = lock(&self.queue);
-            queue.in_flight -= 1;
-            if !queue.gather(MAX_IN_FLIGHT) {
+            if syncing {
+                queue.syncing = false;
+            }
+            if !queue.gather() {
                 guard.phase = Phase::Done;
                 return;
             }
