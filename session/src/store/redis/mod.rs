@@ -28,14 +28,21 @@
 //! served after a shared sync point, so that a read still sees every write
 //! that finished before it began, from any instance, without a `HGETALL`.
 //!
+//! Round trips: on a standalone server the commands that concurrent
+//! requests have ready at one moment go as one pipeline (a group: one
+//! socket write, one read, one timer), each with its own reply, so one
+//! that fails fails alone. On Cluster each command goes on its own over
+//! the node's multiplexed connection, which pipelines them by itself.
+//! The common update (no new id, no field removed, no indexed field) is
+//! a lean script of one `HMGET` and one `HSET`.
+//!
 //! Why the `redis` crate (redis-rs): it is maintained by the Redis
 //! organisation with frequent releases, speaks standalone and Cluster
 //! with one `ConnectionLike` trait (so every call here is written once),
 //! follows MOVED/ASK redirects and failovers itself, multiplexes
-//! concurrent requests over one connection per node (so the loads and
-//! writes of one moment are pipelined without a queue of ours), loads
-//! scripts again on `NOSCRIPT`, and has TLS through its own features
-//! (`rustls`/`native-tls` here turn them on; use a `rediss://` URL).
+//! concurrent requests over one connection per node, takes explicit
+//! pipelines, and has TLS through its own features (`rustls`/`native-tls`
+//! here turn them on; use a `rediss://` URL).
 
 mod cache;
 mod codec;
