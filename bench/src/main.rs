@@ -887,6 +887,54 @@ async fn session_app_of<T: Counter>(pool: &RawPool, cache: bool) -> anyhow::Resu
 }
 
 /// This run's keys of a struct's sessions.
+/// Deletes this run's keys (their names end in the process id): a run of
+/// the first-visit route alone leaves millions of sessions, which would
+/// otherwise stay until they expire.
+async fn remove_redis_keys() {
+    let pattern = format!("*_{}:*", std::process::id());
+    let mut nodes = vec![redis_url()];
+    nodes.extend(redis_cluster_nodes());
+    for node in nodes {
+        let removed = async {
+            let mut connection = redis::Client::open(node.as_str())?
+                .get_multiplexed_async_connection()
+                .await?;
+            let mut cursor = 0u64;
+            let mut removed = 0usize;
+            loop {
+                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(10_000)
+                    .query_async(&mut connection)
+                    .await?;
+                if !keys.is_empty() {
+                    removed += keys.len();
+                    // One key per command: on a Cluster node, keys of
+                    // several slots cannot share one.
+                    let mut unlink = redis::pipe();
+                    for key in &keys {
+                        unlink.cmd("UNLINK").arg(key).ignore();
+                    }
+                    let () = unlink.query_async(&mut connection).await?;
+                }
+                if next == 0 {
+                    return Ok::<_, anyhow::Error>(removed);
+                }
+                cursor = next;
+            }
+        }
+        .await;
+        match removed {
+            Ok(count) if count > 0 => eprintln!("removed {count} keys of this run from {node}"),
+            Ok(_) => {}
+            Err(error) => eprintln!("could not remove this run's keys from {node}: {error}"),
+        }
+    }
+}
+
 fn redis_prefix<T: SessionData>() -> String {
     format!("{}_{}", T::SCHEMA.table, std::process::id())
 }
@@ -1124,6 +1172,9 @@ async fn run() -> anyhow::Result<()> {
         );
     }
     remove_sqlite_files();
+    if dbs.is_empty() || dbs.contains("redis") {
+        server_runtime().spawn(remove_redis_keys()).await?;
+    }
     if !failures.is_empty() {
         for failure in &failures {
             eprintln!("FAILED: {failure}");

@@ -23,15 +23,17 @@
 //!   the ticket. The reply becomes the cached value only if the ticket is
 //!   still there, no other call of this process on that key overlapped it,
 //!   and it ran where tracking was on (the group's `CLIENT ID` says). A
-//!   reconnect is a new client id: the cache is emptied and tracking
-//!   switched on again.
+//!   reconnect empties the cache and tracking is switched on again; each
+//!   time tracking goes off or on a generation is bumped, so that a reply
+//!   that came before is not kept, even if the new connection got the old
+//!   client id (ids start again at 1 after a Redis restart).
 
 use std::{
     any::Any,
     collections::HashMap,
     sync::{
         Mutex,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
 
@@ -81,6 +83,9 @@ pub(crate) struct ClientCache {
     capacity: usize,
     /// The `CLIENT ID` of the connection whose tracking is on; 0: none.
     tracking: AtomicI64,
+    /// Bumped whenever tracking goes off or on again: a reply counts as
+    /// tracked only if its generation is still the current one.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for ClientCache {
@@ -98,6 +103,7 @@ impl ClientCache {
             entries: Mutex::new(Entries::default()),
             capacity: capacity.max(1),
             tracking: AtomicI64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -118,6 +124,7 @@ impl ClientCache {
             },
             // The connection is gone, and its tracking with it.
             PushKind::Disconnection => {
+                self.generation.fetch_add(1, Ordering::SeqCst);
                 self.tracking.store(0, Ordering::SeqCst);
                 self.clear();
             }
@@ -142,8 +149,14 @@ impl ClientCache {
     /// Tracking is now on for `connection`; what was cached before is not
     /// tracked there, so it goes.
     pub(crate) fn tracking_on(&self, connection: i64) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.clear();
         self.tracking.store(connection, Ordering::SeqCst);
+    }
+
+    /// The current tracking generation (see [`finish`](Self::finish)).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -211,17 +224,20 @@ impl ClientCache {
         Ticket { epoch }
     }
 
-    /// The call that began with `ticket` is over. `tracked`: it ran where
-    /// tracking was on ([`Answer::tracked`](super::group::Answer::tracked)).
+    /// The call that began with `ticket` is over. `tracked`: the tracking
+    /// generation it ran under, if it ran where tracking was on
+    /// ([`Answer::tracked`](super::group::Answer::tracked)); a reply from
+    /// before a reconnect is not kept.
     /// `outcome` gets the value the entry started from (if it was cached)
     /// and gives what the store holds now, if it knows.
     pub(crate) fn finish<T: SessionData>(
         &self,
         key: &[u8],
         ticket: Ticket,
-        tracked: bool,
+        tracked: Option<u64>,
         outcome: impl FnOnce(Option<Record<T>>) -> Option<Record<T>>,
     ) {
+        let tracked = tracked == Some(self.generation());
         let mut entries = lock(&self.entries);
         let Some(entry) = entries.map.get_mut(key) else {
             return;
@@ -324,10 +340,10 @@ mod tests {
     fn a_fill_is_kept_only_where_tracking_was_on() {
         let cache = cache();
         let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, false, |_| Some(record(1)));
+        cache.finish(b"k", ticket, None, |_| Some(record(1)));
         assert!(!cache.has(b"k", Utc::now()));
         let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, true, |_| Some(record(1)));
+        cache.finish(b"k", ticket, Some(cache.generation()), |_| Some(record(1)));
         assert_eq!(
             cache.get::<Data>(b"k", Utc::now()).map(|r| r.data.count),
             Some(1)
@@ -344,7 +360,7 @@ mod tests {
                 b"k".to_vec(),
             )])],
         });
-        cache.finish(b"k", ticket, true, |_| Some(record(1)));
+        cache.finish(b"k", ticket, Some(cache.generation()), |_| Some(record(1)));
         assert!(!cache.has(b"k", Utc::now()));
     }
 
@@ -353,8 +369,8 @@ mod tests {
         let cache = cache();
         let first = cache.begin(b"k");
         let second = cache.begin(b"k");
-        cache.finish(b"k", second, true, |_| Some(record(2)));
-        cache.finish(b"k", first, true, |_| Some(record(1)));
+        cache.finish(b"k", second, Some(cache.generation()), |_| Some(record(2)));
+        cache.finish(b"k", first, Some(cache.generation()), |_| Some(record(1)));
         assert!(!cache.has(b"k", Utc::now()));
     }
 
@@ -362,10 +378,10 @@ mod tests {
     fn a_write_applies_to_the_value_it_started_from() {
         let cache = cache();
         let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, true, |_| Some(record(1)));
+        cache.finish(b"k", ticket, Some(cache.generation()), |_| Some(record(1)));
         let ticket = cache.begin(b"k");
         assert!(!cache.has(b"k", Utc::now()), "in flight: not served");
-        cache.finish::<Data>(b"k", ticket, true, |base| {
+        cache.finish::<Data>(b"k", ticket, Some(cache.generation()), |base| {
             base.map(|mut record| {
                 record.data.count += 1;
                 record
@@ -378,10 +394,28 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_from_before_a_reconnect_is_not_kept() {
+        let cache = cache();
+        let ticket = cache.begin(b"k");
+        // The reply was tracked on connection 7 ...
+        let tracked = Some(cache.generation());
+        // ... which dropped, and tracking came on again, on the same id
+        // (ids start again at 1 after a Redis restart), before the caller
+        // finished.
+        cache.on_push(&PushInfo {
+            kind: PushKind::Disconnection,
+            data: vec![],
+        });
+        cache.tracking_on(7);
+        cache.finish(b"k", ticket, tracked, |_| Some(record(1)));
+        assert!(!cache.has(b"k", Utc::now()));
+    }
+
+    #[test]
     fn a_reconnect_empties_the_cache() {
         let cache = cache();
         let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, true, |_| Some(record(1)));
+        cache.finish(b"k", ticket, Some(cache.generation()), |_| Some(record(1)));
         cache.on_push(&PushInfo {
             kind: PushKind::Disconnection,
             data: vec![],

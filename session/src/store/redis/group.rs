@@ -34,10 +34,11 @@ pub(crate) struct Answer {
     /// The command's own reply (`Nil` for a sync point): a server error
     /// here is this command's alone.
     pub(crate) value: RedisResult<redis::Value>,
-    /// With a client cache: whether the group ran on the connection whose
-    /// tracking was on when its replies arrived, so that what it read is
-    /// tracked (and what it wrote, by the scripts' final read).
-    pub(crate) tracked: bool,
+    /// With a client cache: the tracking generation, if the group ran on
+    /// the connection whose tracking was on before it was sent and still
+    /// is, so that what it read is tracked (and what it wrote, by the
+    /// scripts' final read).
+    pub(crate) tracked: Option<u64>,
 }
 
 struct Waiting {
@@ -98,6 +99,10 @@ impl Drop for Running<'_> {
             return;
         }
         let mut queue = lock(&self.groups.queue);
+        // Those waiting hear `Dropped` rather than wait for a task that
+        // may never come.
+        queue.waiting.clear();
+        queue.commands = 0;
         match phase {
             Phase::Gathering => queue.gathering = false,
             Phase::Sending { syncing } => {
@@ -195,7 +200,10 @@ impl Groups {
         }
         // Tracking that was on before the group was sent is on for all of
         // it; tracking switched on meanwhile may have come after it.
-        let tracking_before = self.cache.as_ref().map(|cache| cache.tracking());
+        let before = self
+            .cache
+            .as_ref()
+            .map(|cache| (cache.tracking(), cache.generation()));
         let sent = self.send_pipeline(&pipe).await;
         let mut values = match sent {
             Ok(values) => values.into_iter(),
@@ -212,8 +220,16 @@ impl Groups {
                     redis::Value::Int(id) => Some(id),
                     _ => None,
                 });
-                let tracked =
-                    id.is_some_and(|id| tracking_before == Some(id) && cache.is_tracking(id));
+                let tracked = match (id, before) {
+                    (Some(id), Some((tracking, generation)))
+                        if tracking == id
+                            && cache.is_tracking(id)
+                            && cache.generation() == generation =>
+                    {
+                        Some(generation)
+                    }
+                    _ => None,
+                };
                 if !id.is_some_and(|id| cache.is_tracking(id)) {
                     // A new connection (the client reconnected): tracking
                     // goes on there before these requests go on.
@@ -221,7 +237,7 @@ impl Groups {
                 }
                 tracked
             }
-            None => false,
+            None => None,
         };
         for (has_cmd, reply) in replies {
             let value = if has_cmd {
@@ -242,6 +258,9 @@ impl Groups {
     }
 
     async fn send_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<redis::Value>, StoreError> {
+        if pipe.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut connection = self.connection.clone();
         match tokio::time::timeout(
             self.timeout,

@@ -389,7 +389,7 @@ impl<T: SessionData> RedisStore<T> {
     ) -> Result<Option<Record<T>>, StoreError> {
         let key = self.key_of(id);
         if cache.has(key.as_bytes(), now)
-            && groups.send(None).await?.tracked
+            && groups.send(None).await?.tracked.is_some()
             && let Some(record) = cache.get::<T>(key.as_bytes(), now)
         {
             return Ok(Some(record));
@@ -402,7 +402,7 @@ impl<T: SessionData> RedisStore<T> {
             Ok::<_, StoreError>((codec::record_of::<T>(*id, hash, now)?, tracked))
         }
         .await;
-        let tracked = loaded.as_ref().is_ok_and(|(_, tracked)| *tracked);
+        let tracked = loaded.as_ref().ok().and_then(|(_, tracked)| *tracked);
         cache.finish::<T>(key.as_bytes(), ticket, tracked, |_| {
             let (record, _) = loaded.as_ref().ok()?;
             record.as_ref().map(Record::duplicate)
@@ -456,22 +456,25 @@ impl<T: SessionData> RedisStore<T> {
     /// its own. Answers the command's own reply (a server error there is
     /// this command's) and whether it ran where the client cache's
     /// tracking was on.
-    async fn send(&self, cmd: Cmd) -> Result<(RedisResult<redis::Value>, bool), StoreError> {
+    async fn send(&self, cmd: Cmd) -> Result<(RedisResult<redis::Value>, Option<u64>), StoreError> {
         if let Some(groups) = &self.inner.groups {
             let answer = groups.send(Some(cmd)).await?;
             return Ok((answer.value, answer.tracked));
         }
         let mut connection = self.inner.connection.clone();
         match tokio::time::timeout(self.inner.timeout, connection.req_packed_command(&cmd)).await {
-            Ok(Ok(value)) => Ok((value.extract_error(), false)),
+            Ok(Ok(value)) => Ok((value.extract_error(), None)),
             Ok(Err(error)) if is_outage(&error) => Err(store_error(error)),
-            Ok(Err(error)) => Ok((Err(error), false)),
+            Ok(Err(error)) => Ok((Err(error), None)),
             Err(_) => Err(unavailable(TimedOut(self.inner.timeout))),
         }
     }
 
     /// [`send`](Self::send), its reply converted to `R`.
-    async fn query<R: redis::FromRedisValue>(&self, cmd: Cmd) -> Result<(R, bool), StoreError> {
+    async fn query<R: redis::FromRedisValue>(
+        &self,
+        cmd: Cmd,
+    ) -> Result<(R, Option<u64>), StoreError> {
         let (value, tracked) = self.send(cmd).await?;
         let value = value.map_err(store_error)?;
         let reply = redis::from_redis_value(value).map_err(|error| store_error(error.into()))?;
@@ -490,14 +493,20 @@ impl<T: SessionData> RedisStore<T> {
 
     /// [`call`](Self::call), and whether it ran where the client cache's
     /// tracking was on.
-    async fn call_on(&self, call: scripts::Call) -> Result<(Vec<redis::Value>, bool), StoreError> {
+    async fn call_on(
+        &self,
+        call: scripts::Call,
+    ) -> Result<(Vec<redis::Value>, Option<u64>), StoreError> {
         let (reply, tracked) = self.call_value(call).await?;
         let reply = redis::from_redis_value(reply).map_err(|error| store_error(error.into()))?;
         Ok((reply, tracked))
     }
 
     /// [`call_on`](Self::call_on), its reply as it came.
-    async fn call_value(&self, call: scripts::Call) -> Result<(redis::Value, bool), StoreError> {
+    async fn call_value(
+        &self,
+        call: scripts::Call,
+    ) -> Result<(redis::Value, Option<u64>), StoreError> {
         let (reply, tracked) = match self.send(call.evalsha()).await? {
             (Err(error), _)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -802,7 +811,7 @@ impl<T: SessionData> RedisStore<T> {
         update: Update,
         member: &str,
         new_member: &str,
-    ) -> Result<(Written, bool), StoreError> {
+    ) -> Result<(Written, Option<u64>), StoreError> {
         let mut set = Vec::new();
         let mut unset = Vec::new();
         for index in update.dirty.iter() {
@@ -819,20 +828,7 @@ impl<T: SessionData> RedisStore<T> {
         for key in &keys[1..] {
             invocation.key(*key);
         }
-        invocation
-            .arg(
-                update
-                    .expected_version
-                    .map(|v| v.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(if update.is_touch() { "0" } else { "1" })
-            .arg(
-                update
-                    .expires_at
-                    .map(|at| expire_at_ms(at).to_string())
-                    .unwrap_or_default(),
-            )
+        update_head(&mut invocation, &update)
             .arg(
                 update
                     .expires_at
@@ -879,23 +875,9 @@ impl<T: SessionData> RedisStore<T> {
         key: &str,
         set: &[(&str, Vec<u8>)],
         update: &Update,
-    ) -> Result<(Written, bool), StoreError> {
+    ) -> Result<(Written, Option<u64>), StoreError> {
         let mut invocation = scripts::UPDATE_FIELDS_TEXT.call(key);
-        invocation
-            .arg(
-                update
-                    .expected_version
-                    .map(|v| v.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(if update.is_touch() { "0" } else { "1" })
-            .arg(
-                update
-                    .expires_at
-                    .map(|at| expire_at_ms(at).to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(self.tracks());
+        update_head(&mut invocation, update).arg(self.tracks());
         for (column, value) in set {
             invocation.arg(*column).arg(value);
         }
@@ -911,6 +893,25 @@ impl<T: SessionData> RedisStore<T> {
         let written = matches!(reply, redis::Value::Int(1));
         Ok((written.then(|| (Vec::new(), Vec::new())), tracked))
     }
+}
+
+/// The arguments both update scripts start with: the expected version
+/// ('' = any), whether to bump it, the new expiry in ms ('' = keep).
+fn update_head<'a>(invocation: &'a mut scripts::Call, update: &Update) -> &'a mut scripts::Call {
+    invocation
+        .arg(
+            update
+                .expected_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        )
+        .arg(if update.is_touch() { "0" } else { "1" })
+        .arg(
+            update
+                .expires_at
+                .map(|at| expire_at_ms(at).to_string())
+                .unwrap_or_default(),
+        )
 }
 
 /// Runs futures concurrently and collects their outputs in order.
@@ -982,7 +983,8 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         if let (Some(cache), Some(ticket)) = (&self.inner.cache, ticket) {
             let tracked = called
                 .as_ref()
-                .is_ok_and(|(reply, tracked)| *tracked && succeeded(reply));
+                .ok()
+                .and_then(|(reply, tracked)| tracked.filter(|_| succeeded(reply)));
             cache.finish::<T>(key.as_bytes(), ticket, tracked, |_| {
                 Some(record.duplicate())
             });
@@ -1041,7 +1043,10 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         if let (Some(cache), Some(ticket)) = (&self.inner.cache, ticket) {
             // Exact only from the cached copy it started from: the ticket
             // held means no other client wrote the key in between.
-            let tracked = matches!(&written, Ok((Some(_), true)));
+            let tracked = match &written {
+                Ok((Some(_), tracked)) => *tracked,
+                _ => None,
+            };
             cache.finish::<T>(key.as_bytes(), ticket, tracked, |base| {
                 let mut record = base?;
                 let exact = update.expected_version.is_none_or(|v| v == record.version);
