@@ -33,8 +33,9 @@
 //! socket write, one read, one timer), each with its own reply, so one
 //! that fails fails alone. On Cluster each command goes on its own over
 //! the node's multiplexed connection, which pipelines them by itself.
-//! The common update (no new id, no field removed, no indexed field) is
-//! a lean script of one `HMGET` and one `HSET`.
+//! For a struct without indexed fields, the insert and the common update
+//! (no new id, no field removed) are lean scripts: `EXISTS`, `HSET` and
+//! `PEXPIREAT`; `HMGET` and `HSET`.
 //!
 //! Why the `redis` crate (redis-rs): it is maintained by the Redis
 //! organisation with frequent releases, speaks standalone and Cluster
@@ -961,47 +962,70 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         let key = self.key_of(&record.id);
         let fields = codec::fields_of(record)?;
         let member = record.id.to_string();
-        let mut invocation = scripts::INSERT_TEXT.call(&key);
-        invocation
-            .arg(expire_at_ms(record.expires_at))
-            .arg(fields.len());
-        for (field, value) in &fields {
-            invocation.arg(*field).arg(value);
-        }
-        self.index_args(&mut invocation);
+        let lean = self.inner.indexed.is_empty();
         let now = Utc::now();
-        invocation
-            .arg(&member)
-            .arg(now.timestamp_millis())
-            .arg(self.tracks());
+        let invocation = if lean {
+            let mut invocation = scripts::INSERT_FIELDS_TEXT.call(&key);
+            invocation
+                .arg(expire_at_ms(record.expires_at))
+                .arg(self.tracks());
+            for (field, value) in &fields {
+                invocation.arg(*field).arg(value);
+            }
+            invocation
+        } else {
+            let mut invocation = scripts::INSERT_TEXT.call(&key);
+            invocation
+                .arg(expire_at_ms(record.expires_at))
+                .arg(fields.len());
+            for (field, value) in &fields {
+                invocation.arg(*field).arg(value);
+            }
+            self.index_args(&mut invocation);
+            invocation
+                .arg(&member)
+                .arg(now.timestamp_millis())
+                .arg(self.tracks());
+            invocation
+        };
         let ticket = self
             .inner
             .cache
             .as_ref()
             .map(|cache| cache.begin(key.as_bytes()));
-        let called = self.call_on(invocation).await;
+        let called = self.call_value(invocation).await;
+        // The lean script answers 1 or 0, the general one a table whose
+        // first item says it.
+        let created = |reply: &redis::Value| match reply {
+            redis::Value::Array(items) => succeeded(items),
+            other => matches!(other, redis::Value::Int(1)),
+        };
         if let (Some(cache), Some(ticket)) = (&self.inner.cache, ticket) {
             let tracked = called
                 .as_ref()
                 .ok()
-                .and_then(|(reply, tracked)| tracked.filter(|_| succeeded(reply)));
+                .and_then(|(reply, tracked)| tracked.filter(|_| created(reply)));
             cache.finish::<T>(key.as_bytes(), ticket, tracked, |_| {
                 Some(record.duplicate())
             });
         }
         let (reply, _) = called?;
-        if !succeeded(&reply) {
+        if !created(&reply) {
             return Err(StoreError::Redis(Arc::new(RedisError::from((
                 redis::ErrorKind::Client,
                 "a session with this id exists already",
             )))));
         }
-        let score = reply.get(1).map(bytes).unwrap_or_default();
-        let changes: Vec<_> = (0..self.inner.indexed.len())
-            .map(|i| (None, present(&reply, 2 + 2 * i)))
-            .collect();
-        self.update_sets(&changes, &member, &member, &score, false, now)
-            .await?;
+        if !lean {
+            let reply: Vec<redis::Value> =
+                redis::from_redis_value(reply).map_err(|error| store_error(error.into()))?;
+            let score = reply.get(1).map(bytes).unwrap_or_default();
+            let changes: Vec<_> = (0..self.inner.indexed.len())
+                .map(|i| (None, present(&reply, 2 + 2 * i)))
+                .collect();
+            self.update_sets(&changes, &member, &member, &score, false, now)
+                .await?;
+        }
         self.wait_for_replicas(&key).await
     }
 

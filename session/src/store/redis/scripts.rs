@@ -129,6 +129,17 @@ if track then redis.call('HGET', key, 'version') end
 return reply
 "#;
 
+/// An insert without indexed fields, in as little Lua as it can be:
+/// creates the hash only if absent. ARGV: pexpireat, track (1/0), then
+/// field/value pairs. Reply: 1 created, 0 the key exists.
+const INSERT_FIELDS: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+if ARGV[2] == '1' then redis.call('HGET', KEYS[1], 'version') end
+return 1
+"#;
+
 /// The common update, in as little Lua as it can be (each line of a
 /// script costs server time): no new id, no field removed, no indexed
 /// field. Writes the pairs given (the dirty fields, and `expires_at` /
@@ -279,6 +290,8 @@ impl Call {
 
 pub(crate) static INSERT_TEXT: LazyLock<ScriptText> = LazyLock::new(|| ScriptText::new(INSERT));
 pub(crate) static UPDATE_TEXT: LazyLock<ScriptText> = LazyLock::new(|| ScriptText::new(UPDATE));
+pub(crate) static INSERT_FIELDS_TEXT: LazyLock<ScriptText> =
+    LazyLock::new(|| ScriptText::plain(INSERT_FIELDS));
 pub(crate) static UPDATE_FIELDS_TEXT: LazyLock<ScriptText> =
     LazyLock::new(|| ScriptText::plain(UPDATE_FIELDS));
 pub(crate) static DELETE_TEXT: LazyLock<ScriptText> = LazyLock::new(|| ScriptText::new(DELETE));
