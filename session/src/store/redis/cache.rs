@@ -336,14 +336,28 @@ mod tests {
         cache
     }
 
+    /// A load of `count` at `k` that ran where tracking was on.
+    fn fill(cache: &ClientCache, count: i64) {
+        let ticket = cache.begin(b"k");
+        cache.finish(b"k", ticket, Some(cache.generation()), |_| {
+            Some(record(count))
+        });
+    }
+
+    fn disconnect(cache: &ClientCache) {
+        cache.on_push(&PushInfo {
+            kind: PushKind::Disconnection,
+            data: vec![],
+        });
+    }
+
     #[test]
     fn a_fill_is_kept_only_where_tracking_was_on() {
         let cache = cache();
         let ticket = cache.begin(b"k");
         cache.finish(b"k", ticket, None, |_| Some(record(1)));
         assert!(!cache.has(b"k", Utc::now()));
-        let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, Some(cache.generation()), |_| Some(record(1)));
+        fill(&cache, 1);
         assert_eq!(
             cache.get::<Data>(b"k", Utc::now()).map(|r| r.data.count),
             Some(1)
@@ -377,8 +391,7 @@ mod tests {
     #[test]
     fn a_write_applies_to_the_value_it_started_from() {
         let cache = cache();
-        let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, Some(cache.generation()), |_| Some(record(1)));
+        fill(&cache, 1);
         let ticket = cache.begin(b"k");
         assert!(!cache.has(b"k", Utc::now()), "in flight: not served");
         cache.finish::<Data>(b"k", ticket, Some(cache.generation()), |base| {
@@ -402,10 +415,7 @@ mod tests {
         // ... which dropped, and tracking came on again, on the same id
         // (ids start again at 1 after a Redis restart), before the caller
         // finished.
-        cache.on_push(&PushInfo {
-            kind: PushKind::Disconnection,
-            data: vec![],
-        });
+        disconnect(&cache);
         cache.tracking_on(7);
         cache.finish(b"k", ticket, tracked, |_| Some(record(1)));
         assert!(!cache.has(b"k", Utc::now()));
@@ -414,12 +424,8 @@ mod tests {
     #[test]
     fn a_reconnect_empties_the_cache() {
         let cache = cache();
-        let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, Some(cache.generation()), |_| Some(record(1)));
-        cache.on_push(&PushInfo {
-            kind: PushKind::Disconnection,
-            data: vec![],
-        });
+        fill(&cache, 1);
+        disconnect(&cache);
         assert!(!cache.has(b"k", Utc::now()));
         assert!(!cache.is_tracking(7));
     }

@@ -26,7 +26,7 @@ use std::{
 use redis::{Cmd, RedisResult, aio::ConnectionLike};
 use tokio::sync::oneshot;
 
-use super::{Connection, TimedOut, cache::ClientCache, store_error, unavailable};
+use super::{Connection, cache::ClientCache, store_error, unavailable, within};
 use crate::{error::StoreError, sync::lock};
 
 /// The reply to one queued command.
@@ -41,16 +41,13 @@ pub(crate) struct Answer {
     pub(crate) tracked: Option<u64>,
 }
 
-struct Waiting {
-    cmd: Option<Cmd>,
-    reply: oneshot::Sender<Result<Answer, StoreError>>,
-}
+type Reply = oneshot::Sender<Result<Answer, StoreError>>;
 
 #[derive(Default)]
 struct Queue {
-    waiting: Vec<Waiting>,
-    /// How many of `waiting` carry a command (the others wait for a sync point).
-    commands: usize,
+    commands: Vec<(Cmd, Reply)>,
+    /// Requests that only wait for a sync point.
+    syncs: Vec<Reply>,
     /// A task is about to take the queue.
     gathering: bool,
     /// A group of sync points only is out.
@@ -64,8 +61,8 @@ impl Queue {
     /// of a site's requests, then cost a small share of a round trip),
     /// while a request's load or write never waits for another group.
     fn gather(&mut self) -> bool {
-        let go =
-            !self.gathering && !self.waiting.is_empty() && (self.commands > 0 || !self.syncing);
+        let go = !self.gathering
+            && (!self.commands.is_empty() || (!self.syncs.is_empty() && !self.syncing));
         if go {
             self.gathering = true;
         }
@@ -79,8 +76,8 @@ impl Queue {
 struct Dropped;
 
 /// Keeps the queue going if the task is dropped (its runtime shut down):
-/// the requests of its group hear [`Dropped`], and the next request
-/// starts a task.
+/// the requests of its group hear [`Dropped`], and so do those queued
+/// after it that no other task is gathering.
 struct Running<'a> {
     groups: &'a Groups,
     phase: Phase,
@@ -94,23 +91,15 @@ enum Phase {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let phase = std::mem::replace(&mut self.phase, Phase::Done);
-        if matches!(phase, Phase::Done) {
-            return;
-        }
         let mut queue = lock(&self.groups.queue);
-        // Those waiting hear `Dropped` rather than wait for a task that
-        // may never come.
-        queue.waiting.clear();
-        queue.commands = 0;
-        match phase {
+        match self.phase {
             Phase::Gathering => queue.gathering = false,
-            Phase::Sending { syncing } => {
-                if syncing {
-                    queue.syncing = false;
-                }
-            }
-            Phase::Done => {}
+            Phase::Sending { syncing } => queue.syncing &= !syncing,
+            Phase::Done => return,
+        }
+        if !queue.gathering {
+            queue.commands.clear();
+            queue.syncs.clear();
         }
     }
 }
@@ -137,14 +126,30 @@ impl Groups {
         }
     }
 
-    /// Sends `cmd` in the next group and answers its reply; `None` only
-    /// waits for the next group's `CLIENT ID` (a sync point).
-    pub(crate) async fn send(self: &Arc<Self>, cmd: Option<Cmd>) -> Result<Answer, StoreError> {
+    /// The client cache on this connection, if any.
+    pub(crate) fn cache(&self) -> Option<&Arc<ClientCache>> {
+        self.cache.as_ref()
+    }
+
+    /// Sends `cmd` in the next group and answers its reply.
+    pub(crate) async fn send(self: &Arc<Self>, cmd: Cmd) -> Result<Answer, StoreError> {
+        self.queue(|queue, reply| queue.commands.push((cmd, reply)))
+            .await
+    }
+
+    /// Waits for the next group's `CLIENT ID` (a sync point).
+    pub(crate) async fn sync(self: &Arc<Self>) -> Result<Answer, StoreError> {
+        self.queue(|queue, reply| queue.syncs.push(reply)).await
+    }
+
+    async fn queue(
+        self: &Arc<Self>,
+        push: impl FnOnce(&mut Queue, Reply),
+    ) -> Result<Answer, StoreError> {
         let (reply, answer) = oneshot::channel();
         let spawn = {
             let mut queue = lock(&self.queue);
-            queue.commands += usize::from(cmd.is_some());
-            queue.waiting.push(Waiting { cmd, reply });
+            push(&mut queue, reply);
             queue.gather()
         };
         if spawn {
@@ -165,19 +170,21 @@ impl Groups {
         loop {
             // Every request ready now queues first.
             tokio::task::yield_now().await;
-            let (waiting, syncing) = {
+            let (commands, syncs, syncing) = {
                 let mut queue = lock(&self.queue);
                 queue.gathering = false;
-                let syncing = std::mem::take(&mut queue.commands) == 0;
+                let syncing = queue.commands.is_empty();
                 queue.syncing |= syncing;
-                (std::mem::take(&mut queue.waiting), syncing)
+                (
+                    std::mem::take(&mut queue.commands),
+                    std::mem::take(&mut queue.syncs),
+                    syncing,
+                )
             };
             guard.phase = Phase::Sending { syncing };
-            self.flush(waiting).await;
+            self.flush(commands, syncs).await;
             let mut queue = lock(&self.queue);
-            if syncing {
-                queue.syncing = false;
-            }
+            queue.syncing &= !syncing;
             if !queue.gather() {
                 guard.phase = Phase::Done;
                 return;
@@ -186,17 +193,15 @@ impl Groups {
         }
     }
 
-    async fn flush(&self, waiting: Vec<Waiting>) {
+    async fn flush(&self, commands: Vec<(Cmd, Reply)>, syncs: Vec<Reply>) {
         let mut pipe = redis::pipe();
         if self.cache.is_some() {
             pipe.cmd("CLIENT").arg("ID");
         }
-        let mut replies = Vec::with_capacity(waiting.len());
-        for Waiting { cmd, reply } in waiting {
-            replies.push((cmd.is_some(), reply));
-            if let Some(cmd) = cmd {
-                pipe.add_command(cmd);
-            }
+        let mut replies = Vec::with_capacity(commands.len());
+        for (cmd, reply) in commands {
+            pipe.add_command(cmd);
+            replies.push(reply);
         }
         // Tracking that was on before the group was sent is on for all of
         // it; tracking switched on meanwhile may have come after it.
@@ -204,30 +209,19 @@ impl Groups {
             .cache
             .as_ref()
             .map(|cache| (cache.tracking(), cache.generation()));
-        let sent = self.send_pipeline(&pipe).await;
-        let mut values = match sent {
+        let mut values = match self.send_pipeline(&pipe).await {
             Ok(values) => values.into_iter(),
             Err(error) => {
-                for (_, reply) in replies {
+                for reply in replies.into_iter().chain(syncs) {
                     let _ = reply.send(Err(error.share()));
                 }
                 return;
             }
         };
-        let tracked = match &self.cache {
-            Some(cache) => {
-                let id = values.next().and_then(|id| match id {
-                    redis::Value::Int(id) => Some(id),
-                    _ => None,
-                });
-                let tracked = match (id, before) {
-                    (Some(id), Some((tracking, generation)))
-                        if tracking == id
-                            && cache.is_tracking(id)
-                            && cache.generation() == generation =>
-                    {
-                        Some(generation)
-                    }
+        let tracked = match (&self.cache, before) {
+            (Some(cache), Some((tracking, generation))) => {
+                let id = match values.next() {
+                    Some(redis::Value::Int(id)) => Some(id),
                     _ => None,
                 };
                 if !id.is_some_and(|id| cache.is_tracking(id)) {
@@ -235,25 +229,29 @@ impl Groups {
                     // goes on there before these requests go on.
                     let _ = self.start_tracking().await;
                 }
-                tracked
+                // An unchanged generation means tracking stayed as it was.
+                (id == Some(tracking) && tracking != 0 && cache.generation() == generation)
+                    .then_some(generation)
             }
-            None => None,
+            _ => None,
         };
-        for (has_cmd, reply) in replies {
-            let value = if has_cmd {
-                values.next().map_or_else(
-                    || {
-                        Err(redis::RedisError::from((
-                            redis::ErrorKind::Client,
-                            "a pipeline reply is missing",
-                        )))
-                    },
-                    redis::Value::extract_error,
-                )
-            } else {
-                Ok(redis::Value::Nil)
-            };
+        for reply in replies {
+            let value = values.next().map_or_else(
+                || {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "a pipeline reply is missing",
+                    )))
+                },
+                redis::Value::extract_error,
+            );
             let _ = reply.send(Ok(Answer { value, tracked }));
+        }
+        for reply in syncs {
+            let _ = reply.send(Ok(Answer {
+                value: Ok(redis::Value::Nil),
+                tracked,
+            }));
         }
     }
 
@@ -262,16 +260,11 @@ impl Groups {
             return Ok(Vec::new());
         }
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(
+        within(
             self.timeout,
             connection.req_packed_commands(pipe, 0, pipe.len()),
         )
         .await
-        {
-            Ok(Ok(values)) => Ok(values),
-            Ok(Err(error)) => Err(store_error(error)),
-            Err(_) => Err(unavailable(TimedOut(self.timeout))),
-        }
     }
 
     /// With a client cache: switches tracking on for the current
@@ -287,24 +280,17 @@ impl Groups {
             .arg("NOLOOP")
             .cmd("CLIENT")
             .arg("ID");
-        let values = self.send_pipeline(&pipe).await?;
-        match values.as_slice() {
-            [on, redis::Value::Int(id)] => {
-                on.clone().extract_error().map_err(store_error)?;
-                cache.tracking_on(*id);
+        let mut values = self.send_pipeline(&pipe).await?.into_iter();
+        let on = values.next().unwrap_or(redis::Value::Nil);
+        on.extract_error().map_err(store_error)?;
+        match values.next() {
+            Some(redis::Value::Int(id)) => {
+                cache.tracking_on(id);
                 Ok(())
             }
-            [on, ..] => Err(store_error(
-                on.clone().extract_error().err().unwrap_or_else(|| {
-                    redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "CLIENT ID did not answer a number",
-                    ))
-                }),
-            )),
-            [] => Err(store_error(redis::RedisError::from((
+            _ => Err(store_error(redis::RedisError::from((
                 redis::ErrorKind::Client,
-                "CLIENT TRACKING got no reply",
+                "CLIENT ID did not answer a number",
             )))),
         }
     }

@@ -146,9 +146,8 @@ struct Inner {
     wait: Option<WaitForReplicas>,
     events: Option<SessionEvents>,
     indexed: Vec<IndexedField>,
-    /// The client-side cache, shared by the stores on this connection.
-    cache: Option<Arc<ClientCache>>,
-    /// Grouped pipelines (standalone), shared by the stores on this connection.
+    /// Grouped pipelines (standalone) and the client cache, if any, shared
+    /// by the stores on this connection.
     groups: Option<Arc<Groups>>,
 }
 
@@ -247,6 +246,19 @@ fn is_outage(error: &RedisError) -> bool {
         || matches!(error.kind(), redis::ErrorKind::ClusterConnectionNotFound)
 }
 
+/// `work` within `timeout`: an error as the layer sees it ([`store_error`]),
+/// no answer in time an outage.
+async fn within<R>(
+    timeout: Duration,
+    work: impl Future<Output = RedisResult<R>>,
+) -> Result<R, StoreError> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(error)) => Err(store_error(error)),
+        Err(_) => Err(unavailable(TimedOut(timeout))),
+    }
+}
+
 fn unavailable(source: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Unavailable {
         retry_after: Duration::from_secs(1),
@@ -302,7 +314,6 @@ impl<T: SessionData> RedisStore<T> {
         timeout: Duration,
         wait: Option<WaitForReplicas>,
         events: Option<SessionEvents>,
-        cache: Option<Arc<ClientCache>>,
         groups: Option<Arc<Groups>>,
     ) -> Self {
         let indexed = T::SCHEMA
@@ -324,7 +335,6 @@ impl<T: SessionData> RedisStore<T> {
                 wait,
                 events,
                 indexed,
-                cache,
                 groups,
             }),
             session: PhantomData,
@@ -340,7 +350,6 @@ impl<T: SessionData> RedisStore<T> {
             self.inner.timeout,
             self.inner.wait,
             self.inner.events.clone(),
-            self.inner.cache.clone(),
             self.inner.groups.clone(),
         )
     }
@@ -353,7 +362,6 @@ impl<T: SessionData> RedisStore<T> {
             self.inner.timeout,
             self.inner.wait,
             Some(events),
-            self.inner.cache.clone(),
             self.inner.groups.clone(),
         )
     }
@@ -361,21 +369,17 @@ impl<T: SessionData> RedisStore<T> {
     /// The scripts' last argument: whether they read their key at the end,
     /// to keep it tracked for the client cache.
     fn tracks(&self) -> &'static str {
-        if self.inner.cache.is_some() { "1" } else { "0" }
+        if self.cache().is_some() { "1" } else { "0" }
     }
 
     /// How many sessions the client cache holds now (0 without one).
     pub fn cached(&self) -> usize {
-        self.inner.cache.as_ref().map_or(0, |cache| cache.len())
+        self.cache().map_or(0, |cache| cache.len())
     }
 
-    /// With a client cache: switches tracking on for the current
-    /// connection (`CLIENT TRACKING ON NOLOOP`) and notes its client id.
-    pub(crate) async fn start_tracking(&self) -> Result<(), StoreError> {
-        match &self.inner.groups {
-            Some(groups) => groups.start_tracking().await,
-            None => Ok(()),
-        }
+    /// The client cache, if the store has one.
+    fn cache(&self) -> Option<&Arc<ClientCache>> {
+        self.inner.groups.as_ref()?.cache()
     }
 
     /// A load through the client cache: the cached session once a group
@@ -390,7 +394,7 @@ impl<T: SessionData> RedisStore<T> {
     ) -> Result<Option<Record<T>>, StoreError> {
         let key = self.key_of(id);
         if cache.has(key.as_bytes(), now)
-            && groups.send(None).await?.tracked.is_some()
+            && groups.sync().await?.tracked.is_some()
             && let Some(record) = cache.get::<T>(key.as_bytes(), now)
         {
             return Ok(Some(record));
@@ -438,11 +442,7 @@ impl<T: SessionData> RedisStore<T> {
         &self,
         work: impl Future<Output = RedisResult<R>>,
     ) -> Result<R, StoreError> {
-        match tokio::time::timeout(self.inner.timeout, work).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(error)) => Err(store_error(error)),
-            Err(_) => Err(unavailable(TimedOut(self.inner.timeout))),
-        }
+        within(self.inner.timeout, work).await
     }
 
     async fn invoke(
@@ -459,16 +459,20 @@ impl<T: SessionData> RedisStore<T> {
     /// tracking was on.
     async fn send(&self, cmd: Cmd) -> Result<(RedisResult<redis::Value>, Option<u64>), StoreError> {
         if let Some(groups) = &self.inner.groups {
-            let answer = groups.send(Some(cmd)).await?;
+            let answer = groups.send(cmd).await?;
             return Ok((answer.value, answer.tracked));
         }
         let mut connection = self.inner.connection.clone();
-        match tokio::time::timeout(self.inner.timeout, connection.req_packed_command(&cmd)).await {
-            Ok(Ok(value)) => Ok((value.extract_error(), None)),
-            Ok(Err(error)) if is_outage(&error) => Err(store_error(error)),
-            Ok(Err(error)) => Ok((Err(error), None)),
-            Err(_) => Err(unavailable(TimedOut(self.inner.timeout))),
-        }
+        let reply = self
+            .bounded(async {
+                match connection.req_packed_command(&cmd).await {
+                    // A command the server refused: this command's answer.
+                    Err(error) if !is_outage(&error) => Ok(Err(error)),
+                    sent => sent.map(redis::Value::extract_error),
+                }
+            })
+            .await?;
+        Ok((reply, None))
     }
 
     /// [`send`](Self::send), its reply converted to `R`.
@@ -948,7 +952,9 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         id: &SessionId,
         now: DateTime<Utc>,
     ) -> Result<Option<Record<T>>, StoreError> {
-        if let (Some(cache), Some(groups)) = (&self.inner.cache, &self.inner.groups) {
+        if let Some(groups) = &self.inner.groups
+            && let Some(cache) = groups.cache()
+        {
             return self.load_cached(cache, groups, id, now).await;
         }
         let key = self.key_of(id);
@@ -964,35 +970,25 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         let member = record.id.to_string();
         let lean = self.inner.indexed.is_empty();
         let now = Utc::now();
-        let invocation = if lean {
-            let mut invocation = scripts::INSERT_FIELDS_TEXT.call(&key);
-            invocation
-                .arg(expire_at_ms(record.expires_at))
-                .arg(self.tracks());
-            for (field, value) in &fields {
-                invocation.arg(*field).arg(value);
-            }
-            invocation
+        // Both scripts start alike: the expiry, then the fields.
+        let script = if lean {
+            &scripts::INSERT_FIELDS_TEXT
         } else {
-            let mut invocation = scripts::INSERT_TEXT.call(&key);
-            invocation
-                .arg(expire_at_ms(record.expires_at))
-                .arg(fields.len());
-            for (field, value) in &fields {
-                invocation.arg(*field).arg(value);
-            }
-            self.index_args(&mut invocation);
-            invocation
-                .arg(&member)
-                .arg(now.timestamp_millis())
-                .arg(self.tracks());
-            invocation
+            &scripts::INSERT_TEXT
         };
-        let ticket = self
-            .inner
-            .cache
-            .as_ref()
-            .map(|cache| cache.begin(key.as_bytes()));
+        let mut invocation = script.call(&key);
+        invocation
+            .arg(expire_at_ms(record.expires_at))
+            .arg(fields.len());
+        for (field, value) in &fields {
+            invocation.arg(*field).arg(value);
+        }
+        if !lean {
+            self.index_args(&mut invocation);
+            invocation.arg(&member).arg(now.timestamp_millis());
+        }
+        invocation.arg(self.tracks());
+        let ticket = self.cache().map(|cache| cache.begin(key.as_bytes()));
         let called = self.call_value(invocation).await;
         // The lean script answers 1 or 0, the general one a table whose
         // first item says it.
@@ -1000,7 +996,7 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
             redis::Value::Array(items) => succeeded(items),
             other => matches!(other, redis::Value::Int(1)),
         };
-        if let (Some(cache), Some(ticket)) = (&self.inner.cache, ticket) {
+        if let (Some(cache), Some(ticket)) = (self.cache(), ticket) {
             let tracked = called
                 .as_ref()
                 .ok()
@@ -1031,7 +1027,7 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
 
     async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
         if let Some(new_id) = update.new_id {
-            if let Some(cache) = &self.inner.cache {
+            if let Some(cache) = self.cache() {
                 cache.remove(self.key_of(id).as_bytes());
                 cache.remove(self.key_of(&new_id).as_bytes());
             }
@@ -1056,15 +1052,11 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         }
         let key = self.key_of(id);
         let member = id.to_string();
-        let ticket = self
-            .inner
-            .cache
-            .as_ref()
-            .map(|cache| cache.begin(key.as_bytes()));
+        let ticket = self.cache().map(|cache| cache.begin(key.as_bytes()));
         let written = self
             .write_keys(&[&key], data, update, &member, &member)
             .await;
-        if let (Some(cache), Some(ticket)) = (&self.inner.cache, ticket) {
+        if let (Some(cache), Some(ticket)) = (self.cache(), ticket) {
             // Exact only from the cached copy it started from: the ticket
             // held means no other client wrote the key in between.
             let tracked = match &written {
@@ -1154,11 +1146,11 @@ impl<T: SessionData> RedisStore<T> {
         let mut invocation = scripts::DELETE_TEXT.call(&key);
         self.index_args(&mut invocation);
         invocation.arg(&member);
-        if let Some(cache) = &self.inner.cache {
+        if let Some(cache) = self.cache() {
             cache.remove(key.as_bytes());
         }
         let reply = self.call(invocation).await;
-        if let Some(cache) = &self.inner.cache {
+        if let Some(cache) = self.cache() {
             cache.remove(key.as_bytes());
         }
         let reply = reply?;

@@ -179,11 +179,10 @@ impl<T: SessionData> RedisStoreBuilder<T> {
         .map_err(|_| failed(no_answer()))?
         .map_err(failed)?;
         let connection = Connection::Single(connection);
-        let groups = Arc::new(Groups::new(connection.clone(), self.timeout, cache.clone()));
-        let store = self.build(connection, cache, Some(groups));
+        let groups = Arc::new(Groups::new(connection.clone(), self.timeout, cache));
         // Bounded by the store's timeout, as every call.
-        store.start_tracking().await?;
-        Ok(store)
+        groups.start_tracking().await?;
+        Ok(self.build(connection, Some(groups)))
     }
 
     /// Connects to a Redis Cluster through some of its nodes
@@ -221,15 +220,10 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             .await
             .map_err(|_| failed(no_answer()))?
             .map_err(failed)?;
-        Ok(self.build(Connection::Cluster(connection), None, None))
+        Ok(self.build(Connection::Cluster(connection), None))
     }
 
-    fn build(
-        self,
-        connection: Connection,
-        cache: Option<Arc<ClientCache>>,
-        groups: Option<Arc<Groups>>,
-    ) -> RedisStore<T> {
+    fn build(self, connection: Connection, groups: Option<Arc<Groups>>) -> RedisStore<T> {
         let prefix = self.prefix.unwrap_or_else(|| T::SCHEMA.table.to_owned());
         RedisStore::new(
             connection,
@@ -237,7 +231,6 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             self.timeout,
             self.wait,
             self.events,
-            cache,
             groups,
         )
     }

@@ -130,13 +130,15 @@ return reply
 "#;
 
 /// An insert without indexed fields, in as little Lua as it can be:
-/// creates the hash only if absent. ARGV: pexpireat, track (1/0), then
-/// field/value pairs. Reply: 1 created, 0 the key exists.
+/// creates the hash only if absent. ARGV: pexpireat, n, n field/value
+/// pairs, track (1/0), as `INSERT` begins and ends. Reply: 1 created, 0
+/// the key exists.
 const INSERT_FIELDS: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local last = 2 + 2 * tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3, last))
 redis.call('PEXPIREAT', KEYS[1], ARGV[1])
-if ARGV[2] == '1' then redis.call('HGET', KEYS[1], 'version') end
+if ARGV[last + 1] == '1' then redis.call('HGET', KEYS[1], 'version') end
 return 1
 "#;
 
