@@ -895,8 +895,7 @@ impl Client {
     }
 }
 
-/// Runs each case against memory and the three SQL stores: what Redis does
-/// not do (caps).
+/// Runs each case against memory and the three SQL stores.
 #[macro_export]
 macro_rules! local_conformance {
     ($($case:ident),* $(,)?) => {

@@ -228,14 +228,14 @@ fn raw_of(raw: &Raw) -> &RedisRaw {
 }
 
 fn tuned<U: SessionData>(store: &RedisStore<U>, tuning: Tuning<U>) -> RedisStore<U> {
-    assert!(
-        tuning.cap.is_none(),
-        "the Redis store keeps no caps (max_sessions): run cap cases with local_conformance!"
-    );
-    match tuning.events {
-        Some(events) => store.clone().with_events(events),
-        None => store.clone(),
+    let mut store = store.clone();
+    if let Some(events) = tuning.events {
+        store = store.with_events(events);
     }
+    if let Some((index, max)) = tuning.cap {
+        store = store.with_max_sessions(index, max);
+    }
+    store
 }
 
 impl<const CLUSTER: bool, const CACHED: bool> Backend for RedisBackend<CLUSTER, CACHED> {

@@ -532,9 +532,17 @@ fn capped<B: Backend>(
     fixture: &conformance_tests::Fixture<B, Auth>,
     events: Option<axum_typed_session::SessionEvents>,
 ) -> B::Store<Auth> {
+    capped_at(fixture, events, 2)
+}
+
+fn capped_at<B: Backend>(
+    fixture: &conformance_tests::Fixture<B, Auth>,
+    events: Option<axum_typed_session::SessionEvents>,
+    max: u32,
+) -> B::Store<Auth> {
     fixture.tuned_store(conformance_tests::Tuning {
         events,
-        cap: Some((&Auth::USER_ID, 2)),
+        cap: Some((&Auth::USER_ID, max)),
     })
 }
 
@@ -582,16 +590,46 @@ async fn the_cap_keeps_the_newest_sessions<B: Backend>() {
 /// Concurrent sign-ins of one user end with at most the cap — through two
 /// app instances on separate pools as well.
 async fn concurrent_sign_ins_end_within_the_cap<B: Backend>() {
-    const SIGN_INS: usize = 16;
     let Some(fixture) = B::open::<Auth>().await else {
         return;
     };
-    let one = app(capped(&fixture, None), Hold::default());
+    let left = concurrent_sign_ins(&fixture, 2).await;
+    assert!(
+        (1..=2).contains(&left),
+        "{left} sessions of user 42 on {}",
+        B::NAME
+    );
+    fixture.cleanup().await;
+}
+
+/// With a cap of one, concurrent sign-ins take turns: each destroys the one
+/// before it, so exactly one is left — not none (two that each destroyed
+/// the other) and not two (one that missed the other).
+async fn concurrent_sign_ins_take_turns<B: Backend>() {
+    let Some(fixture) = B::open::<Auth>().await else {
+        return;
+    };
+    for round in 0..3 {
+        let left = concurrent_sign_ins(&fixture, 1).await;
+        assert_eq!(left, 1, "round {round}: sessions of user 42 on {}", B::NAME);
+    }
+    fixture.cleanup().await;
+}
+
+/// 16 concurrent sign-ins of user 42 through two app instances (separate
+/// pools), each capped at `max`; every one answers 200. Answers how many
+/// sessions of user 42 are left.
+async fn concurrent_sign_ins<B: Backend>(
+    fixture: &conformance_tests::Fixture<B, Auth>,
+    max: u32,
+) -> usize {
+    const SIGN_INS: usize = 16;
+    let one = app(capped_at(fixture, None, max), Hold::default());
     // A second app instance: its own pool on the same database.
     let other = fixture
         .independent_tuned_store(conformance_tests::Tuning {
             events: None,
-            cap: Some((&Auth::USER_ID, 2)),
+            cap: Some((&Auth::USER_ID, max)),
         })
         .await;
     let two = app(other, Hold::default());
@@ -609,26 +647,20 @@ async fn concurrent_sign_ins_end_within_the_cap<B: Backend>() {
         let reply = request.await.unwrap();
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
-    let left = fixture
+    fixture
         .store
         .sessions_by(&Auth::USER_ID, &42)
         .await
         .unwrap()
-        .len();
-    assert!(
-        (1..=2).contains(&left),
-        "{left} sessions of user 42 on {}",
-        B::NAME
-    );
-    fixture.cleanup().await;
+        .len()
 }
 
 mod cap {
     use super::*;
 
-    // Redis keeps no caps.
-    conformance_tests::local_conformance!(
+    conformance_tests::conformance!(
         the_cap_keeps_the_newest_sessions,
-        concurrent_sign_ins_end_within_the_cap
+        concurrent_sign_ins_end_within_the_cap,
+        concurrent_sign_ins_take_turns
     );
 }

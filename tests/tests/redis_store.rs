@@ -333,12 +333,84 @@ async fn one_bad_key_fails_alone<B: Backend<Store<Visit> = RedisStore<Visit>>>()
     fixture.cleanup().await;
 }
 
+/// A turn on a capped value left by a writer that died (its key still
+/// set): the value's sign-ins wait for it, answer 503 with `Retry-After`
+/// after the store's timeout if it stays, and go through once it expires;
+/// other users are not held up, and a turn given back leaves no key.
+async fn a_dead_writers_turn_expires<B: Backend<Store<Visit> = RedisStore<Visit>>>() {
+    let Some(fixture) = B::open::<Visit>().await else {
+        return;
+    };
+    let raw = raw(&fixture);
+    let store = fixture.store.clone().with_max_sessions(&Visit::USER_ID, 2);
+    let app = app(store.clone(), SessionConfig::default());
+    let turn = format!("{}:cap:user_id:42", raw.prefix_of("redis_visits"));
+    let hold = |ms: u64| {
+        let mut set = ::redis::cmd("SET");
+        set.arg(&turn).arg("a writer that died").arg("PX").arg(ms);
+        set
+    };
+    let mut exists = ::redis::cmd("EXISTS");
+    exists.arg(&turn);
+
+    // Held past the store's timeout: a 503 within it, nothing written.
+    let () = raw.command(&hold(60_000)).await;
+    let mut client = Client::new(app.clone(), COOKIE);
+    let started = Instant::now();
+    let reply = client.get("/login/42").await;
+    let waited = started.elapsed();
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    assert!(reply.headers.contains_key("retry-after"));
+    assert!(
+        waited >= axum_typed_session::store::redis::DEFAULT_TIMEOUT / 2
+            && waited < axum_typed_session::store::redis::DEFAULT_TIMEOUT + Duration::from_secs(1),
+        "{waited:?}"
+    );
+    assert!(
+        store
+            .sessions_by(&Visit::USER_ID, &42)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another user's sign-in does not wait.
+    let mut other = Client::new(app.clone(), COOKIE);
+    assert_eq!(other.get("/login/7").await.status, StatusCode::OK);
+
+    // Held for a moment: the sign-in waits, then goes through.
+    let () = raw.command(&hold(300)).await;
+    let started = Instant::now();
+    let reply = client.get("/login/42").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        store.sessions_by(&Visit::USER_ID, &42).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        raw.command::<i64>(&exists).await,
+        0,
+        "the turn was given back"
+    );
+    fixture.cleanup().await;
+}
+
 redis_conformance!(
     the_hash_is_the_session,
     index_sets_leave_nothing_behind,
     bad_and_old_hashes,
     forgotten_scripts_are_loaded_again,
     one_bad_key_fails_alone,
+    a_dead_writers_turn_expires,
 );
 
 #[tokio::test]

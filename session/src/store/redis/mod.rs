@@ -19,8 +19,11 @@
 //! master acknowledged before dying can be lost;
 //! [`RedisStoreBuilder::wait_for_replicas`] waits for a replica after each
 //! write (`WAIT`) so that an acknowledged write survives a failover, at the
-//! cost of a replication round trip per write. Caps per user
-//! (`max_sessions`) are not available on this store.
+//! cost of a replication round trip per write.
+//!
+//! Caps per user ([`RedisStoreBuilder::max_sessions`]): writes that set a
+//! capped value take turns on it (a `SET NX` key), and destroy the oldest
+//! sessions beyond the cap before they return; see `cap.rs`.
 //!
 //! Client cache (opt-in, standalone: [`RedisStoreBuilder::client_cache`]):
 //! sessions this process read or wrote stay in memory, kept exact by
@@ -46,6 +49,7 @@
 //! here turn them on; use a `rediss://` URL).
 
 mod cache;
+mod cap;
 mod codec;
 mod group;
 mod options;
@@ -145,6 +149,8 @@ struct Inner {
     timeout: Duration,
     wait: Option<WaitForReplicas>,
     events: Option<SessionEvents>,
+    /// (field, at most this many live sessions per value): see `cap.rs`.
+    caps: Vec<(usize, u32)>,
     indexed: Vec<IndexedField>,
     /// Grouped pipelines (standalone) and the client cache, if any, shared
     /// by the stores on this connection.
@@ -314,6 +320,7 @@ impl<T: SessionData> RedisStore<T> {
         timeout: Duration,
         wait: Option<WaitForReplicas>,
         events: Option<SessionEvents>,
+        caps: Vec<(usize, u32)>,
         groups: Option<Arc<Groups>>,
     ) -> Self {
         let indexed = T::SCHEMA
@@ -334,6 +341,7 @@ impl<T: SessionData> RedisStore<T> {
                 timeout,
                 wait,
                 events,
+                caps,
                 indexed,
                 groups,
             }),
@@ -350,6 +358,8 @@ impl<T: SessionData> RedisStore<T> {
             self.inner.timeout,
             self.inner.wait,
             self.inner.events.clone(),
+            // Caps name fields of this struct.
+            Vec::new(),
             self.inner.groups.clone(),
         )
     }
@@ -362,6 +372,24 @@ impl<T: SessionData> RedisStore<T> {
             self.inner.timeout,
             self.inner.wait,
             Some(events),
+            self.inner.caps.clone(),
+            self.inner.groups.clone(),
+        )
+    }
+
+    /// The same store, keeping at most `max` live sessions per value of the
+    /// indexed field `index` (see [`RedisStoreBuilder::max_sessions`]).
+    pub fn with_max_sessions<K>(self, index: &crate::Index<T, K>, max: u32) -> Self {
+        let mut caps = self.inner.caps.clone();
+        caps.retain(|(field, _)| *field != index.field());
+        caps.push((index.field(), max.max(1)));
+        Self::new(
+            self.inner.connection.clone(),
+            self.inner.prefix.clone(),
+            self.inner.timeout,
+            self.inner.wait,
+            self.inner.events.clone(),
+            caps,
             self.inner.groups.clone(),
         )
     }
@@ -965,6 +993,70 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
     }
 
     async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
+        let write = self.insert_session(record);
+        self.with_caps(&record.data, None, record.id, write, |_| true)
+            .await
+    }
+
+    async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
+        let (dirty, written) = (update.dirty, update.new_id.unwrap_or(*id));
+        let write = self.update_session(id, data, update);
+        self.with_caps(data, Some(dirty), written, write, |wrote| *wrote)
+            .await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        self.delete_counted(id).await.map(|_| ())
+    }
+
+    async fn find_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Record<T>>, StoreError> {
+        self.members(field, &key, now).await
+    }
+
+    async fn delete_by(
+        &self,
+        field: usize,
+        key: Value<'static>,
+        except: Option<SessionId>,
+    ) -> Result<u64, StoreError> {
+        let records = self.members(field, &key, Utc::now()).await?;
+        let doomed: Vec<SessionId> = records
+            .into_iter()
+            .map(|record| record.id)
+            .filter(|id| Some(*id) != except)
+            .collect();
+        let deletes = doomed.iter().map(|id| self.delete_counted(id));
+        let mut count = 0;
+        for deleted in futures_join(deletes).await {
+            count += u64::from(deleted?);
+        }
+        Ok(count)
+    }
+
+    fn caps(&self) -> &[(usize, u32)] {
+        &self.inner.caps
+    }
+
+    fn events(&self) -> Option<&SessionEvents> {
+        self.inner.events.as_ref()
+    }
+
+    /// Always 0: Redis expires each session's hash itself, at its
+    /// `expires_at` (`PEXPIREAT`), and each index set with its last member,
+    /// so there is nothing to purge.
+    async fn purge_expired(&self, _now: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+impl<T: SessionData> RedisStore<T> {
+    /// An insert, its caps aside ([`SessionStore::insert`]).
+    async fn insert_session(&self, record: &Record<T>) -> Result<(), StoreError> {
         let key = self.key_of(&record.id);
         let fields = codec::fields_of(record)?;
         let member = record.id.to_string();
@@ -1025,7 +1117,13 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         self.wait_for_replicas(&key).await
     }
 
-    async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
+    /// An update, its caps aside ([`SessionStore::update`]).
+    async fn update_session(
+        &self,
+        id: &SessionId,
+        data: &T,
+        update: Update,
+    ) -> Result<bool, StoreError> {
         if let Some(new_id) = update.new_id {
             if let Some(cache) = self.cache() {
                 cache.remove(self.key_of(id).as_bytes());
@@ -1091,50 +1189,6 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
             .await?;
         self.wait_for_replicas(&key).await?;
         Ok(true)
-    }
-
-    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
-        self.delete_counted(id).await.map(|_| ())
-    }
-
-    async fn find_by(
-        &self,
-        field: usize,
-        key: Value<'static>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Record<T>>, StoreError> {
-        self.members(field, &key, now).await
-    }
-
-    async fn delete_by(
-        &self,
-        field: usize,
-        key: Value<'static>,
-        except: Option<SessionId>,
-    ) -> Result<u64, StoreError> {
-        let records = self.members(field, &key, Utc::now()).await?;
-        let doomed: Vec<SessionId> = records
-            .into_iter()
-            .map(|record| record.id)
-            .filter(|id| Some(*id) != except)
-            .collect();
-        let deletes = doomed.iter().map(|id| self.delete_counted(id));
-        let mut count = 0;
-        for deleted in futures_join(deletes).await {
-            count += u64::from(deleted?);
-        }
-        Ok(count)
-    }
-
-    fn events(&self) -> Option<&SessionEvents> {
-        self.inner.events.as_ref()
-    }
-
-    /// Always 0: Redis expires each session's hash itself, at its
-    /// `expires_at` (`PEXPIREAT`), and each index set with its last member,
-    /// so there is nothing to purge.
-    async fn purge_expired(&self, _now: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(0)
     }
 }
 

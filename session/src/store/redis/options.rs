@@ -57,6 +57,7 @@ pub struct RedisStoreBuilder<T> {
     timeout: Duration,
     wait: Option<WaitForReplicas>,
     events: Option<SessionEvents>,
+    caps: Vec<(usize, u32)>,
     cache: Option<usize>,
     session: PhantomData<fn() -> T>,
 }
@@ -67,6 +68,7 @@ impl<T> std::fmt::Debug for RedisStoreBuilder<T> {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("wait", &self.wait)
+            .field("caps", &self.caps)
             .field("client_cache", &self.cache)
             .finish_non_exhaustive()
     }
@@ -79,6 +81,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             timeout: DEFAULT_TIMEOUT,
             wait: None,
             events: None,
+            caps: Vec::new(),
             cache: None,
             session: PhantomData,
         }
@@ -114,6 +117,43 @@ impl<T: SessionData> RedisStoreBuilder<T> {
     /// Sends lifecycle events to `events`.
     pub fn events(mut self, events: SessionEvents) -> Self {
         self.events = Some(events);
+        self
+    }
+
+    /// At most `max` live sessions share a value of the indexed field
+    /// `index` (Spring's `maximumSessions`): when a write sets the field,
+    /// the oldest sessions beyond `max` with its value (by `created_at`)
+    /// are destroyed before the write returns; the written one is kept.
+    ///
+    /// Concurrent sign-ins of one user, on any number of app instances, end
+    /// with at most `max`: writes that set a capped value take turns on it,
+    /// through a key `<prefix>:cap:<column>:<value>` that one writer holds
+    /// at a time (`SET NX`, given back when its write is done, expiring
+    /// after four timeouts if its writer died). A write that waits longer
+    /// than the store's timeout for its turn fails with
+    /// [`StoreError::Unavailable`]. Each capped write costs a few round
+    /// trips more: the turn, the value's sessions (one `HGETALL` each) and
+    /// the deletes; writes that do not set the field cost nothing more.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), axum_typed_session::StoreError> {
+    /// use axum_typed_session::{RedisStore, Session};
+    ///
+    /// #[derive(Session, Default)]
+    /// struct Auth {
+    ///     #[session(index)]
+    ///     user_id: Option<i64>,
+    /// }
+    ///
+    /// let store = RedisStore::<Auth>::builder()
+    ///     .max_sessions(&Auth::USER_ID, 3)
+    ///     .connect("redis://127.0.0.1:6379")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn max_sessions<K>(mut self, index: &crate::Index<T, K>, max: u32) -> Self {
+        self.caps.retain(|(field, _)| *field != index.field());
+        self.caps.push((index.field(), max.max(1)));
         self
     }
 
@@ -231,6 +271,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             self.timeout,
             self.wait,
             self.events,
+            self.caps,
             groups,
         )
     }
