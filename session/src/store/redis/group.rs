@@ -1,5 +1,6 @@
-//! Grouped pipelines on a standalone server: the commands that concurrent
-//! requests have ready at one moment go to Redis as one pipeline.
+//! Grouped pipelines: the commands that concurrent requests have ready at
+//! one moment go to Redis as one pipeline — on a standalone server one
+//! group at a time per moment, on Cluster one per master (a *lane* each).
 //!
 //! A request queues its command and waits for its reply. A task takes the
 //! queue and sends it as one group: it yields first, so that every request
@@ -10,6 +11,20 @@
 //! once. Each command keeps its own reply: one that fails (a script error,
 //! a wrong type) fails alone.
 //!
+//! On Cluster a command goes in the lane of the master that owns its key's
+//! slot, by a map read with `CLUSTER SLOTS`, and a lane's groups go on a
+//! connection of its own to that master (with the seed node's settings:
+//! credentials, TLS). Not through the Cluster client: it retries a
+//! pipeline with a redirected command as a whole at the new node, which
+//! would run the others twice. A command the node did not run (`MOVED`,
+//! `ASK`, `TRYAGAIN`: its slot moved; `CLUSTERDOWN`: a failover) is sent
+//! again on its own through the Cluster client, which follows the
+//! redirect or waits and retries, and the map is read again; so is it
+//! after a group failed as a whole (its requests fail, as they may have
+//! run), and a group whose master cannot be reached goes command by
+//! command through the client. Commands whose key this module
+//! does not know how to find go on their own through the client.
+//!
 //! With a client cache every group starts with `CLIENT ID`, so its replies
 //! say which connection they ran on, and whether tracking was on there
 //! before the group was sent (then all it read is tracked). A group is
@@ -19,15 +34,27 @@
 //! command.
 
 use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
-use redis::{Cmd, RedisResult, aio::ConnectionLike};
+use redis::{
+    Arg, Cmd, ConnectionAddr, RedisResult,
+    aio::{ConnectionLike, MultiplexedConnection},
+};
 use tokio::sync::oneshot;
 
-use super::{Connection, cache::ClientCache, store_error, unavailable, within};
-use crate::{error::StoreError, sync::lock};
+use super::{
+    Connection, cache::ClientCache, futures_join, is_outage, store_error, unavailable, within,
+};
+use crate::{
+    error::StoreError,
+    sync::{lock, read, write},
+};
 
 /// The reply to one queued command.
 pub(crate) struct Answer {
@@ -70,16 +97,31 @@ impl Queue {
     }
 }
 
+/// The queue of one server: the standalone one, or one Cluster master
+/// (with its connection).
+#[derive(Default)]
+struct Lane {
+    queue: Mutex<Queue>,
+    node: Option<Node>,
+}
+
+/// A Cluster master's own connection, made when its first group goes and
+/// again after one failed.
+struct Node {
+    info: redis::ConnectionInfo,
+    connection: Mutex<Option<MultiplexedConnection>>,
+}
+
 /// The group task ended without answering (the runtime shut down).
 #[derive(Debug, thiserror::Error)]
 #[error("the Redis group task ended before the reply came")]
 struct Dropped;
 
-/// Keeps the queue going if the task is dropped (its runtime shut down):
-/// the requests of its group hear [`Dropped`], and so do those queued
-/// after it that no other task is gathering.
+/// Keeps a lane going if its task is dropped (its runtime shut down): the
+/// requests of its group hear [`Dropped`], and so do those queued after it
+/// that no other task is gathering.
 struct Running<'a> {
-    groups: &'a Groups,
+    lane: &'a Lane,
     phase: Phase,
 }
 
@@ -91,7 +133,7 @@ enum Phase {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let mut queue = lock(&self.groups.queue);
+        let mut queue = lock(&self.lane.queue);
         match self.phase {
             Phase::Gathering => queue.gathering = false,
             Phase::Sending { syncing } => queue.syncing &= !syncing,
@@ -104,15 +146,45 @@ impl Drop for Running<'_> {
     }
 }
 
+/// The number of Cluster slots.
+const SLOTS: usize = 16384;
+
+/// How often at most the Cluster's slot map is read again.
+const REFRESH_EVERY: Duration = Duration::from_millis(100);
+
+/// Which master owns each slot, as last read, and each master's lane.
+#[derive(Default)]
+struct SlotMap {
+    /// Per slot, an index into `lanes` (empty until read).
+    owners: Vec<u16>,
+    /// Per master (`host`, `port`), its lane.
+    lanes: Vec<((String, u16), Arc<Lane>)>,
+}
+
+/// The lanes of a Cluster, and the reading of its slot map.
+struct ClusterLanes {
+    /// The seed node's settings, for the connections to the masters.
+    seed: redis::ConnectionInfo,
+    map: RwLock<SlotMap>,
+    refreshing: AtomicBool,
+    refreshed: Mutex<Option<Instant>>,
+}
+
+enum Lanes {
+    Single(Lane),
+    Cluster(ClusterLanes),
+}
+
 /// The groups of one connection, shared by the stores on it.
 pub(crate) struct Groups {
     connection: Connection,
     timeout: Duration,
     cache: Option<Arc<ClientCache>>,
-    queue: Mutex<Queue>,
+    lanes: Lanes,
 }
 
 impl Groups {
+    /// The groups of a standalone server.
     pub(crate) fn new(
         connection: Connection,
         timeout: Duration,
@@ -122,7 +194,28 @@ impl Groups {
             connection,
             timeout,
             cache,
-            queue: Mutex::default(),
+            lanes: Lanes::Single(Lane::default()),
+        }
+    }
+
+    /// The groups of a Cluster: a lane per master once the slot map is
+    /// read ([`refresh`](Self::refresh)); until then each command goes on
+    /// its own.
+    pub(crate) fn cluster(
+        connection: Connection,
+        timeout: Duration,
+        seed: redis::ConnectionInfo,
+    ) -> Self {
+        Self {
+            connection,
+            timeout,
+            cache: None,
+            lanes: Lanes::Cluster(ClusterLanes {
+                seed,
+                map: RwLock::default(),
+                refreshing: AtomicBool::new(false),
+                refreshed: Mutex::new(None),
+            }),
         }
     }
 
@@ -131,47 +224,78 @@ impl Groups {
         self.cache.as_ref()
     }
 
-    /// Sends `cmd` in the next group and answers its reply.
+    /// Sends `cmd` in the next group of its server and answers its reply.
     pub(crate) async fn send(self: &Arc<Self>, cmd: Cmd) -> Result<Answer, StoreError> {
-        self.queue(|queue, reply| queue.commands.push((cmd, reply)))
-            .await
+        match &self.lanes {
+            Lanes::Single(lane) => {
+                self.queue(lane, None, |queue, reply| queue.commands.push((cmd, reply)))
+                    .await
+            }
+            Lanes::Cluster(cluster) => {
+                let Some(lane) = slot_of_command(&cmd).and_then(|slot| cluster.lane(slot)) else {
+                    return self.alone(&cmd).await;
+                };
+                self.queue(&lane, Some(lane.clone()), |queue, reply| {
+                    queue.commands.push((cmd, reply));
+                })
+                .await
+            }
+        }
     }
 
-    /// Waits for the next group's `CLIENT ID` (a sync point).
+    /// Waits for the next group's `CLIENT ID` (a sync point; standalone).
     pub(crate) async fn sync(self: &Arc<Self>) -> Result<Answer, StoreError> {
-        self.queue(|queue, reply| queue.syncs.push(reply)).await
+        match &self.lanes {
+            Lanes::Single(lane) => {
+                self.queue(lane, None, |queue, reply| queue.syncs.push(reply))
+                    .await
+            }
+            Lanes::Cluster(_) => Ok(Answer {
+                value: Ok(redis::Value::Nil),
+                tracked: None,
+            }),
+        }
     }
 
+    /// Queues on `lane` (`owned`: the same lane, for a Cluster master's,
+    /// which its task keeps) and waits for the reply.
     async fn queue(
         self: &Arc<Self>,
+        lane: &Lane,
+        owned: Option<Arc<Lane>>,
         push: impl FnOnce(&mut Queue, Reply),
     ) -> Result<Answer, StoreError> {
         let (reply, answer) = oneshot::channel();
         let spawn = {
-            let mut queue = lock(&self.queue);
+            let mut queue = lock(&lane.queue);
             push(&mut queue, reply);
             queue.gather()
         };
         if spawn {
             // Its own task: a request that goes away (its client hung up)
             // cannot take the others' replies with it.
-            tokio::spawn(self.clone().run());
+            tokio::spawn(self.clone().run(owned));
         }
         answer.await.unwrap_or_else(|_| Err(unavailable(Dropped)))
     }
 
-    /// Sends a group, then the next one while there is one to send
-    /// ([`Queue::gather`]).
-    async fn run(self: Arc<Self>) {
+    /// Sends a group of a lane (`None`: the standalone one), then the next
+    /// one while there is one to send ([`Queue::gather`]).
+    async fn run(self: Arc<Self>, owned: Option<Arc<Lane>>) {
+        let lane = match (&owned, &self.lanes) {
+            (Some(lane), _) => &**lane,
+            (None, Lanes::Single(lane)) => lane,
+            (None, Lanes::Cluster(_)) => unreachable!("a Cluster lane is owned"),
+        };
         let mut guard = Running {
-            groups: &self,
+            lane,
             phase: Phase::Gathering,
         };
         loop {
             // Every request ready now queues first.
             tokio::task::yield_now().await;
             let (commands, syncs, syncing) = {
-                let mut queue = lock(&self.queue);
+                let mut queue = lock(&lane.queue);
                 queue.gathering = false;
                 let syncing = queue.commands.is_empty();
                 queue.syncing |= syncing;
@@ -182,8 +306,13 @@ impl Groups {
                 )
             };
             guard.phase = Phase::Sending { syncing };
-            self.flush(commands, syncs).await;
-            let mut queue = lock(&self.queue);
+            match (&self.lanes, &lane.node) {
+                (Lanes::Cluster(cluster), Some(node)) => {
+                    self.flush_cluster(cluster, node, commands).await;
+                }
+                _ => self.flush(commands, syncs).await,
+            }
+            let mut queue = lock(&lane.queue);
             queue.syncing &= !syncing;
             if !queue.gather() {
                 guard.phase = Phase::Done;
@@ -236,15 +365,9 @@ impl Groups {
             _ => None,
         };
         for reply in replies {
-            let value = values.next().map_or_else(
-                || {
-                    Err(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "a pipeline reply is missing",
-                    )))
-                },
-                redis::Value::extract_error,
-            );
+            let value = values
+                .next()
+                .map_or_else(|| Err(missing_reply()), redis::Value::extract_error);
             let _ = reply.send(Ok(Answer { value, tracked }));
         }
         for reply in syncs {
@@ -253,6 +376,110 @@ impl Groups {
                 tracked,
             }));
         }
+    }
+
+    /// A group of one Cluster master, on its connection. A command the
+    /// node did not run because its slot moved goes again on its own.
+    async fn flush_cluster(
+        self: &Arc<Self>,
+        cluster: &ClusterLanes,
+        node: &Node,
+        commands: Vec<(Cmd, Reply)>,
+    ) {
+        let mut pipe = redis::pipe();
+        let mut replies = Vec::with_capacity(commands.len());
+        for (cmd, reply) in commands {
+            pipe.add_command(cmd);
+            replies.push(reply);
+        }
+        let started = Instant::now();
+        let mut connection = match node.connect(self.timeout).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                // Nothing was sent: each command goes on its own through
+                // the Cluster client (which finds the master that took
+                // over), in what is left of the timeout.
+                self.refresh_soon(cluster);
+                let left = self.timeout.saturating_sub(started.elapsed());
+                let answers = futures_join(pipe.cmd_iter().map(|cmd| async {
+                    if left.is_zero() {
+                        Err(error.share())
+                    } else {
+                        self.alone_within(cmd, left).await
+                    }
+                }))
+                .await;
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
+                }
+                return;
+            }
+        };
+        let sent = within(
+            self.timeout,
+            connection.req_packed_commands(&pipe, 0, pipe.len()),
+        )
+        .await;
+        let values = match sent {
+            Ok(values) => values,
+            Err(error) => {
+                // The node failed, or failed over, with the group sent:
+                // its commands may have run, so they fail. A new
+                // connection next time, and perhaps another master.
+                *lock(&node.connection) = None;
+                self.refresh_soon(cluster);
+                for reply in replies {
+                    let _ = reply.send(Err(error.share()));
+                }
+                return;
+            }
+        };
+        let mut values = values.into_iter();
+        let mut moved = Vec::new();
+        for (cmd, reply) in pipe.cmd_iter().zip(replies) {
+            let value = values
+                .next()
+                .map_or_else(|| Err(missing_reply()), redis::Value::extract_error);
+            match value {
+                Err(error) if did_not_run(&error) => moved.push((cmd, reply)),
+                value => {
+                    let _ = reply.send(Ok(Answer {
+                        value,
+                        tracked: None,
+                    }));
+                }
+            }
+        }
+        if moved.is_empty() {
+            return;
+        }
+        self.refresh_soon(cluster);
+        let answers = futures_join(moved.iter().map(|(cmd, _)| self.alone(cmd))).await;
+        for ((_, reply), answer) in moved.into_iter().zip(answers) {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// One command on its own, routed (and redirected) by the client.
+    pub(crate) async fn alone(&self, cmd: &Cmd) -> Result<Answer, StoreError> {
+        self.alone_within(cmd, self.timeout).await
+    }
+
+    /// [`alone`](Self::alone), within `limit`.
+    async fn alone_within(&self, cmd: &Cmd, limit: Duration) -> Result<Answer, StoreError> {
+        let mut connection = self.connection.clone();
+        let value = within(limit, async {
+            match connection.req_packed_command(cmd).await {
+                // A command the server refused: this command's answer.
+                Err(error) if !is_outage(&error) => Ok(Err(error)),
+                sent => sent.map(redis::Value::extract_error),
+            }
+        })
+        .await?;
+        Ok(Answer {
+            value,
+            tracked: None,
+        })
     }
 
     async fn send_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<redis::Value>, StoreError> {
@@ -265,6 +492,78 @@ impl Groups {
             connection.req_packed_commands(pipe, 0, pipe.len()),
         )
         .await
+    }
+
+    /// Reads the Cluster's slot map again, in a task of its own, unless it
+    /// is being read or was read within [`REFRESH_EVERY`].
+    fn refresh_soon(self: &Arc<Self>, cluster: &ClusterLanes) {
+        if cluster.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let recent = lock(&cluster.refreshed).is_some_and(|at| at.elapsed() < REFRESH_EVERY);
+        if recent {
+            cluster.refreshing.store(false, Ordering::Release);
+            return;
+        }
+        let groups = self.clone();
+        tokio::spawn(async move {
+            let _ = groups.refresh().await;
+        });
+    }
+
+    /// Cluster: reads which master owns each slot (`CLUSTER SLOTS`); each
+    /// master keeps its lane across readings.
+    pub(crate) async fn refresh(&self) -> Result<(), StoreError> {
+        let Lanes::Cluster(cluster) = &self.lanes else {
+            return Ok(());
+        };
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let read_map = self.alone(&cmd).await;
+        *lock(&cluster.refreshed) = Some(Instant::now());
+        cluster.refreshing.store(false, Ordering::Release);
+        let ranges = match read_map?.value.map_err(store_error)? {
+            redis::Value::Array(ranges) => ranges,
+            _ => return Ok(()),
+        };
+        let mut map = write(&cluster.map);
+        let mut known: HashMap<(String, u16), Arc<Lane>> =
+            std::mem::take(&mut map.lanes).into_iter().collect();
+        let mut owners = vec![u16::MAX; SLOTS];
+        let mut lanes: Vec<((String, u16), Arc<Lane>)> = Vec::new();
+        for range in ranges {
+            let redis::Value::Array(parts) = range else {
+                continue;
+            };
+            let (Some(redis::Value::Int(start)), Some(redis::Value::Int(end)), Some(master)) =
+                (parts.first(), parts.get(1), parts.get(2))
+            else {
+                continue;
+            };
+            let Some(address) = address_of(master) else {
+                continue;
+            };
+            let index = match lanes.iter().position(|(known, _)| *known == address) {
+                Some(index) => index,
+                None => {
+                    let lane = known.remove(&address).unwrap_or_else(|| {
+                        Arc::new(Lane {
+                            queue: Mutex::default(),
+                            node: Some(Node::new(&cluster.seed, &address)),
+                        })
+                    });
+                    lanes.push((address, lane));
+                    lanes.len() - 1
+                }
+            };
+            let index = u16::try_from(index).unwrap_or(u16::MAX);
+            let (start, end) = ((*start).max(0), (*end).min(SLOTS as i64 - 1));
+            for slot in start..=end {
+                owners[slot as usize] = index;
+            }
+        }
+        *map = SlotMap { owners, lanes };
+        Ok(())
     }
 
     /// With a client cache: switches tracking on for the current
@@ -293,5 +592,192 @@ impl Groups {
                 "CLIENT ID did not answer a number",
             )))),
         }
+    }
+}
+
+impl ClusterLanes {
+    /// The lane of the master that owns `slot`, if the map is read.
+    fn lane(&self, slot: u16) -> Option<Arc<Lane>> {
+        let map = read(&self.map);
+        let index = *map.owners.get(usize::from(slot))?;
+        map.lanes
+            .get(usize::from(index))
+            .map(|(_, lane)| lane.clone())
+    }
+}
+
+fn missing_reply() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, "a pipeline reply is missing"))
+}
+
+/// The node did not run the command: its slot is served elsewhere, or
+/// the Cluster is failing over (`CLUSTERDOWN`), which the Cluster client
+/// waits out and retries.
+fn did_not_run(error: &redis::RedisError) -> bool {
+    matches!(
+        error.kind(),
+        redis::ErrorKind::Server(
+            redis::ServerErrorKind::Moved
+                | redis::ServerErrorKind::Ask
+                | redis::ServerErrorKind::TryAgain
+                | redis::ServerErrorKind::ClusterDown
+        )
+    )
+}
+
+/// A master's host and port in a `CLUSTER SLOTS` range (none if it does
+/// not say: `?` or empty, an unknown endpoint).
+fn address_of(node: &redis::Value) -> Option<(String, u16)> {
+    let redis::Value::Array(fields) = node else {
+        return None;
+    };
+    let host = match fields.first()? {
+        redis::Value::BulkString(host) => String::from_utf8(host.clone()).ok()?,
+        redis::Value::SimpleString(host) => host.clone(),
+        _ => return None,
+    };
+    let redis::Value::Int(port) = fields.get(1)? else {
+        return None;
+    };
+    if host.is_empty() || host == "?" {
+        return None;
+    }
+    Some((host, u16::try_from(*port).ok()?))
+}
+
+impl Node {
+    /// The master at `address`, reached with the seed's settings.
+    fn new(seed: &redis::ConnectionInfo, (host, port): &(String, u16)) -> Self {
+        let addr = match seed.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port: *port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host.clone(), *port),
+        };
+        Self {
+            info: seed.clone().set_addr(addr),
+            connection: Mutex::new(None),
+        }
+    }
+
+    /// Its connection, made now if there is none.
+    async fn connect(&self, timeout: Duration) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(connection) = lock(&self.connection).clone() {
+            return Ok(connection);
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let connection = within(timeout, async {
+            redis::Client::open(self.info.clone())?
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+        })
+        .await?;
+        *lock(&self.connection) = Some(connection.clone());
+        Ok(connection)
+    }
+}
+
+/// The slot of the key a command of the store names, for the commands
+/// that go in groups: scripts (`EVALSHA`, `EVAL`: their first key) and
+/// the single-key reads and writes. Any other command goes on its own.
+fn slot_of_command(cmd: &Cmd) -> Option<u16> {
+    let mut args = cmd.args_iter().map(|arg| match arg {
+        Arg::Simple(bytes) => bytes,
+        _ => &[],
+    });
+    let name = args.next()?;
+    let key = if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+        let _script = args.next()?;
+        let keys = args.next()?;
+        if keys == b"0" {
+            return None;
+        }
+        args.next()?
+    } else if [&b"HGETALL"[..], b"ZRANGE", b"ZREM", b"ZREMRANGEBYSCORE"]
+        .iter()
+        .any(|known| name.eq_ignore_ascii_case(known))
+    {
+        args.next()?
+    } else {
+        return None;
+    };
+    Some(slot_of(key))
+}
+
+/// The Cluster slot of a key: CRC16 (XMODEM) of its hash tag, or of the
+/// whole key without one, modulo 16384, as Redis computes it.
+fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&byte| byte == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&byte| byte == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % SLOTS as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::cluster_routing::{Route, Slot, SlotAddr};
+
+    use super::*;
+
+    #[test]
+    fn slots_are_redis_slots() {
+        // Redis Cluster's specification: "123456789" hashes to 0x31C3.
+        assert_eq!(slot_of(b"123456789"), 0x31C3);
+        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+        for key in [
+            &b"p:{abc}"[..],
+            b"foo{}{bar}",
+            b"foo{bar}{zap}",
+            b"no tag",
+            b"",
+        ] {
+            assert_eq!(
+                Route::with_slot(Slot::new(slot_of(key)).unwrap(), SlotAddr::Master),
+                Route::with_key(key, SlotAddr::Master),
+                "as the client computes it: {key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn grouped_commands_name_their_key() {
+        let mut script = redis::cmd("EVALSHA");
+        script.arg("abc").arg(1).arg("p:{id}").arg("x");
+        assert_eq!(slot_of_command(&script), Some(slot_of(b"id")));
+        let mut load = redis::cmd("HGETALL");
+        load.arg("p:{id}");
+        assert_eq!(slot_of_command(&load), Some(slot_of(b"id")));
+        let mut keyless = redis::cmd("EVALSHA");
+        keyless.arg("abc").arg(0);
+        assert_eq!(slot_of_command(&keyless), None);
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(100);
+        assert_eq!(slot_of_command(&wait), None, "goes on its own");
     }
 }

@@ -34,8 +34,11 @@
 //! Round trips: on a standalone server the commands that concurrent
 //! requests have ready at one moment go as one pipeline (a group: one
 //! socket write, one read, one timer), each with its own reply, so one
-//! that fails fails alone. On Cluster each command goes on its own over
-//! the node's multiplexed connection, which pipelines them by itself.
+//! that fails fails alone. On Cluster the same, per master: its loads
+//! and writes of one moment go as one pipeline on a connection of the
+//! store's own to that master, by a slot map read with `CLUSTER SLOTS`;
+//! a command the master did not run (its slot moved, a failover) goes
+//! again through the Cluster client, which follows the redirect.
 //! For a struct without indexed fields, the insert and the common update
 //! (no new id, no field removed) are lean scripts: `EXISTS`, `HSET` and
 //! `PEXPIREAT`; `HMGET` and `HSET`.
@@ -152,9 +155,9 @@ struct Inner {
     /// (field, at most this many live sessions per value): see `cap.rs`.
     caps: Vec<(usize, u32)>,
     indexed: Vec<IndexedField>,
-    /// Grouped pipelines (standalone) and the client cache, if any, shared
-    /// by the stores on this connection.
-    groups: Option<Arc<Groups>>,
+    /// Grouped pipelines and the client cache, if any, shared by the
+    /// stores on this connection.
+    groups: Arc<Groups>,
 }
 
 /// A session store on Redis or Valkey, standalone ([`connect`](Self::connect))
@@ -321,7 +324,7 @@ impl<T: SessionData> RedisStore<T> {
         wait: Option<WaitForReplicas>,
         events: Option<SessionEvents>,
         caps: Vec<(usize, u32)>,
-        groups: Option<Arc<Groups>>,
+        groups: Arc<Groups>,
     ) -> Self {
         let indexed = T::SCHEMA
             .columns
@@ -407,7 +410,7 @@ impl<T: SessionData> RedisStore<T> {
 
     /// The client cache, if the store has one.
     fn cache(&self) -> Option<&Arc<ClientCache>> {
-        self.inner.groups.as_ref()?.cache()
+        self.inner.groups.cache()
     }
 
     /// A load through the client cache: the cached session once a group
@@ -481,26 +484,27 @@ impl<T: SessionData> RedisStore<T> {
         self.bounded(invocation.invoke_async(&mut connection)).await
     }
 
-    /// One command: in the next group on a standalone server, else on
-    /// its own. Answers the command's own reply (a server error there is
-    /// this command's) and whether it ran where the client cache's
-    /// tracking was on.
+    /// One command, in the next group of its server. Answers the
+    /// command's own reply (a server error there is this command's) and
+    /// whether it ran where the client cache's tracking was on.
     async fn send(&self, cmd: Cmd) -> Result<(RedisResult<redis::Value>, Option<u64>), StoreError> {
-        if let Some(groups) = &self.inner.groups {
-            let answer = groups.send(cmd).await?;
+        let answer = self.inner.groups.send(cmd).await?;
+        Ok((answer.value, answer.tracked))
+    }
+
+    /// A write: as [`send`](Self::send), but on Cluster with
+    /// [`wait_for_replicas`](RedisStoreBuilder::wait_for_replicas) on its
+    /// own through the Cluster client, whose connection to the node then
+    /// sends the `WAIT` (which counts the writes of its own connection).
+    async fn send_write(
+        &self,
+        cmd: Cmd,
+    ) -> Result<(RedisResult<redis::Value>, Option<u64>), StoreError> {
+        if self.inner.wait.is_some() && self.is_cluster() {
+            let answer = self.inner.groups.alone(&cmd).await?;
             return Ok((answer.value, answer.tracked));
         }
-        let mut connection = self.inner.connection.clone();
-        let reply = self
-            .bounded(async {
-                match connection.req_packed_command(&cmd).await {
-                    // A command the server refused: this command's answer.
-                    Err(error) if !is_outage(&error) => Ok(Err(error)),
-                    sent => sent.map(redis::Value::extract_error),
-                }
-            })
-            .await?;
-        Ok((reply, None))
+        self.send(cmd).await
     }
 
     /// [`send`](Self::send), its reply converted to `R`.
@@ -540,11 +544,11 @@ impl<T: SessionData> RedisStore<T> {
         &self,
         call: scripts::Call,
     ) -> Result<(redis::Value, Option<u64>), StoreError> {
-        let (reply, tracked) = match self.send(call.evalsha()).await? {
+        let (reply, tracked) = match self.send_write(call.evalsha()).await? {
             (Err(error), _)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
-                self.send(call.eval()).await?
+                self.send_write(call.eval()).await?
             }
             sent => sent,
         };
@@ -980,9 +984,8 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         id: &SessionId,
         now: DateTime<Utc>,
     ) -> Result<Option<Record<T>>, StoreError> {
-        if let Some(groups) = &self.inner.groups
-            && let Some(cache) = groups.cache()
-        {
+        let groups = &self.inner.groups;
+        if let Some(cache) = groups.cache() {
             return self.load_cached(cache, groups, id, now).await;
         }
         let key = self.key_of(id);

@@ -31,6 +31,13 @@ fn no_answer() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "no answer within the store's timeout"))
 }
 
+fn no_nodes() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::InvalidClientConfig,
+        "no Cluster node given",
+    ))
+}
+
 /// Options of a [`RedisStore`].
 ///
 /// ```no_run
@@ -222,7 +229,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
         let groups = Arc::new(Groups::new(connection.clone(), self.timeout, cache));
         // Bounded by the store's timeout, as every call.
         groups.start_tracking().await?;
-        Ok(self.build(connection, Some(groups)))
+        Ok(self.build(connection, groups))
     }
 
     /// Connects to a Redis Cluster through some of its nodes
@@ -260,10 +267,20 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             .await
             .map_err(|_| failed(no_answer()))?
             .map_err(failed)?;
-        Ok(self.build(Connection::Cluster(connection), None))
+        let connection = Connection::Cluster(connection);
+        // The masters' own connections take the first node's settings.
+        let seed = nodes
+            .first()
+            .map(|node| redis::IntoConnectionInfo::into_connection_info(node.as_str()))
+            .unwrap_or_else(|| Err(no_nodes()))
+            .map_err(failed)?;
+        let groups = Arc::new(Groups::cluster(connection.clone(), self.timeout, seed));
+        // Until the slot map is read, each command goes on its own.
+        let _ = groups.refresh().await;
+        Ok(self.build(connection, groups))
     }
 
-    fn build(self, connection: Connection, groups: Option<Arc<Groups>>) -> RedisStore<T> {
+    fn build(self, connection: Connection, groups: Arc<Groups>) -> RedisStore<T> {
         let prefix = self.prefix.unwrap_or_else(|| T::SCHEMA.table.to_owned());
         RedisStore::new(
             connection,
