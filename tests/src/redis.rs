@@ -13,6 +13,54 @@ use redis::{
 
 use crate::{Backend, DEFAULT_REDIS_CLUSTER, DEFAULT_REDIS_URL, Fixture, Raw, Tuning, unique_name};
 
+/// A Redis Cluster of a test's own, on 127.0.0.1:`base`..`base`+5
+/// (`.ci/redis-cluster` with `REDIS_CLUSTER_BASE`): a test that kills or
+/// reshards nodes leaves the suite's Cluster alone.
+pub struct OwnCluster {
+    pub base: u16,
+}
+
+impl OwnCluster {
+    /// Runs `.ci/redis-cluster ACTION` (`start`, `stop`, `restart-node PORT`).
+    pub fn run(&self, action: &str) -> Result<String, String> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/redis-cluster");
+        let output = std::process::Command::new(script)
+            .args(action.split(' '))
+            .env("REDIS_CLUSTER_BASE", self.base.to_string())
+            .output()
+            .map_err(|error| format!("{script}: {error}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
+    /// Starts it afresh: whether it runs. If it cannot be started, `test`
+    /// is skipped (said on stderr), or fails under `CI=true`.
+    pub fn start_for(&self, test: &str) -> bool {
+        let _ = self.run("stop");
+        match self.run("start") {
+            Ok(_) => true,
+            Err(error) => {
+                assert!(
+                    !crate::in_ci(),
+                    "could not start {test}'s Redis Cluster: {error}"
+                );
+                eprintln!("SKIPPED {test}: no Redis Cluster could be started ({error})");
+                false
+            }
+        }
+    }
+
+    /// The seed nodes: its three masters as started.
+    pub fn nodes(&self) -> Vec<String> {
+        (self.base..self.base + 3)
+            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .collect()
+    }
+}
+
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.into())
 }

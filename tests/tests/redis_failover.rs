@@ -25,7 +25,7 @@ use axum::{Router, routing::get};
 use axum_typed_session::{
     RedisStore, Session, SessionConfig, SessionLayer, SessionStore, SessionToken,
 };
-use conformance_tests::Client;
+use conformance_tests::{Client, OwnCluster};
 use http::StatusCode;
 
 #[derive(Session, Default)]
@@ -35,21 +35,8 @@ struct Visit {
 }
 
 const BASE: u16 = 7100;
+const CLUSTER: OwnCluster = OwnCluster { base: BASE };
 const CLIENTS: usize = 16;
-
-fn cluster(action: &str) -> Result<String, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/redis-cluster");
-    let output = Command::new(script)
-        .args(action.split(' '))
-        .env("REDIS_CLUSTER_BASE", BASE.to_string())
-        .output()
-        .map_err(|error| format!("{script}: {error}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
 
 /// The port of a master, from `CLUSTER NODES`.
 fn a_master() -> u16 {
@@ -105,11 +92,9 @@ struct Report {
 }
 
 async fn run(wait: bool) -> Report {
-    let _ = cluster("stop");
-    cluster("start").expect("the test's Cluster");
-    let nodes: Vec<String> = (BASE..BASE + 3)
-        .map(|port| format!("redis://127.0.0.1:{port}"))
-        .collect();
+    let _ = CLUSTER.run("stop");
+    CLUSTER.run("start").expect("the test's Cluster");
+    let nodes = CLUSTER.nodes();
     let mut builder = RedisStore::<Visit>::builder().timeout(Duration::from_millis(500));
     if wait {
         builder = builder.wait_for_replicas(1, Duration::from_millis(200));
@@ -152,7 +137,9 @@ async fn run(wait: bool) -> Report {
     // and rejoins as a replica: until then its shard has no replica, so
     // writes that wait for one cannot succeed there.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster(&format!("restart-node {master}")).expect("restart the killed node");
+    CLUSTER
+        .run(&format!("restart-node {master}"))
+        .expect("restart the killed node");
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
     let mut report = Report::default();
@@ -177,21 +164,13 @@ async fn run(wait: bool) -> Report {
     }
     report.steady_rps = steady as f64 / 1.5;
     report.recovered_after = last_failure.map(|at| at.saturating_sub(killed_at));
-    let _ = cluster("stop");
+    let _ = CLUSTER.run("stop");
     report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_fails_over_under_load() {
-    if let Err(error) = cluster("start") {
-        let in_ci = std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1");
-        assert!(
-            !in_ci,
-            "could not start the failover test's Redis Cluster: {error}"
-        );
-        eprintln!(
-            "SKIPPED a_master_fails_over_under_load: no Redis Cluster could be started ({error})"
-        );
+    if !CLUSTER.start_for("a_master_fails_over_under_load") {
         return;
     }
     let plain = run(false).await;

@@ -26,7 +26,7 @@ use axum::{Router, routing::get};
 use axum_typed_session::{
     RedisStore, Session, SessionConfig, SessionLayer, SessionStore, SessionToken,
 };
-use conformance_tests::Client;
+use conformance_tests::{Client, OwnCluster};
 use http::StatusCode;
 
 #[derive(Session, Default)]
@@ -36,23 +36,10 @@ struct Visit {
 }
 
 const BASE: u16 = 7200;
+const CLUSTER: OwnCluster = OwnCluster { base: BASE };
 const CLIENTS: usize = 16;
 /// Of a master's 5461 slots.
 const MOVED_SLOTS: usize = 2000;
-
-fn cluster(action: &str) -> Result<String, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/redis-cluster");
-    let output = Command::new(script)
-        .args(action.split(' '))
-        .env("REDIS_CLUSTER_BASE", BASE.to_string())
-        .output()
-        .map_err(|error| format!("{script}: {error}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
 
 /// A master: its node id and port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,17 +165,10 @@ fn app<S: SessionStore<Visit>>(store: S) -> Router {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slots_move_under_load() {
-    let _ = cluster("stop");
-    if let Err(error) = cluster("start") {
-        let in_ci = std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1");
-        assert!(!in_ci, "could not start the test's Redis Cluster: {error}");
-        eprintln!("SKIPPED slots_move_under_load: no Redis Cluster could be started ({error})");
+    if !CLUSTER.start_for("slots_move_under_load") {
         return;
     }
-    let nodes: Vec<String> = (BASE..BASE + 3)
-        .map(|port| format!("redis://127.0.0.1:{port}"))
-        .collect();
-    let store = RedisStore::<Visit>::connect_cluster(&nodes)
+    let store = RedisStore::<Visit>::connect_cluster(CLUSTER.nodes())
         .await
         .expect("connect");
     let app = app(store.clone());
@@ -303,7 +283,7 @@ async fn slots_move_under_load() {
         .iter()
         .filter(|slot| before[slot] != after[slot])
         .count();
-    let _ = cluster("stop");
+    let _ = CLUSTER.run("stop");
     eprintln!(
         "reshard: {} slots of sessions moved one by one, then {MOVED_SLOTS} by redis-cli, under load; {requests} requests, none failed; {moved} of {CLIENTS} sessions are on another master now",
         theirs.len()

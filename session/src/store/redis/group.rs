@@ -171,8 +171,8 @@ struct ClusterLanes {
 }
 
 enum Lanes {
-    Single(Lane),
-    Cluster(ClusterLanes),
+    Single(Arc<Lane>),
+    Cluster(Box<ClusterLanes>),
 }
 
 /// The groups of one connection, shared by the stores on it.
@@ -194,7 +194,7 @@ impl Groups {
             connection,
             timeout,
             cache,
-            lanes: Lanes::Single(Lane::default()),
+            lanes: Lanes::Single(Arc::default()),
         }
     }
 
@@ -210,12 +210,12 @@ impl Groups {
             connection,
             timeout,
             cache: None,
-            lanes: Lanes::Cluster(ClusterLanes {
+            lanes: Lanes::Cluster(Box::new(ClusterLanes {
                 seed,
                 map: RwLock::default(),
                 refreshing: AtomicBool::new(false),
                 refreshed: Mutex::new(None),
-            }),
+            })),
         }
     }
 
@@ -228,17 +228,15 @@ impl Groups {
     pub(crate) async fn send(self: &Arc<Self>, cmd: Cmd) -> Result<Answer, StoreError> {
         match &self.lanes {
             Lanes::Single(lane) => {
-                self.queue(lane, None, |queue, reply| queue.commands.push((cmd, reply)))
+                self.queue(lane, |queue, reply| queue.commands.push((cmd, reply)))
                     .await
             }
             Lanes::Cluster(cluster) => {
                 let Some(lane) = slot_of_command(&cmd).and_then(|slot| cluster.lane(slot)) else {
                     return self.alone(&cmd).await;
                 };
-                self.queue(&lane, Some(lane.clone()), |queue, reply| {
-                    queue.commands.push((cmd, reply));
-                })
-                .await
+                self.queue(&lane, |queue, reply| queue.commands.push((cmd, reply)))
+                    .await
             }
         }
     }
@@ -247,7 +245,7 @@ impl Groups {
     pub(crate) async fn sync(self: &Arc<Self>) -> Result<Answer, StoreError> {
         match &self.lanes {
             Lanes::Single(lane) => {
-                self.queue(lane, None, |queue, reply| queue.syncs.push(reply))
+                self.queue(lane, |queue, reply| queue.syncs.push(reply))
                     .await
             }
             Lanes::Cluster(_) => Ok(Answer {
@@ -257,12 +255,10 @@ impl Groups {
         }
     }
 
-    /// Queues on `lane` (`owned`: the same lane, for a Cluster master's,
-    /// which its task keeps) and waits for the reply.
+    /// Queues on `lane` and waits for the reply.
     async fn queue(
         self: &Arc<Self>,
-        lane: &Lane,
-        owned: Option<Arc<Lane>>,
+        lane: &Arc<Lane>,
         push: impl FnOnce(&mut Queue, Reply),
     ) -> Result<Answer, StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -274,21 +270,16 @@ impl Groups {
         if spawn {
             // Its own task: a request that goes away (its client hung up)
             // cannot take the others' replies with it.
-            tokio::spawn(self.clone().run(owned));
+            tokio::spawn(self.clone().run(lane.clone()));
         }
         answer.await.unwrap_or_else(|_| Err(unavailable(Dropped)))
     }
 
-    /// Sends a group of a lane (`None`: the standalone one), then the next
-    /// one while there is one to send ([`Queue::gather`]).
-    async fn run(self: Arc<Self>, owned: Option<Arc<Lane>>) {
-        let lane = match (&owned, &self.lanes) {
-            (Some(lane), _) => &**lane,
-            (None, Lanes::Single(lane)) => lane,
-            (None, Lanes::Cluster(_)) => unreachable!("a Cluster lane is owned"),
-        };
+    /// Sends a group of `lane`, then the next one while there is one to
+    /// send ([`Queue::gather`]).
+    async fn run(self: Arc<Self>, lane: Arc<Lane>) {
         let mut guard = Running {
-            lane,
+            lane: &lane,
             phase: Phase::Gathering,
         };
         loop {
