@@ -181,7 +181,8 @@ impl<B: Backend, T: SessionData> Fixture<B, T> {
     /// A second pool on the same database (`None` for memory).
     async fn independent_raw(&self) -> Option<Raw> {
         Some(match &self.raw {
-            Raw::Memory(_) | Raw::Redis(_) => return None,
+            Raw::Memory(_) => return None,
+            Raw::Redis(raw) => Raw::Redis(raw.independent().await),
             Raw::Sqlite(pool, path) => Raw::Sqlite(
                 SqlitePoolOptions::new()
                     .connect_with((*pool.connect_options()).clone())

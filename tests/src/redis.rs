@@ -82,6 +82,8 @@ pub struct RedisRaw {
     pub namespace: String,
     /// The connected store the others share.
     seed: RedisStore<Seed>,
+    cluster: bool,
+    cached: bool,
 }
 
 #[derive(Clone)]
@@ -91,6 +93,20 @@ enum RawConnection {
 }
 
 impl RedisRaw {
+    /// The same keys through a connection (and client cache) of its own,
+    /// as a second app instance has.
+    pub async fn independent(&self) -> RedisRaw {
+        RedisRaw {
+            connection: self.connection.clone(),
+            namespace: self.namespace.clone(),
+            seed: seed(self.cluster, self.cached)
+                .await
+                .expect("a second connection"),
+            cluster: self.cluster,
+            cached: self.cached,
+        }
+    }
+
     /// A store for `U` under this test's namespace.
     pub fn store<U: SessionData>(&self) -> RedisStore<U> {
         self.seed.for_struct::<U>(self.prefix_of(U::SCHEMA.table))
@@ -217,33 +233,25 @@ async fn fixture<B: Backend<Store<T> = RedisStore<T>>, T: SessionData>(
         ("Redis", redis_url())
     };
     let opened = async {
-        let mut builder = RedisStore::<Seed>::builder();
-        if cached {
-            builder = builder.client_cache(CLIENT_CACHE);
-        }
-        if cluster {
-            let seed = builder
-                .connect_cluster(redis_cluster_nodes())
-                .await
-                .map_err(|error| error.to_string())?;
+        let seed = seed(cluster, cached).await?;
+        let connection = if cluster {
             let client =
                 ClusterClient::new(redis_cluster_nodes()).map_err(|error| error.to_string())?;
-            let connection = client
-                .get_async_connection()
-                .await
-                .map_err(|error| error.to_string())?;
-            Ok::<_, String>((seed, RawConnection::Cluster(connection)))
+            RawConnection::Cluster(
+                client
+                    .get_async_connection()
+                    .await
+                    .map_err(|error| error.to_string())?,
+            )
         } else {
-            let seed = builder
-                .connect(&redis_url())
-                .await
-                .map_err(|error| error.to_string())?;
             let client = redis::Client::open(redis_url()).map_err(|error| error.to_string())?;
-            let connection = ConnectionManager::new(client)
-                .await
-                .map_err(|error| error.to_string())?;
-            Ok((seed, RawConnection::Single(connection)))
-        }
+            RawConnection::Single(
+                ConnectionManager::new(client)
+                    .await
+                    .map_err(|error| error.to_string())?,
+            )
+        };
+        Ok::<_, String>((seed, connection))
     };
     match tokio::time::timeout(Duration::from_secs(5), opened).await {
         Ok(Ok((seed, connection))) => {
@@ -251,6 +259,8 @@ async fn fixture<B: Backend<Store<T> = RedisStore<T>>, T: SessionData>(
                 connection,
                 namespace,
                 seed,
+                cluster,
+                cached,
             };
             Some(Fixture {
                 store: raw.store::<T>(),
@@ -266,6 +276,20 @@ async fn fixture<B: Backend<Store<T> = RedisStore<T>>, T: SessionData>(
             None
         }
     }
+}
+
+/// A store connection of its own, as an app instance has.
+async fn seed(cluster: bool, cached: bool) -> Result<RedisStore<Seed>, String> {
+    let mut builder = RedisStore::<Seed>::builder();
+    if cached {
+        builder = builder.client_cache(CLIENT_CACHE);
+    }
+    let seed = if cluster {
+        builder.connect_cluster(redis_cluster_nodes()).await
+    } else {
+        builder.connect(&redis_url()).await
+    };
+    seed.map_err(|error| error.to_string())
 }
 
 fn raw_of(raw: &Raw) -> &RedisRaw {

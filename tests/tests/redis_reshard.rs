@@ -284,8 +284,13 @@ async fn slots_move_under_load() {
         .filter(|slot| before[slot] != after[slot])
         .count();
     let _ = CLUSTER.run("stop");
+    let stats = store.pipeline_stats();
     eprintln!(
-        "reshard: {} slots of sessions moved one by one, then {MOVED_SLOTS} by redis-cli, under load; {requests} requests, none failed; {moved} of {CLIENTS} sessions are on another master now",
+        "reshard: {} slots of sessions moved one by one, then {MOVED_SLOTS} by redis-cli, under load; {requests} requests, none failed; {moved} of {CLIENTS} sessions are on another master now; {stats:?}",
         theirs.len()
+    );
+    assert!(
+        stats.grouped > stats.alone,
+        "the requests went in groups, the redirected ones on their own: {stats:?}"
     );
 }

@@ -333,6 +333,50 @@ async fn one_bad_key_fails_alone<B: Backend<Store<Visit> = RedisStore<Visit>>>()
     fixture.cleanup().await;
 }
 
+/// Concurrent requests share round trips: their loads and writes go in
+/// groups of several commands (per master on Cluster), none on its own.
+async fn concurrent_requests_share_groups<B: Backend<Store<Visit> = RedisStore<Visit>>>() {
+    const CLIENTS: usize = 32;
+    let Some(fixture) = B::open::<Visit>().await else {
+        return;
+    };
+    // A connection of its own: its counts are this test's alone.
+    let store = fixture.independent_store().await;
+    let app = app(store.clone(), SessionConfig::default());
+    let before = store.pipeline_stats();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut client = Client::new(app, COOKIE);
+                for visit in 1..=3 {
+                    let reply = client.get("/visit").await;
+                    assert_eq!(reply.status, StatusCode::OK);
+                    assert_eq!(reply.body, visit.to_string());
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let after = store.pipeline_stats();
+    let (groups, grouped, alone) = (
+        after.groups - before.groups,
+        after.grouped - before.grouped,
+        after.alone - before.alone,
+    );
+    // Per client: an insert, then a load (with the client cache, a sync
+    // point and no command) and an update, twice.
+    assert!(grouped >= 3 * CLIENTS as u64, "{after:?} after {before:?}");
+    assert!(
+        groups < grouped,
+        "some group carried several commands: {groups} groups of {grouped}"
+    );
+    assert_eq!(alone, 0, "none on its own");
+    fixture.cleanup().await;
+}
+
 /// A turn on a capped value left by a writer that died (its key still
 /// set): the value's sign-ins wait for it, answer 503 with `Retry-After`
 /// after the store's timeout if it stays, and go through once it expires;
@@ -411,6 +455,7 @@ redis_conformance!(
     forgotten_scripts_are_loaded_again,
     one_bad_key_fails_alone,
     a_dead_writers_turn_expires,
+    concurrent_requests_share_groups,
 );
 
 #[tokio::test]

@@ -37,7 +37,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -181,6 +181,28 @@ pub(crate) struct Groups {
     timeout: Duration,
     cache: Option<Arc<ClientCache>>,
     lanes: Lanes,
+    stats: Stats,
+}
+
+/// Counts, for tests and benches ([`super::RedisStore::pipeline_stats`]).
+#[derive(Default)]
+struct Stats {
+    groups: AtomicU64,
+    grouped: AtomicU64,
+    alone: AtomicU64,
+}
+
+/// How the commands of the stores on one connection went, so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// Groups sent (pipelines, one per server per moment).
+    pub groups: u64,
+    /// Commands sent in them.
+    pub grouped: u64,
+    /// Commands sent on their own through the client (on Cluster: a
+    /// command that names no key we route, one that was redirected, one
+    /// whose master could not be reached).
+    pub alone: u64,
 }
 
 impl Groups {
@@ -195,6 +217,7 @@ impl Groups {
             timeout,
             cache,
             lanes: Lanes::Single(Arc::default()),
+            stats: Stats::default(),
         }
     }
 
@@ -216,12 +239,28 @@ impl Groups {
                 refreshing: AtomicBool::new(false),
                 refreshed: Mutex::new(None),
             })),
+            stats: Stats::default(),
         }
     }
 
     /// The client cache on this connection, if any.
     pub(crate) fn cache(&self) -> Option<&Arc<ClientCache>> {
         self.cache.as_ref()
+    }
+
+    pub(crate) fn stats(&self) -> PipelineStats {
+        PipelineStats {
+            groups: self.stats.groups.load(Ordering::Relaxed),
+            grouped: self.stats.grouped.load(Ordering::Relaxed),
+            alone: self.stats.alone.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_group(&self, commands: usize) {
+        self.stats.groups.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .grouped
+            .fetch_add(commands as u64, Ordering::Relaxed);
     }
 
     /// Sends `cmd` in the next group of its server and answers its reply.
@@ -329,6 +368,7 @@ impl Groups {
             .cache
             .as_ref()
             .map(|cache| (cache.tracking(), cache.generation()));
+        self.count_group(replies.len());
         let mut values = match self.send_pipeline(&pipe).await {
             Ok(values) => values.into_iter(),
             Err(error) => {
@@ -406,6 +446,7 @@ impl Groups {
                 return;
             }
         };
+        self.count_group(pipe.len());
         let sent = within(
             self.timeout,
             connection.req_packed_commands(&pipe, 0, pipe.len()),
@@ -458,6 +499,7 @@ impl Groups {
 
     /// [`alone`](Self::alone), within `limit`.
     async fn alone_within(&self, cmd: &Cmd, limit: Duration) -> Result<Answer, StoreError> {
+        self.stats.alone.fetch_add(1, Ordering::Relaxed);
         let mut connection = self.connection.clone();
         let value = within(limit, async {
             match connection.req_packed_command(cmd).await {

@@ -67,6 +67,8 @@ use redis::{
     cluster_async::ClusterConnection,
 };
 
+#[doc(hidden)]
+pub use group::PipelineStats;
 pub use options::{DEFAULT_TIMEOUT, RedisStoreBuilder};
 
 use self::{
@@ -401,6 +403,13 @@ impl<T: SessionData> RedisStore<T> {
     /// to keep it tracked for the client cache.
     fn tracks(&self) -> &'static str {
         if self.cache().is_some() { "1" } else { "0" }
+    }
+
+    /// How the commands of the stores on this connection went so far: in
+    /// groups, or on their own. Not public API (tests and benches).
+    #[doc(hidden)]
+    pub fn pipeline_stats(&self) -> PipelineStats {
+        self.inner.groups.stats()
     }
 
     /// How many sessions the client cache holds now (0 without one).
