@@ -18,6 +18,9 @@ use crate::{Backend, DEFAULT_REDIS_CLUSTER, DEFAULT_REDIS_URL, Fixture, Raw, Tun
 /// reshards nodes leaves the suite's Cluster alone.
 pub struct OwnCluster {
     pub base: u16,
+    /// Only TLS, with a certificate for 127.0.0.1 from a CA of its own
+    /// ([`ca_file`](Self::ca_file)).
+    pub tls: bool,
 }
 
 impl OwnCluster {
@@ -27,6 +30,7 @@ impl OwnCluster {
         let output = std::process::Command::new(script)
             .args(action.split(' '))
             .env("REDIS_CLUSTER_BASE", self.base.to_string())
+            .env("REDIS_CLUSTER_TLS", if self.tls { "1" } else { "0" })
             .output()
             .map_err(|error| format!("{script}: {error}"))?;
         if output.status.success() {
@@ -55,9 +59,16 @@ impl OwnCluster {
 
     /// The seed nodes: its three masters as started.
     pub fn nodes(&self) -> Vec<String> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         (self.base..self.base + 3)
-            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .map(|port| format!("{scheme}://127.0.0.1:{port}"))
             .collect()
+    }
+
+    /// The certificate of the CA that signed the nodes' (with `tls`).
+    pub fn ca_file(&self) -> String {
+        let dir = std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into());
+        format!("{dir}/axum-typed-session-cluster-{}/ca.crt", self.base)
     }
 }
 

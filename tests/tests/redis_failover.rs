@@ -35,7 +35,10 @@ struct Visit {
 }
 
 const BASE: u16 = 7100;
-const CLUSTER: OwnCluster = OwnCluster { base: BASE };
+const CLUSTER: OwnCluster = OwnCluster {
+    base: BASE,
+    tls: false,
+};
 const CLIENTS: usize = 16;
 
 /// The port of a master, from `CLUSTER NODES`.

@@ -36,7 +36,10 @@ struct Visit {
 }
 
 const BASE: u16 = 7200;
-const CLUSTER: OwnCluster = OwnCluster { base: BASE };
+const CLUSTER: OwnCluster = OwnCluster {
+    base: BASE,
+    tls: false,
+};
 const CLIENTS: usize = 16;
 /// Of a master's 5461 slots.
 const MOVED_SLOTS: usize = 2000;
