@@ -502,10 +502,19 @@ impl Groups {
         self.stats.alone.fetch_add(1, Ordering::Relaxed);
         let mut connection = self.connection.clone();
         let value = within(limit, async {
-            match connection.req_packed_command(cmd).await {
-                // A command the server refused: this command's answer.
-                Err(error) if !is_outage(&error) => Ok(Err(error)),
-                sent => sent.map(redis::Value::extract_error),
+            let mut pause = Duration::from_millis(2);
+            loop {
+                match connection.req_packed_command(cmd).await {
+                    // Its slot is moving and the client ran out of
+                    // redirects: not run, so again, within the limit.
+                    Err(error) if slot_moving(&error) => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                    // A command the server refused: this command's answer.
+                    Err(error) if !is_outage(&error) => return Ok(Err(error)),
+                    sent => return sent.map(redis::Value::extract_error),
+                }
             }
         })
         .await?;
@@ -647,13 +656,22 @@ fn missing_reply() -> redis::RedisError {
 /// the Cluster is failing over (`CLUSTERDOWN`), which the Cluster client
 /// waits out and retries.
 fn did_not_run(error: &redis::RedisError) -> bool {
+    slot_moving(error)
+        || matches!(
+            error.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+        )
+}
+
+/// The node did not run the command because its slot is served elsewhere
+/// (moved, or moving).
+fn slot_moving(error: &redis::RedisError) -> bool {
     matches!(
         error.kind(),
         redis::ErrorKind::Server(
             redis::ServerErrorKind::Moved
                 | redis::ServerErrorKind::Ask
                 | redis::ServerErrorKind::TryAgain
-                | redis::ServerErrorKind::ClusterDown
         )
     )
 }
