@@ -53,6 +53,7 @@ fn unreachable(database: &str, url: &str, error: &dyn std::fmt::Display) {
     );
 }
 
+pub mod counter;
 pub mod proxy;
 mod redis;
 

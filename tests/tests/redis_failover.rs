@@ -21,18 +21,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, routing::get};
-use axum_typed_session::{
-    RedisStore, Session, SessionConfig, SessionLayer, SessionStore, SessionToken,
+use axum_typed_session::{RedisStore, SessionStore, SessionToken};
+use conformance_tests::{
+    Client, OwnCluster,
+    counter::{Visit, app},
 };
-use conformance_tests::{Client, OwnCluster};
 use http::StatusCode;
-
-#[derive(Session, Default)]
-#[session(table = "failover_visits")]
-struct Visit {
-    count: i64,
-}
 
 const BASE: u16 = 7100;
 const CLUSTER: OwnCluster = OwnCluster {
@@ -65,23 +59,6 @@ fn kill(port: u16) {
         .status()
         .expect("kill");
     assert!(status.success());
-}
-
-fn app<S: SessionStore<Visit>>(store: S) -> Router {
-    Router::new()
-        .route(
-            "/visit",
-            get(|visit: Session<Visit>| async move {
-                let count = visit
-                    .update_count(|count| {
-                        *count += 1;
-                        *count
-                    })
-                    .await?;
-                Ok::<_, axum_typed_session::SessionError>(count.to_string())
-            }),
-        )
-        .layer(SessionLayer::new(store, SessionConfig::default()))
 }
 
 #[derive(Debug, Default)]

@@ -22,18 +22,12 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, routing::get};
-use axum_typed_session::{
-    RedisStore, Session, SessionConfig, SessionLayer, SessionStore, SessionToken,
+use axum_typed_session::{RedisStore, SessionStore, SessionToken};
+use conformance_tests::{
+    Client, OwnCluster,
+    counter::{Visit, app},
 };
-use conformance_tests::{Client, OwnCluster};
 use http::StatusCode;
-
-#[derive(Session, Default)]
-#[session(table = "reshard_visits")]
-struct Visit {
-    count: i64,
-}
 
 const BASE: u16 = 7200;
 const CLUSTER: OwnCluster = OwnCluster {
@@ -147,23 +141,6 @@ async fn key_slot(key: &str) -> u16 {
         .query_async(&mut node(BASE).await)
         .await
         .expect("CLUSTER KEYSLOT")
-}
-
-fn app<S: SessionStore<Visit>>(store: S) -> Router {
-    Router::new()
-        .route(
-            "/visit",
-            get(|visit: Session<Visit>| async move {
-                let count = visit
-                    .update_count(|count| {
-                        *count += 1;
-                        *count
-                    })
-                    .await?;
-                Ok::<_, axum_typed_session::SessionError>(count.to_string())
-            }),
-        )
-        .layer(SessionLayer::new(store, SessionConfig::default()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,16 +7,12 @@
 
 use std::time::Duration;
 
-use axum::{Router, routing::get};
-use axum_typed_session::{RedisStore, Session, SessionConfig, SessionLayer, SessionStore};
-use conformance_tests::{Client, OwnCluster};
+use axum_typed_session::RedisStore;
+use conformance_tests::{
+    Client, OwnCluster,
+    counter::{Visit, app},
+};
 use http::StatusCode;
-
-#[derive(Session, Default)]
-#[session(table = "tls_visits")]
-struct Visit {
-    count: i64,
-}
 
 const CLUSTER: OwnCluster = OwnCluster {
     base: 7300,
@@ -24,23 +20,6 @@ const CLUSTER: OwnCluster = OwnCluster {
 };
 const CLIENTS: usize = 16;
 const VISITS: i64 = 20;
-
-fn app<S: SessionStore<Visit>>(store: S) -> Router {
-    Router::new()
-        .route(
-            "/visit",
-            get(|visit: Session<Visit>| async move {
-                let count = visit
-                    .update_count(|count| {
-                        *count += 1;
-                        *count
-                    })
-                    .await?;
-                Ok::<_, axum_typed_session::SessionError>(count.to_string())
-            }),
-        )
-        .layer(SessionLayer::new(store, SessionConfig::default()))
-}
 
 #[test]
 fn a_tls_cluster_is_served_in_groups() {
