@@ -106,8 +106,7 @@ impl<T> MemoryStore<T> {
     /// (see [`SqlStoreBuilder::max_sessions`](crate::store::sql::SqlStoreBuilder::max_sessions)).
     #[must_use]
     pub fn with_max_sessions<K>(mut self, index: &crate::Index<T, K>, max: u32) -> Self {
-        self.caps.retain(|(field, _)| *field != index.field());
-        self.caps.push((index.field(), max.max(1)));
+        super::set_cap(&mut self.caps, index.field(), max);
         self
     }
 

@@ -21,6 +21,12 @@ pub use self::{
     record::{Record, Update},
 };
 
+/// Sets the cap on `field` to `max` (at least 1), replacing an earlier one.
+pub(crate) fn set_cap(caps: &mut Vec<(usize, u32)>, field: usize, max: u32) {
+    caps.retain(|(capped, _)| *capped != field);
+    caps.push((field, max.max(1)));
+}
+
 /// The caps a write must enforce: each capped field it sets (`dirty`; every
 /// field for an insert) to a value, with that value and the cap.
 pub(crate) fn capped_values<T: SessionData>(

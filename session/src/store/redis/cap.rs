@@ -168,7 +168,7 @@ impl<T: SessionData> RedisStore<T> {
             let mut set = redis::cmd("SET");
             set.arg(key).arg(&token).arg("NX").arg("PX").arg(expiry_ms);
             // `OK` if it was free, nil if another writer holds it.
-            let taken: Option<String> = self.command(set).await?;
+            let taken: Option<String> = self.command(set, Some(key)).await?;
             if taken.is_some() {
                 return Ok(token);
             }

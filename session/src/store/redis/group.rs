@@ -22,8 +22,8 @@
 //! redirect or waits and retries, and the map is read again; so is it
 //! after a group failed as a whole (its requests fail, as they may have
 //! run), and a group whose master cannot be reached goes command by
-//! command through the client. Commands whose key this module
-//! does not know how to find go on their own through the client.
+//! command through the client. A command that names no key (`WAIT`,
+//! `CLUSTER SLOTS`) goes on its own through the client.
 //!
 //! With a client cache every group starts with `CLIENT ID`, so its replies
 //! say which connection they ran on, and whether tracking was on there
@@ -37,13 +37,13 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use redis::{
-    Arg, Cmd, ConnectionAddr, RedisResult,
+    Cmd, ConnectionAddr, RedisResult,
     aio::{ConnectionLike, MultiplexedConnection},
 };
 use tokio::sync::oneshot;
@@ -166,8 +166,15 @@ struct ClusterLanes {
     /// The seed node's settings, for the connections to the masters.
     seed: redis::ConnectionInfo,
     map: RwLock<SlotMap>,
-    refreshing: AtomicBool,
-    refreshed: Mutex<Option<Instant>>,
+    refresh: Mutex<Refresh>,
+}
+
+/// The readings of the slot map: one at a time, at most one per
+/// [`REFRESH_EVERY`].
+#[derive(Default)]
+struct Refresh {
+    running: bool,
+    last: Option<Instant>,
 }
 
 enum Lanes {
@@ -236,11 +243,15 @@ impl Groups {
             lanes: Lanes::Cluster(Box::new(ClusterLanes {
                 seed,
                 map: RwLock::default(),
-                refreshing: AtomicBool::new(false),
-                refreshed: Mutex::new(None),
+                refresh: Mutex::default(),
             })),
             stats: Stats::default(),
         }
+    }
+
+    /// The connection the groups are on.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
     }
 
     /// The client cache on this connection, if any.
@@ -263,15 +274,21 @@ impl Groups {
             .fetch_add(commands as u64, Ordering::Relaxed);
     }
 
-    /// Sends `cmd` in the next group of its server and answers its reply.
-    pub(crate) async fn send(self: &Arc<Self>, cmd: Cmd) -> Result<Answer, StoreError> {
+    /// Sends `cmd`, which names `key` (on Cluster, the key that routes it;
+    /// `None`: no key, it goes on its own), in the next group of its
+    /// server and answers its reply.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        cmd: Cmd,
+        key: Option<&[u8]>,
+    ) -> Result<Answer, StoreError> {
         match &self.lanes {
             Lanes::Single(lane) => {
                 self.queue(lane, |queue, reply| queue.commands.push((cmd, reply)))
                     .await
             }
             Lanes::Cluster(cluster) => {
-                let Some(lane) = slot_of_command(&cmd).and_then(|slot| cluster.lane(slot)) else {
+                let Some(lane) = key.and_then(|key| cluster.lane(slot_of(key))) else {
                     return self.alone(&cmd).await;
                 };
                 self.queue(&lane, |queue, reply| queue.commands.push((cmd, reply)))
@@ -539,13 +556,12 @@ impl Groups {
     /// Reads the Cluster's slot map again, in a task of its own, unless it
     /// is being read or was read within [`REFRESH_EVERY`].
     fn refresh_soon(self: &Arc<Self>, cluster: &ClusterLanes) {
-        if cluster.refreshing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let recent = lock(&cluster.refreshed).is_some_and(|at| at.elapsed() < REFRESH_EVERY);
-        if recent {
-            cluster.refreshing.store(false, Ordering::Release);
-            return;
+        {
+            let mut refresh = lock(&cluster.refresh);
+            if refresh.running || refresh.last.is_some_and(|at| at.elapsed() < REFRESH_EVERY) {
+                return;
+            }
+            refresh.running = true;
         }
         let groups = self.clone();
         tokio::spawn(async move {
@@ -562,8 +578,10 @@ impl Groups {
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("SLOTS");
         let read_map = self.alone(&cmd).await;
-        *lock(&cluster.refreshed) = Some(Instant::now());
-        cluster.refreshing.store(false, Ordering::Release);
+        *lock(&cluster.refresh) = Refresh {
+            running: false,
+            last: Some(Instant::now()),
+        };
         let ranges = match read_map?.value.map_err(store_error)? {
             redis::Value::Array(ranges) => ranges,
             _ => return Ok(()),
@@ -737,33 +755,6 @@ impl Node {
     }
 }
 
-/// The slot of the key a command of the store names, for the commands
-/// that go in groups: scripts (`EVALSHA`, `EVAL`: their first key) and
-/// the single-key reads and writes. Any other command goes on its own.
-fn slot_of_command(cmd: &Cmd) -> Option<u16> {
-    let mut args = cmd.args_iter().map(|arg| match arg {
-        Arg::Simple(bytes) => bytes,
-        _ => &[],
-    });
-    let name = args.next()?;
-    let key = if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
-        let _script = args.next()?;
-        let keys = args.next()?;
-        if keys == b"0" {
-            return None;
-        }
-        args.next()?
-    } else if [&b"HGETALL"[..], b"ZRANGE", b"ZREM", b"ZREMRANGEBYSCORE"]
-        .iter()
-        .any(|known| name.eq_ignore_ascii_case(known))
-    {
-        args.next()?
-    } else {
-        return None;
-    };
-    Some(slot_of(key))
-}
-
 /// The Cluster slot of a key: CRC16 (XMODEM) of its hash tag, or of the
 /// whole key without one, modulo 16384, as Redis computes it.
 fn slot_of(key: &[u8]) -> u16 {
@@ -814,21 +805,5 @@ mod tests {
                 "as the client computes it: {key:?}"
             );
         }
-    }
-
-    #[test]
-    fn grouped_commands_name_their_key() {
-        let mut script = redis::cmd("EVALSHA");
-        script.arg("abc").arg(1).arg("p:{id}").arg("x");
-        assert_eq!(slot_of_command(&script), Some(slot_of(b"id")));
-        let mut load = redis::cmd("HGETALL");
-        load.arg("p:{id}");
-        assert_eq!(slot_of_command(&load), Some(slot_of(b"id")));
-        let mut keyless = redis::cmd("EVALSHA");
-        keyless.arg("abc").arg(0);
-        assert_eq!(slot_of_command(&keyless), None);
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(1).arg(100);
-        assert_eq!(slot_of_command(&wait), None, "goes on its own");
     }
 }

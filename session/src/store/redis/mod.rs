@@ -142,14 +142,15 @@ type IndexChange = (Option<Vec<u8>>, Option<Vec<u8>>);
 type Written = Option<(Vec<u8>, Vec<IndexChange>)>;
 
 /// An indexed field: its column and the prefix of its sets' keys.
+#[derive(Clone)]
 struct IndexedField {
     field: usize,
     column: &'static str,
     set_prefix: Vec<u8>,
 }
 
+#[derive(Clone)]
 struct Inner {
-    connection: Connection,
     prefix: String,
     timeout: Duration,
     wait: Option<WaitForReplicas>,
@@ -208,7 +209,7 @@ impl<T> std::fmt::Debug for RedisStore<T> {
         f.debug_struct("RedisStore")
             .field(
                 "cluster",
-                &matches!(self.inner.connection, Connection::Cluster(_)),
+                &matches!(self.inner.groups.connection(), Connection::Cluster(_)),
             )
             .field("prefix", &self.inner.prefix)
             .field("timeout", &self.inner.timeout)
@@ -320,7 +321,6 @@ impl<T: SessionData> RedisStore<T> {
     }
 
     fn new(
-        connection: Connection,
         prefix: String,
         timeout: Duration,
         wait: Option<WaitForReplicas>,
@@ -339,17 +339,20 @@ impl<T: SessionData> RedisStore<T> {
                 set_prefix: format!("{prefix}:index:{}:", column.name).into_bytes(),
             })
             .collect();
+        Self::with_inner(Inner {
+            prefix,
+            timeout,
+            wait,
+            events,
+            caps,
+            indexed,
+            groups,
+        })
+    }
+
+    fn with_inner(inner: Inner) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                connection,
-                prefix,
-                timeout,
-                wait,
-                events,
-                caps,
-                indexed,
-                groups,
-            }),
+            inner: Arc::new(inner),
             session: PhantomData,
         }
     }
@@ -358,7 +361,6 @@ impl<T: SessionData> RedisStore<T> {
     /// its keys under `prefix`: one connection for all of an app's structs.
     pub fn for_struct<U: SessionData>(&self, prefix: impl Into<String>) -> RedisStore<U> {
         RedisStore::new(
-            self.inner.connection.clone(),
             prefix.into(),
             self.inner.timeout,
             self.inner.wait,
@@ -371,32 +373,17 @@ impl<T: SessionData> RedisStore<T> {
 
     /// The same store, sending lifecycle events to `events`.
     pub fn with_events(self, events: SessionEvents) -> Self {
-        Self::new(
-            self.inner.connection.clone(),
-            self.inner.prefix.clone(),
-            self.inner.timeout,
-            self.inner.wait,
-            Some(events),
-            self.inner.caps.clone(),
-            self.inner.groups.clone(),
-        )
+        let mut inner = (*self.inner).clone();
+        inner.events = Some(events);
+        Self::with_inner(inner)
     }
 
     /// The same store, keeping at most `max` live sessions per value of the
     /// indexed field `index` (see [`RedisStoreBuilder::max_sessions`]).
     pub fn with_max_sessions<K>(self, index: &crate::Index<T, K>, max: u32) -> Self {
-        let mut caps = self.inner.caps.clone();
-        caps.retain(|(field, _)| *field != index.field());
-        caps.push((index.field(), max.max(1)));
-        Self::new(
-            self.inner.connection.clone(),
-            self.inner.prefix.clone(),
-            self.inner.timeout,
-            self.inner.wait,
-            self.inner.events.clone(),
-            caps,
-            self.inner.groups.clone(),
-        )
+        let mut inner = (*self.inner).clone();
+        crate::store::set_cap(&mut inner.caps, index.field(), max);
+        Self::with_inner(inner)
     }
 
     /// The scripts' last argument: whether they read their key at the end,
@@ -443,7 +430,9 @@ impl<T: SessionData> RedisStore<T> {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(&key);
         let loaded = async {
-            let (hash, tracked) = self.query::<HashMap<String, Vec<u8>>>(cmd).await?;
+            let (hash, tracked) = self
+                .query::<HashMap<String, Vec<u8>>>(cmd, Some(key.as_bytes()))
+                .await?;
             Ok::<_, StoreError>((codec::record_of::<T>(*id, hash, now)?, tracked))
         }
         .await;
@@ -474,7 +463,7 @@ impl<T: SessionData> RedisStore<T> {
     }
 
     fn is_cluster(&self) -> bool {
-        matches!(self.inner.connection, Connection::Cluster(_))
+        matches!(self.inner.groups.connection(), Connection::Cluster(_))
     }
 
     /// Runs `work` within the store's timeout.
@@ -489,15 +478,20 @@ impl<T: SessionData> RedisStore<T> {
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<Vec<redis::Value>, StoreError> {
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.inner.groups.connection().clone();
         self.bounded(invocation.invoke_async(&mut connection)).await
     }
 
-    /// One command, in the next group of its server. Answers the
-    /// command's own reply (a server error there is this command's) and
-    /// whether it ran where the client cache's tracking was on.
-    async fn send(&self, cmd: Cmd) -> Result<(RedisResult<redis::Value>, Option<u64>), StoreError> {
-        let answer = self.inner.groups.send(cmd).await?;
+    /// One command, which names `key` (`None`: no key), in the next group
+    /// of its server. Answers the command's own reply (a server error
+    /// there is this command's) and whether it ran where the client
+    /// cache's tracking was on.
+    async fn send(
+        &self,
+        cmd: Cmd,
+        key: Option<&[u8]>,
+    ) -> Result<(RedisResult<redis::Value>, Option<u64>), StoreError> {
+        let answer = self.inner.groups.send(cmd, key).await?;
         Ok((answer.value, answer.tracked))
     }
 
@@ -508,27 +502,33 @@ impl<T: SessionData> RedisStore<T> {
     async fn send_write(
         &self,
         cmd: Cmd,
+        key: Option<&[u8]>,
     ) -> Result<(RedisResult<redis::Value>, Option<u64>), StoreError> {
         if self.inner.wait.is_some() && self.is_cluster() {
             let answer = self.inner.groups.alone(&cmd).await?;
             return Ok((answer.value, answer.tracked));
         }
-        self.send(cmd).await
+        self.send(cmd, key).await
     }
 
     /// [`send`](Self::send), its reply converted to `R`.
     async fn query<R: redis::FromRedisValue>(
         &self,
         cmd: Cmd,
+        key: Option<&[u8]>,
     ) -> Result<(R, Option<u64>), StoreError> {
-        let (value, tracked) = self.send(cmd).await?;
+        let (value, tracked) = self.send(cmd, key).await?;
         let value = value.map_err(store_error)?;
         let reply = redis::from_redis_value(value).map_err(|error| store_error(error.into()))?;
         Ok((reply, tracked))
     }
 
-    async fn command<R: redis::FromRedisValue>(&self, cmd: Cmd) -> Result<R, StoreError> {
-        self.query(cmd).await.map(|(reply, _)| reply)
+    async fn command<R: redis::FromRedisValue>(
+        &self,
+        cmd: Cmd,
+        key: Option<&[u8]>,
+    ) -> Result<R, StoreError> {
+        self.query(cmd, key).await.map(|(reply, _)| reply)
     }
 
     /// A script call: `EVALSHA`, and `EVAL` with the source if the server
@@ -553,11 +553,12 @@ impl<T: SessionData> RedisStore<T> {
         &self,
         call: scripts::Call,
     ) -> Result<(redis::Value, Option<u64>), StoreError> {
-        let (reply, tracked) = match self.send_write(call.evalsha()).await? {
+        let key = call.first_key();
+        let (reply, tracked) = match self.send_write(call.evalsha(), key).await? {
             (Err(error), _)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
-                self.send_write(call.eval()).await?
+                self.send_write(call.eval(), key).await?
             }
             sent => sent,
         };
@@ -608,13 +609,13 @@ impl<T: SessionData> RedisStore<T> {
         }
         // One request per set, all sent at once over the node connections.
         let removed = removals.iter().map(|cmd| async move {
-            let mut connection = self.inner.connection.clone();
+            let mut connection = self.inner.groups.connection().clone();
             cmd.query_async::<redis::Value>(&mut connection)
                 .await
                 .map(drop)
         });
         let added = additions.iter().map(|set| async move {
-            let mut connection = self.inner.connection.clone();
+            let mut connection = self.inner.groups.connection().clone();
             let mut invocation = scripts::INDEX_ADD_SCRIPT.key(set);
             invocation.arg(new_member).arg(score).arg(now_ms);
             invocation
@@ -639,8 +640,8 @@ impl<T: SessionData> RedisStore<T> {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(wait.replicas)
             .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
-        let acked: i64 = match &self.inner.connection {
-            Connection::Single(_) => self.command(cmd).await?,
+        let acked: i64 = match &self.inner.groups.connection() {
+            Connection::Single(_) => self.command(cmd, None).await?,
             Connection::Cluster(connection) => {
                 use redis::cluster_routing::{
                     Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,
@@ -706,10 +707,10 @@ impl<T: SessionData> RedisStore<T> {
         let clock = Utc::now();
         let mut trim = redis::cmd("ZREMRANGEBYSCORE");
         trim.arg(&set).arg("-inf").arg(clock.timestamp_millis());
-        self.command::<i64>(trim).await?;
+        self.command::<i64>(trim, Some(&set)).await?;
         let mut range = redis::cmd("ZRANGE");
         range.arg(&set).arg(0).arg(-1);
-        let members: Vec<String> = self.command(range).await?;
+        let members: Vec<String> = self.command(range, Some(&set)).await?;
         let ids: Vec<SessionId> = members
             .iter()
             .filter_map(|member| member.parse().ok())
@@ -732,7 +733,7 @@ impl<T: SessionData> RedisStore<T> {
         if !stale.is_empty() {
             let mut remove = redis::cmd("ZREM");
             remove.arg(&set).arg(stale);
-            self.command::<i64>(remove).await?;
+            self.command::<i64>(remove, Some(&set)).await?;
         }
         Ok(live)
     }
@@ -815,7 +816,8 @@ impl<T: SessionData> RedisStore<T> {
             Ok(Some((score, changes))) => {
                 let mut delete = redis::cmd("DEL");
                 delete.arg(&old_key);
-                self.command::<i64>(delete).await?;
+                self.command::<i64>(delete, Some(old_key.as_bytes()))
+                    .await?;
                 let changes: Vec<_> = old_values
                     .into_iter()
                     .zip(changes.into_iter().map(|(_, new)| new))
@@ -839,8 +841,12 @@ impl<T: SessionData> RedisStore<T> {
                 undo_new.arg(&new_key);
                 let mut undo_old = redis::cmd("HDEL");
                 undo_old.arg(&old_key).arg(codec::MOVED_TO);
-                let _ = self.command::<i64>(undo_new).await;
-                let _ = self.command::<i64>(undo_old).await;
+                let _ = self
+                    .command::<i64>(undo_new, Some(new_key.as_bytes()))
+                    .await;
+                let _ = self
+                    .command::<i64>(undo_old, Some(old_key.as_bytes()))
+                    .await;
                 failed.map(|_| false)
             }
         }
@@ -1000,7 +1006,7 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
         let key = self.key_of(id);
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(&key);
-        let hash: HashMap<String, Vec<u8>> = self.command(cmd).await?;
+        let hash: HashMap<String, Vec<u8>> = self.command(cmd, Some(key.as_bytes())).await?;
         codec::record_of(*id, hash, now)
     }
 

@@ -159,8 +159,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
     /// # Ok(()) }
     /// ```
     pub fn max_sessions<K>(mut self, index: &crate::Index<T, K>, max: u32) -> Self {
-        self.caps.retain(|(field, _)| *field != index.field());
-        self.caps.push((index.field(), max.max(1)));
+        crate::store::set_cap(&mut self.caps, index.field(), max);
         self
     }
 
@@ -225,11 +224,14 @@ impl<T: SessionData> RedisStoreBuilder<T> {
         .await
         .map_err(|_| failed(no_answer()))?
         .map_err(failed)?;
-        let connection = Connection::Single(connection);
-        let groups = Arc::new(Groups::new(connection.clone(), self.timeout, cache));
+        let groups = Arc::new(Groups::new(
+            Connection::Single(connection),
+            self.timeout,
+            cache,
+        ));
         // Bounded by the store's timeout, as every call.
         groups.start_tracking().await?;
-        Ok(self.build(connection, groups))
+        Ok(self.build(groups))
     }
 
     /// Connects to a Redis Cluster through some of its nodes
@@ -267,23 +269,25 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             .await
             .map_err(|_| failed(no_answer()))?
             .map_err(failed)?;
-        let connection = Connection::Cluster(connection);
         // The masters' own connections take the first node's settings.
         let seed = nodes
             .first()
             .map(|node| redis::IntoConnectionInfo::into_connection_info(node.as_str()))
             .unwrap_or_else(|| Err(no_nodes()))
             .map_err(failed)?;
-        let groups = Arc::new(Groups::cluster(connection.clone(), self.timeout, seed));
+        let groups = Arc::new(Groups::cluster(
+            Connection::Cluster(connection),
+            self.timeout,
+            seed,
+        ));
         // Until the slot map is read, each command goes on its own.
         let _ = groups.refresh().await;
-        Ok(self.build(connection, groups))
+        Ok(self.build(groups))
     }
 
-    fn build(self, connection: Connection, groups: Arc<Groups>) -> RedisStore<T> {
+    fn build(self, groups: Arc<Groups>) -> RedisStore<T> {
         let prefix = self.prefix.unwrap_or_else(|| T::SCHEMA.table.to_owned());
         RedisStore::new(
-            connection,
             prefix,
             self.timeout,
             self.wait,

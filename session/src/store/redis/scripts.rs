@@ -281,6 +281,11 @@ impl Call {
         cmd
     }
 
+    /// The first key: the one that routes the call on Cluster.
+    pub(crate) fn first_key(&self) -> Option<&[u8]> {
+        self.keys.first().map(Vec::as_slice)
+    }
+
     pub(crate) fn evalsha(&self) -> Cmd {
         self.command("EVALSHA", &self.script.hash)
     }

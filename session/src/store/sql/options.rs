@@ -185,10 +185,7 @@ impl<B: Backend, T: SessionData> SqlStoreBuilder<B, T> {
     /// # Ok(()) }
     /// ```
     pub fn max_sessions<K>(mut self, index: &crate::Index<T, K>, max: u32) -> Self {
-        self.options
-            .caps
-            .retain(|(field, _)| *field != index.field());
-        self.options.caps.push((index.field(), max.max(1)));
+        crate::store::set_cap(&mut self.options.caps, index.field(), max);
         self
     }
 
