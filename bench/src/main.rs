@@ -886,7 +886,6 @@ async fn session_app_of<T: Counter>(pool: &RawPool, cache: bool) -> anyhow::Resu
     })
 }
 
-/// This run's keys of a struct's sessions.
 /// Deletes this run's keys (their names end in the process id): a run of
 /// the first-visit route alone leaves millions of sessions, which would
 /// otherwise stay until they expire.
@@ -935,6 +934,7 @@ async fn remove_redis_keys() {
     }
 }
 
+/// This run's keys of a struct's sessions.
 fn redis_prefix<T: SessionData>() -> String {
     format!("{}_{}", T::SCHEMA.table, std::process::id())
 }

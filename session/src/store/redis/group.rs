@@ -755,6 +755,27 @@ impl Node {
     }
 }
 
+/// CRC16 (XMODEM) of each byte value, as Cluster slots use it.
+const CRC16: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut crc = (byte as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+            bit += 1;
+        }
+        table[byte] = crc;
+        byte += 1;
+    }
+    table
+};
+
 /// The Cluster slot of a key: CRC16 (XMODEM) of its hash tag, or of the
 /// whole key without one, modulo 16384, as Redis computes it.
 fn slot_of(key: &[u8]) -> u16 {
@@ -767,17 +788,9 @@ fn slot_of(key: &[u8]) -> u16 {
             (close > 0).then(|| &rest[..close])
         })
         .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in tagged {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
+    let crc = tagged.iter().fold(0u16, |crc, &byte| {
+        (crc << 8) ^ CRC16[usize::from((crc >> 8) as u8 ^ byte)]
+    });
     crc % SLOTS as u16
 }
 
