@@ -41,17 +41,18 @@ pub(crate) fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, String> {
 
 /// A future that turns a panic while it is polled into `Err` with the
 /// panic's message, so that one request's panic answers that request (with
-/// a 500) instead of tearing down its connection.
-pub(crate) struct CatchPanic<F>(pub(crate) std::pin::Pin<Box<F>>);
+/// a 500) instead of tearing down its connection. `F` is a pinned future
+/// (`std::pin::pin!`, kept in the caller's own state: no allocation).
+pub(crate) struct CatchPanic<F>(pub(crate) F);
 
-impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+impl<F: std::future::Future + Unpin> std::future::Future for CatchPanic<F> {
     type Output = Result<F::Output, String>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        let inner = self.0.as_mut();
+        let inner = std::pin::Pin::new(&mut self.0);
         match catch_panic(|| inner.poll(cx)) {
             Ok(poll) => poll.map(Ok),
             Err(message) => std::task::Poll::Ready(Err(message)),

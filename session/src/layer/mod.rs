@@ -295,7 +295,7 @@ where
             let written = std::mem::take(&mut state.headers);
             // The app's code runs in here (serde, `Clone`): a panic in it
             // fails this request with a 500, not the connection.
-            let saved = CatchPanic(Box::pin(shared.save(state))).await;
+            let saved = CatchPanic(std::pin::pin!(shared.save(state))).await;
             match saved {
                 Ok(Ok(saved)) => {
                     let headers = if saved.headers.is_empty() {

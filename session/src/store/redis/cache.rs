@@ -16,7 +16,7 @@
 //!   ([`super::group`]): every invalidation of a write Redis applied
 //!   before it has arrived by then. One group serves every request
 //!   waiting at that moment, so a read costs a share of a round trip
-//!   instead of a `HGETALL` of its own, and it still sees every write that
+//!   instead of an `HMGET` of its own, and it still sees every write that
 //!   finished before it began, from any instance.
 //! - **Tickets.** Before a load or a write is sent, its key gets a ticket
 //!   ([`ClientCache::begin`]); an invalidation removes the entry and with it

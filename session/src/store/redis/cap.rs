@@ -58,7 +58,7 @@ struct TurnBusy {
 }
 
 /// One capped value of a write: its field, cap, value and turn key.
-struct Capped {
+pub(super) struct Capped {
     field: usize,
     max: u32,
     value: Value<'static>,
@@ -93,19 +93,15 @@ impl<T: SessionData> Drop for Turns<T> {
 }
 
 impl<T: SessionData> RedisStore<T> {
-    /// Runs `write` (which sets `data`'s `dirty` fields, every field for an
-    /// insert, on the session `written`) holding the turns of the capped
-    /// values it sets; if `wrote` says it wrote, destroys the oldest
-    /// sessions beyond each cap before giving the turns back.
-    pub(super) async fn with_caps<R>(
+    /// The capped values that a write setting `data`'s `dirty` fields
+    /// (every field for an insert) sets: most writes set none, and then go
+    /// without [`with_caps`](Self::with_caps).
+    pub(super) fn capped(
         &self,
         data: &T,
         dirty: Option<DirtyFields>,
-        written: SessionId,
-        write: impl Future<Output = Result<R, StoreError>>,
-        wrote: impl FnOnce(&R) -> bool,
-    ) -> Result<R, StoreError> {
-        let mut capped: Vec<Capped> = capped_values(&self.inner.caps, data, dirty)?
+    ) -> Result<Vec<Capped>, StoreError> {
+        Ok(capped_values(&self.inner.caps, data, dirty)?
             .into_iter()
             .filter_map(|(field, max, value)| {
                 let turn = self.turn_key(field, &value)?;
@@ -116,10 +112,19 @@ impl<T: SessionData> RedisStore<T> {
                     turn,
                 })
             })
-            .collect();
-        if capped.is_empty() {
-            return write.await;
-        }
+            .collect())
+    }
+
+    /// Runs `write` (on the session `written`) holding the turns of the
+    /// `capped` values it sets; if `wrote` says it wrote, destroys the
+    /// oldest sessions beyond each cap before giving the turns back.
+    pub(super) async fn with_caps<R>(
+        &self,
+        mut capped: Vec<Capped>,
+        written: SessionId,
+        write: impl Future<Output = Result<R, StoreError>>,
+        wrote: impl FnOnce(&R) -> bool,
+    ) -> Result<R, StoreError> {
         // Always taken in the same order: two writers never wait on each other.
         capped.sort_by(|a, b| a.turn.cmp(&b.turn));
         let mut turns = Turns {

@@ -3,8 +3,6 @@
 //! (integers as decimal text, times as RFC 3339, JSON as JSON), bytes as
 //! they are.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 
 use crate::{
@@ -153,31 +151,62 @@ pub(crate) fn fields_of<T: SessionData>(
     Ok(fields)
 }
 
-/// A hash read back (`HGETALL`), or `None` when it is not a live session:
-/// absent, expired, or being moved to a new id.
+/// The library's fields a load reads first, in this order; the struct's
+/// columns follow, in schema order.
+const LOADED: [&str; 5] = [VERSION, CREATED_AT, EXPIRES_AT, REMEMBER, MOVED_TO];
+
+/// The load of a session at `key`: one `HMGET` of the fields
+/// [`record_of`] decodes, by position. Not `HGETALL`: its reply carries
+/// every field's name too, twice the values to parse and a map to build.
+pub(crate) fn load_command<T: SessionData>(key: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(key).arg(&LOADED[..]);
+    for column in T::SCHEMA.columns {
+        cmd.arg(column.name);
+    }
+    cmd
+}
+
+/// The reply of a [`load_command`], or `None` when it is not a live
+/// session: absent, expired, or being moved to a new id.
 pub(crate) fn record_of<T: SessionData>(
     id: SessionId,
-    mut hash: HashMap<String, Vec<u8>>,
+    reply: redis::Value,
     now: DateTime<Utc>,
 ) -> Result<Option<Record<T>>, StoreError> {
-    if hash.is_empty() || hash.contains_key(MOVED_TO) {
+    let redis::Value::Array(values) = reply else {
+        return Err(unexpected::<T>(&reply));
+    };
+    if values.len() != LOADED.len() + T::SCHEMA.columns.len() {
+        return Err(unexpected::<T>(&redis::Value::Array(values)));
+    }
+    let mut values = values.into_iter().map(|value| match value {
+        redis::Value::Nil => Ok(None),
+        redis::Value::BulkString(bytes) => Ok(Some(bytes)),
+        other => Err(unexpected::<T>(&other)),
+    });
+    let mut next = || values.next().expect("one value per field asked for");
+    let library = |name: &'static str, stored: Option<Vec<u8>>| -> Result<i64, StoreError> {
+        let stored = stored.ok_or_else(|| library_error::<T>(name, ValueError::MissingColumn))?;
+        match decode(SqlType::I64, stored) {
+            Ok(Value::I64(value)) => Ok(value),
+            Ok(_) => unreachable!("decode answers the type asked for"),
+            Err(error) => Err(library_error::<T>(name, error)),
+        }
+    };
+    let (version, created_at, expires_at, remember, moved) =
+        (next()?, next()?, next()?, next()?, next()?);
+    if moved.is_some() {
         return Ok(None);
     }
-    let library =
-        |hash: &mut HashMap<String, Vec<u8>>, name: &'static str| -> Result<i64, StoreError> {
-            let stored = hash
-                .remove(name)
-                .ok_or_else(|| library_error::<T>(name, ValueError::MissingColumn))?;
-            match decode(SqlType::I64, stored) {
-                Ok(Value::I64(value)) => Ok(value),
-                Ok(_) => unreachable!("decode answers the type asked for"),
-                Err(error) => Err(library_error::<T>(name, error)),
-            }
-        };
-    let version = library(&mut hash, VERSION)?;
-    let created_at = time_of::<T>(CREATED_AT, library(&mut hash, CREATED_AT)?)?;
-    let expires_at = time_of::<T>(EXPIRES_AT, library(&mut hash, EXPIRES_AT)?)?;
-    let remember = library(&mut hash, REMEMBER)? == 1;
+    if version.is_none() && created_at.is_none() && expires_at.is_none() && remember.is_none() {
+        // No such hash (or not one of ours: none of the library's fields).
+        return Ok(None);
+    }
+    let version = library(VERSION, version)?;
+    let created_at = time_of::<T>(CREATED_AT, library(CREATED_AT, created_at)?)?;
+    let expires_at = time_of::<T>(EXPIRES_AT, library(EXPIRES_AT, expires_at)?)?;
+    let remember = library(REMEMBER, remember)? == 1;
     if expires_at <= now {
         return Ok(None);
     }
@@ -186,9 +215,9 @@ pub(crate) fn record_of<T: SessionData>(
     // `migrate()` adds a column on the SQL stores.
     // Built only if a field is missing: most loads never need it.
     let mut defaults = None;
-    let mut values = Vec::with_capacity(T::SCHEMA.columns.len());
+    let mut decoded = Vec::with_capacity(T::SCHEMA.columns.len());
     for (index, column) in T::SCHEMA.columns.iter().enumerate() {
-        let value = match hash.remove(column.name) {
+        let value = match next()? {
             Some(stored) => decode(column.sql_type, stored).map_err(|source| DecodeError {
                 table: T::SCHEMA.table,
                 column: column.name,
@@ -201,9 +230,9 @@ pub(crate) fn record_of<T: SessionData>(
                 .encode_column(index)?
                 .into_owned(),
         };
-        values.push(value);
+        decoded.push(value);
     }
-    let data = T::decode_columns(&mut values.into_iter())?;
+    let data = T::decode_columns(&mut decoded.into_iter())?;
     Ok(Some(Record {
         id,
         data,
@@ -212,6 +241,16 @@ pub(crate) fn record_of<T: SessionData>(
         created_at,
         remember,
     }))
+}
+
+/// A reply of another shape than a load's (a key of another type gives
+/// `WRONGTYPE`, which fails before this).
+fn unexpected<T: SessionData>(reply: &redis::Value) -> StoreError {
+    StoreError::Redis(std::sync::Arc::new(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply to a session's load",
+        format!("{reply:?} (table {})", T::SCHEMA.table),
+    ))))
 }
 
 fn time_of<T: SessionData>(name: &'static str, micros: i64) -> Result<DateTime<Utc>, StoreError> {

@@ -404,7 +404,8 @@ impl Groups {
                 if !id.is_some_and(|id| cache.is_tracking(id)) {
                     // A new connection (the client reconnected): tracking
                     // goes on there before these requests go on.
-                    let _ = self.start_tracking().await;
+                    // Boxed: rare, and larger than a group's own work.
+                    let _ = Box::pin(self.start_tracking()).await;
                 }
                 // An unchanged generation means tracking stayed as it was.
                 (id == Some(tracking) && tracking != 0 && cache.generation() == generation)
@@ -741,6 +742,12 @@ impl Node {
         if let Some(connection) = lock(&self.connection).clone() {
             return Ok(connection);
         }
+        // Boxed: connecting is rare, and its future would otherwise make
+        // every group's task larger.
+        Box::pin(self.open(timeout)).await
+    }
+
+    async fn open(&self, timeout: Duration) -> Result<MultiplexedConnection, StoreError> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));

@@ -29,7 +29,7 @@
 //! sessions this process read or wrote stay in memory, kept exact by
 //! Redis's invalidation pushes (`CLIENT TRACKING`), and a cached one is
 //! served after a shared sync point, so that a read still sees every write
-//! that finished before it began, from any instance, without a `HGETALL`.
+//! that finished before it began, from any instance, without an `HMGET`.
 //!
 //! Round trips: on a standalone server the commands that concurrent
 //! requests have ready at one moment go as one pipeline (a group: one
@@ -58,7 +58,7 @@ mod group;
 mod options;
 mod scripts;
 
-use std::{collections::HashMap, marker::PhantomData, sync::Arc, time::Duration};
+use std::{marker::PhantomData, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use redis::{
@@ -411,7 +411,7 @@ impl<T: SessionData> RedisStore<T> {
 
     /// A load through the client cache: the cached session once a group
     /// sent after the call began came back (a sync point), else a
-    /// `HGETALL` whose reply is cached.
+    /// `HMGET` whose reply is cached.
     async fn load_cached(
         &self,
         cache: &ClientCache,
@@ -427,13 +427,12 @@ impl<T: SessionData> RedisStore<T> {
             return Ok(Some(record));
         }
         let ticket = cache.begin(key.as_bytes());
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(&key);
         let loaded = async {
-            let (hash, tracked) = self
-                .query::<HashMap<String, Vec<u8>>>(cmd, Some(key.as_bytes()))
+            let (reply, tracked) = self
+                .send(codec::load_command::<T>(&key), Some(key.as_bytes()))
                 .await?;
-            Ok::<_, StoreError>((codec::record_of::<T>(*id, hash, now)?, tracked))
+            let reply = reply.map_err(store_error)?;
+            Ok::<_, StoreError>((codec::record_of::<T>(*id, reply, now)?, tracked))
         }
         .await;
         let tracked = loaded.as_ref().ok().and_then(|(_, tracked)| *tracked);
@@ -505,7 +504,7 @@ impl<T: SessionData> RedisStore<T> {
         key: Option<&[u8]>,
     ) -> Result<(RedisResult<redis::Value>, Option<u64>), StoreError> {
         if self.inner.wait.is_some() && self.is_cluster() {
-            let answer = self.inner.groups.alone(&cmd).await?;
+            let answer = Box::pin(self.inner.groups.alone(&cmd)).await?;
             return Ok((answer.value, answer.tracked));
         }
         self.send(cmd, key).await
@@ -558,7 +557,7 @@ impl<T: SessionData> RedisStore<T> {
             (Err(error), _)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
-                self.send_write(call.eval(), key).await?
+                Box::pin(self.send_write(call.eval(), key)).await?
             }
             sent => sent,
         };
@@ -588,9 +587,24 @@ impl<T: SessionData> RedisStore<T> {
         moved: bool,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        if !self.is_cluster() || score.is_empty() {
+        if !self.is_cluster() || score.is_empty() || changes.is_empty() {
             return Ok(());
         }
+        // Boxed: only Cluster stores with indexed fields come here, and
+        // every write's future would otherwise carry this one's size.
+        Box::pin(self.update_sets_on_cluster(changes, old_member, new_member, score, moved, now))
+            .await
+    }
+
+    async fn update_sets_on_cluster(
+        &self,
+        changes: &[IndexChange],
+        old_member: &str,
+        new_member: &str,
+        score: &[u8],
+        moved: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let now_ms = now.timestamp_millis();
         let mut removals = Vec::new();
         let mut additions = Vec::new();
@@ -637,6 +651,11 @@ impl<T: SessionData> RedisStore<T> {
         let Some(wait) = self.inner.wait else {
             return Ok(());
         };
+        // Boxed, as opted into: the common write's future stays small.
+        Box::pin(self.wait_on_node(key, wait)).await
+    }
+
+    async fn wait_on_node(&self, key: &str, wait: WaitForReplicas) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(wait.replicas)
             .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
@@ -876,10 +895,7 @@ impl<T: SessionData> RedisStore<T> {
         if keys.len() == 1 && unset.is_empty() && self.inner.indexed.is_empty() {
             return self.write_fields(keys[0], &set, &update).await;
         }
-        let mut invocation = scripts::UPDATE_TEXT.call(keys[0]);
-        for key in &keys[1..] {
-            invocation.key(*key);
-        }
+        let mut invocation = scripts::UPDATE_TEXT.call_keys(keys);
         update_head(&mut invocation, &update)
             .arg(
                 update
@@ -1004,23 +1020,31 @@ impl<T: SessionData> SessionStore<T> for RedisStore<T> {
             return self.load_cached(cache, groups, id, now).await;
         }
         let key = self.key_of(id);
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(&key);
-        let hash: HashMap<String, Vec<u8>> = self.command(cmd, Some(key.as_bytes())).await?;
-        codec::record_of(*id, hash, now)
+        let (reply, _) = self
+            .send(codec::load_command::<T>(&key), Some(key.as_bytes()))
+            .await?;
+        codec::record_of(*id, reply.map_err(store_error)?, now)
     }
 
+    // A capped write is boxed: its turns would otherwise make every
+    // write's future (kept per request) several times larger.
     async fn insert(&self, record: &Record<T>) -> Result<(), StoreError> {
+        let capped = self.capped(&record.data, None)?;
+        if capped.is_empty() {
+            return self.insert_session(record).await;
+        }
         let write = self.insert_session(record);
-        self.with_caps(&record.data, None, record.id, write, |_| true)
-            .await
+        Box::pin(self.with_caps(capped, record.id, write, |_| true)).await
     }
 
     async fn update(&self, id: &SessionId, data: &T, update: Update) -> Result<bool, StoreError> {
-        let (dirty, written) = (update.dirty, update.new_id.unwrap_or(*id));
+        let capped = self.capped(data, Some(update.dirty))?;
+        if capped.is_empty() {
+            return self.update_session(id, data, update).await;
+        }
+        let written = update.new_id.unwrap_or(*id);
         let write = self.update_session(id, data, update);
-        self.with_caps(data, Some(dirty), written, write, |wrote| *wrote)
-            .await
+        Box::pin(self.with_caps(capped, written, write, |wrote| *wrote)).await
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
@@ -1077,8 +1101,13 @@ impl<T: SessionData> RedisStore<T> {
     async fn insert_session(&self, record: &Record<T>) -> Result<(), StoreError> {
         let key = self.key_of(&record.id);
         let fields = codec::fields_of(record)?;
-        let member = record.id.to_string();
         let lean = self.inner.indexed.is_empty();
+        // The member of the index sets, which a lean insert has none of.
+        let member = if lean {
+            String::new()
+        } else {
+            record.id.to_string()
+        };
         let now = Utc::now();
         // Both scripts start alike: the expiry, then the fields.
         let script = if lean {
@@ -1143,31 +1172,16 @@ impl<T: SessionData> RedisStore<T> {
         update: Update,
     ) -> Result<bool, StoreError> {
         if let Some(new_id) = update.new_id {
-            if let Some(cache) = self.cache() {
-                cache.remove(self.key_of(id).as_bytes());
-                cache.remove(self.key_of(&new_id).as_bytes());
-            }
-            if self.is_cluster() {
-                return self.move_session(id, &new_id, data, update).await;
-            }
-            let (old_key, new_key) = (self.key_of(id), self.key_of(&new_id));
-            let written = self
-                .write_keys(
-                    &[&old_key, &new_key],
-                    data,
-                    update,
-                    &id.to_string(),
-                    &new_id.to_string(),
-                )
-                .await?
-                .0;
-            if written.is_some() {
-                self.wait_for_replicas(&new_key).await?;
-            }
-            return Ok(written.is_some());
+            // Boxed: a renew is rare, and larger than the common write.
+            return Box::pin(self.renew_session(id, new_id, data, update)).await;
         }
         let key = self.key_of(id);
-        let member = id.to_string();
+        // The member of the index sets: only scripts that keep them read it.
+        let member = if self.inner.indexed.is_empty() {
+            String::new()
+        } else {
+            id.to_string()
+        };
         let ticket = self.cache().map(|cache| cache.begin(key.as_bytes()));
         let written = self
             .write_keys(&[&key], data, update, &member, &member)
@@ -1211,6 +1225,38 @@ impl<T: SessionData> RedisStore<T> {
 }
 
 impl<T: SessionData> RedisStore<T> {
+    /// [`update_session`](Self::update_session) under the new id `new_id`.
+    async fn renew_session(
+        &self,
+        id: &SessionId,
+        new_id: SessionId,
+        data: &T,
+        update: Update,
+    ) -> Result<bool, StoreError> {
+        if let Some(cache) = self.cache() {
+            cache.remove(self.key_of(id).as_bytes());
+            cache.remove(self.key_of(&new_id).as_bytes());
+        }
+        if self.is_cluster() {
+            return self.move_session(id, &new_id, data, update).await;
+        }
+        let (old_key, new_key) = (self.key_of(id), self.key_of(&new_id));
+        let written = self
+            .write_keys(
+                &[&old_key, &new_key],
+                data,
+                update,
+                &id.to_string(),
+                &new_id.to_string(),
+            )
+            .await?
+            .0;
+        if written.is_some() {
+            self.wait_for_replicas(&new_key).await?;
+        }
+        Ok(written.is_some())
+    }
+
     /// Deletes a session and its index entries: whether it existed.
     async fn delete_counted(&self, id: &SessionId) -> Result<bool, StoreError> {
         let key = self.key_of(id);

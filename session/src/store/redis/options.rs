@@ -139,7 +139,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
     /// after four timeouts if its writer died). A write that waits longer
     /// than the store's timeout for its turn fails with
     /// [`StoreError::Unavailable`]. Each capped write costs a few round
-    /// trips more: the turn, the value's sessions (one `HGETALL` each) and
+    /// trips more: the turn, the value's sessions (one `HMGET` each) and
     /// the deletes; writes that do not set the field cost nothing more.
     ///
     /// ```no_run
@@ -164,7 +164,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
     }
 
     /// Keeps up to `capacity` sessions in this process, so that a request
-    /// whose session is cached skips its `HGETALL` (standalone servers only;
+    /// whose session is cached skips its `HMGET` (standalone servers only;
     /// [`connect_cluster`](Self::connect_cluster) refuses it). Off by default.
     ///
     /// It stays exact with any number of app instances: the connection
@@ -174,7 +174,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
     /// (a `CLIENT ID`) sent after the request started has come back. All
     /// requests waiting at one moment share one sync point: a read still
     /// sees every write that finished before it began, from any instance,
-    /// at a share of one round trip instead of one `HGETALL` each. A write
+    /// at a share of one round trip instead of one `HMGET` each. A write
     /// goes to Redis as always and, once it succeeded, updates the cached
     /// copy. A reconnect empties the cache.
     ///

@@ -243,55 +243,63 @@ impl ScriptText {
 
     /// A call of this script on `key`.
     pub(crate) fn call(&'static self, key: impl ToRedisArgs) -> Call {
-        let mut call = Call {
+        self.call_keys(&[key])
+    }
+
+    /// A call of this script on `keys` (all of them before any argument:
+    /// their count comes first).
+    pub(crate) fn call_keys<K: ToRedisArgs>(&'static self, keys: &[K]) -> Call {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hash).arg(keys.len()).arg(keys);
+        Call {
             script: self,
-            keys: Vec::new(),
-            args: Vec::new(),
-        };
-        call.key(key);
-        call
+            keys: keys.len(),
+            cmd,
+        }
     }
 }
 
-/// One call of a script: its keys and arguments, as `EVALSHA`, or `EVAL`
-/// when the server forgot the script.
+/// One call of a script, as `EVALSHA`, built once: its arguments are
+/// written into the command as they come, and `EVAL` (when the server
+/// forgot the script) copies them.
 pub(crate) struct Call {
     script: &'static ScriptText,
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    keys: usize,
+    cmd: Cmd,
 }
 
 impl Call {
-    pub(crate) fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
-        self.keys.extend(key.to_redis_args());
-        self
-    }
-
     pub(crate) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
-        self.args.extend(arg.to_redis_args());
+        self.cmd.arg(arg);
         self
-    }
-
-    fn command(&self, name: &str, script: &str) -> Cmd {
-        let mut cmd = redis::cmd(name);
-        cmd.arg(script)
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&self.args);
-        cmd
     }
 
     /// The first key: the one that routes the call on Cluster.
     pub(crate) fn first_key(&self) -> Option<&[u8]> {
-        self.keys.first().map(Vec::as_slice)
+        if self.keys == 0 {
+            return None;
+        }
+        // EVALSHA, the hash, the number of keys, then the keys.
+        match self.cmd.args_iter().nth(3) {
+            Some(redis::Arg::Simple(key)) => Some(key),
+            _ => None,
+        }
     }
 
+    /// The call as `EVALSHA`; `self` stays for [`eval`](Self::eval).
     pub(crate) fn evalsha(&self) -> Cmd {
-        self.command("EVALSHA", &self.script.hash)
+        self.cmd.clone()
     }
 
     pub(crate) fn eval(&self) -> Cmd {
-        self.command("EVAL", &self.script.source)
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(&self.script.source);
+        for arg in self.cmd.args_iter().skip(2) {
+            if let redis::Arg::Simple(arg) = arg {
+                cmd.arg(arg);
+            }
+        }
+        cmd
     }
 }
 
