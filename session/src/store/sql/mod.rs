@@ -373,8 +373,13 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
         now: DateTime<Utc>,
     ) -> Result<Option<Record<T>>, StoreError> {
         if !self.core.options.group_commit {
-            let mut connection = self.core.acquire().await?;
-            return self.load_one(&mut connection, id, now).await;
+            // Boxed: the driver's futures are large, and every load's
+            // future would otherwise carry them.
+            return Box::pin(async {
+                let mut connection = self.core.acquire().await?;
+                self.load_one(&mut connection, id, now).await
+            })
+            .await;
         }
         let record = self.queued_load(id).await?;
         // A group reads with its own clock: re-check against the caller's.

@@ -156,9 +156,15 @@ impl<B: Dialect, T: SessionData> SqlStore<B, T> {
         if !self.core.options.group_commit {
             self.core.commits.fetch_add(1, Ordering::Relaxed);
             // A group of one on a pooled connection, given back after it.
-            let rows = run_group(&self.core, &mut None, std::slice::from_ref(&write))
-                .await
-                .map_err(|error| error.into_store_error(&self.core))?;
+            // Boxed: the driver's futures are large, and every write's
+            // future would otherwise carry them.
+            let rows = Box::pin(run_group(
+                &self.core,
+                &mut None,
+                std::slice::from_ref(&write),
+            ))
+            .await
+            .map_err(|error| error.into_store_error(&self.core))?;
             return Ok(rows.first().copied().unwrap_or(0));
         }
         let (done, mut result) = oneshot::channel();
