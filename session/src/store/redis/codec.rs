@@ -159,9 +159,13 @@ const LOADED: [&str; 5] = [VERSION, CREATED_AT, EXPIRES_AT, REMEMBER, MOVED_TO];
 /// [`record_of`] decodes, by position. Not `HGETALL`: its reply carries
 /// every field's name too, twice the values to parse and a map to build.
 pub(crate) fn load_command<T: SessionData>(key: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("HMGET");
-    cmd.arg(key).arg(&LOADED[..]);
-    for column in T::SCHEMA.columns {
+    let columns = T::SCHEMA.columns;
+    let mut cmd = redis::Cmd::with_capacity(
+        2 + LOADED.len() + columns.len(),
+        64 + key.len() + columns.iter().map(|c| c.name.len()).sum::<usize>(),
+    );
+    cmd.arg("HMGET").arg(key).arg(&LOADED[..]);
+    for column in columns {
         cmd.arg(column.name);
     }
     cmd

@@ -346,8 +346,10 @@ impl Groups {
                 queue.gathering = false;
                 let syncing = queue.commands.is_empty();
                 queue.syncing |= syncing;
+                // The next group likely is as large as this one.
+                let room = Vec::with_capacity(queue.commands.len());
                 (
-                    std::mem::take(&mut queue.commands),
+                    std::mem::replace(&mut queue.commands, room),
                     std::mem::take(&mut queue.syncs),
                     syncing,
                 )
@@ -370,7 +372,7 @@ impl Groups {
     }
 
     async fn flush(&self, commands: Vec<(Cmd, Reply)>, syncs: Vec<Reply>) {
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(commands.len() + 1);
         if self.cache.is_some() {
             pipe.cmd("CLIENT").arg("ID");
         }
@@ -435,7 +437,7 @@ impl Groups {
         node: &Node,
         commands: Vec<(Cmd, Reply)>,
     ) {
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(commands.len());
         let mut replies = Vec::with_capacity(commands.len());
         for (cmd, reply) in commands {
             pipe.add_command(cmd);

@@ -249,8 +249,9 @@ impl ScriptText {
     /// A call of this script on `keys` (all of them before any argument:
     /// their count comes first).
     pub(crate) fn call_keys<K: ToRedisArgs>(&'static self, keys: &[K]) -> Call {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.hash).arg(keys.len()).arg(keys);
+        // Room for a common write's arguments without growing.
+        let mut cmd = Cmd::with_capacity(16, 256);
+        cmd.arg("EVALSHA").arg(&self.hash).arg(keys.len()).arg(keys);
         Call {
             script: self,
             keys: keys.len(),
