@@ -5,7 +5,8 @@
 //! A request queues its command and waits for its reply. A task takes the
 //! queue and sends it as one group: it yields first, so that every request
 //! the runtime has ready (and every socket that became readable) queues
-//! its command before. Under load a group carries many requests' commands
+//! its command before (a group of sync points only, twice: it has no work
+//! of its own to delay). Under load a group carries many requests' commands
 //! for one write and one read on the socket, one timer and one reply
 //! channel between the connection and us; alone, a request is sent at
 //! once. Each command keeps its own reply: one that fails (a script error,
