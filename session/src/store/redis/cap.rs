@@ -20,14 +20,12 @@
 
 use std::{
     future::Future,
-    sync::LazyLock,
     time::{Duration, Instant},
 };
 
 use chrono::Utc;
-use redis::Script;
 
-use super::{RedisStore, codec::encode, futures_join, unavailable};
+use super::{RedisStore, codec::encode, futures_join, scripts, unavailable};
 use crate::{
     data::{DirtyFields, SessionData},
     error::StoreError,
@@ -40,14 +38,6 @@ use crate::{
 /// A turn expires after this many store timeouts: longer than a write and
 /// its cap step take, short enough that a dead writer's turn comes free.
 pub(crate) const TURN_TIMEOUTS: u32 = 4;
-
-/// Gives a turn back only if it is still ours: it may have expired and
-/// gone to another writer.
-static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-    )
-});
 
 /// Another writer held the value's turn for all of the store's timeout.
 #[derive(Debug, thiserror::Error)]
@@ -191,9 +181,9 @@ impl<T: SessionData> RedisStore<T> {
     /// Gives turns back; one that cannot be (Redis is away) expires.
     async fn give_back(&self, held: Vec<(Vec<u8>, String)>) {
         for (key, token) in held {
-            let mut invocation = GIVE_BACK.key(key);
-            invocation.arg(token);
-            let _ = self.invoke(&invocation).await;
+            let mut call = scripts::GIVE_BACK_TEXT.call(key);
+            call.arg(token);
+            let _ = self.call_value(call).await;
         }
     }
 

@@ -62,7 +62,7 @@ use std::{marker::PhantomData, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use redis::{
-    Cmd, RedisError, RedisFuture, RedisResult, ScriptInvocation,
+    Cmd, RedisError, RedisFuture, RedisResult,
     aio::{ConnectionLike, ConnectionManager},
     cluster_async::ClusterConnection,
 };
@@ -461,6 +461,16 @@ impl<T: SessionData> RedisStore<T> {
         Some(key)
     }
 
+    /// A session's member in the index sets; empty when the struct has
+    /// no indexed field (no script reads it then).
+    fn member_of(&self, id: &SessionId) -> String {
+        if self.inner.indexed.is_empty() {
+            String::new()
+        } else {
+            id.to_string()
+        }
+    }
+
     fn is_cluster(&self) -> bool {
         matches!(self.inner.groups.connection(), Connection::Cluster(_))
     }
@@ -471,14 +481,6 @@ impl<T: SessionData> RedisStore<T> {
         work: impl Future<Output = RedisResult<R>>,
     ) -> Result<R, StoreError> {
         within(self.inner.timeout, work).await
-    }
-
-    async fn invoke(
-        &self,
-        invocation: &ScriptInvocation<'_>,
-    ) -> Result<Vec<redis::Value>, StoreError> {
-        let mut connection = self.inner.groups.connection().clone();
-        self.bounded(invocation.invoke_async(&mut connection)).await
     }
 
     /// One command, which names `key` (`None`: no key), in the next group
@@ -592,58 +594,37 @@ impl<T: SessionData> RedisStore<T> {
         }
         // Boxed: only Cluster stores with indexed fields come here, and
         // every write's future would otherwise carry this one's size.
-        Box::pin(self.update_sets_on_cluster(changes, old_member, new_member, score, moved, now))
-            .await
-    }
-
-    async fn update_sets_on_cluster(
-        &self,
-        changes: &[IndexChange],
-        old_member: &str,
-        new_member: &str,
-        score: &[u8],
-        moved: bool,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let now_ms = now.timestamp_millis();
-        let mut removals = Vec::new();
-        let mut additions = Vec::new();
-        for (indexed, (old, new)) in self.inner.indexed.iter().zip(changes) {
-            let set = |value: &[u8]| [indexed.set_prefix.as_slice(), value].concat();
-            if let Some(old) = old
-                && (Some(old) != new.as_ref() || moved)
-            {
+        Box::pin(async move {
+            let now_ms = now.timestamp_millis();
+            let mut removals = Vec::new();
+            let mut additions = Vec::new();
+            for (indexed, (old, new)) in self.inner.indexed.iter().zip(changes) {
+                let set = |value: &[u8]| [indexed.set_prefix.as_slice(), value].concat();
+                if let Some(old) = old
+                    && (Some(old) != new.as_ref() || moved)
+                {
+                    removals.push(set(old));
+                }
+                if let Some(new) = new {
+                    additions.push(set(new));
+                }
+            }
+            // One command per set, all queued at once: they go in the
+            // groups of the sets' masters.
+            let removed = removals.iter().map(|set| async move {
                 let mut cmd = redis::cmd("ZREM");
-                cmd.arg(set(old)).arg(old_member);
-                removals.push(cmd);
-            }
-            if let Some(new) = new {
-                additions.push(set(new));
-            }
-        }
-        // One request per set, all sent at once over the node connections.
-        let removed = removals.iter().map(|cmd| async move {
-            let mut connection = self.inner.groups.connection().clone();
-            cmd.query_async::<redis::Value>(&mut connection)
-                .await
-                .map(drop)
-        });
-        let added = additions.iter().map(|set| async move {
-            let mut connection = self.inner.groups.connection().clone();
-            let mut invocation = scripts::INDEX_ADD_SCRIPT.key(set);
-            invocation.arg(new_member).arg(score).arg(now_ms);
-            invocation
-                .invoke_async::<redis::Value>(&mut connection)
-                .await
-                .map(drop)
-        });
-        let (removed, added) = self
-            .bounded(async { Ok(tokio::join!(futures_join(removed), futures_join(added))) })
-            .await?;
-        for result in removed.into_iter().chain(added) {
-            result.map_err(store_error)?;
-        }
-        Ok(())
+                cmd.arg(set).arg(old_member);
+                self.command::<redis::Value>(cmd, Some(set)).await.map(drop)
+            });
+            let added = additions.iter().map(|set| async move {
+                let mut call = scripts::INDEX_ADD_TEXT.call(set);
+                call.arg(new_member).arg(score).arg(now_ms);
+                self.call_value(call).await.map(drop)
+            });
+            let (removed, added) = tokio::join!(futures_join(removed), futures_join(added));
+            removed.into_iter().chain(added).collect()
+        })
+        .await
     }
 
     /// `WAIT` for the configured replicas, on the node that took the write.
@@ -768,7 +749,7 @@ impl<T: SessionData> RedisStore<T> {
         update: Update,
     ) -> Result<bool, StoreError> {
         let (old_key, new_key) = (self.key_of(id), self.key_of(new_id));
-        let mut out = scripts::MOVE_OUT_SCRIPT.key(&old_key);
+        let mut out = scripts::MOVE_OUT_TEXT.call(&old_key);
         out.arg(
             update
                 .expected_version
@@ -776,7 +757,7 @@ impl<T: SessionData> RedisStore<T> {
                 .unwrap_or_default(),
         )
         .arg(new_id.to_string());
-        let reply = self.invoke(&out).await?;
+        let reply = self.call(out).await?;
         if !succeeded(&reply) {
             return Ok(false);
         }
@@ -804,12 +785,12 @@ impl<T: SessionData> RedisStore<T> {
             })
             .collect();
         let moved = async {
-            let mut into = scripts::MOVE_IN_SCRIPT.key(&new_key);
+            let mut into = scripts::MOVE_IN_TEXT.call(&new_key);
             into.arg(&pexpiretime);
             for part in &hash {
                 into.arg(part);
             }
-            if !succeeded(&self.invoke(&into).await?) {
+            if !succeeded(&self.call(into).await?) {
                 return Err(StoreError::Redis(Arc::new(RedisError::from((
                     redis::ErrorKind::Client,
                     "the new session id is taken",
@@ -1102,12 +1083,7 @@ impl<T: SessionData> RedisStore<T> {
         let key = self.key_of(&record.id);
         let fields = codec::fields_of(record)?;
         let lean = self.inner.indexed.is_empty();
-        // The member of the index sets, which a lean insert has none of.
-        let member = if lean {
-            String::new()
-        } else {
-            record.id.to_string()
-        };
+        let member = self.member_of(&record.id);
         let now = Utc::now();
         // Both scripts start alike: the expiry, then the fields.
         let script = if lean {
@@ -1176,12 +1152,7 @@ impl<T: SessionData> RedisStore<T> {
             return Box::pin(self.renew_session(id, new_id, data, update)).await;
         }
         let key = self.key_of(id);
-        // The member of the index sets: only scripts that keep them read it.
-        let member = if self.inner.indexed.is_empty() {
-            String::new()
-        } else {
-            id.to_string()
-        };
+        let member = self.member_of(id);
         let ticket = self.cache().map(|cache| cache.begin(key.as_bytes()));
         let written = self
             .write_keys(&[&key], data, update, &member, &member)

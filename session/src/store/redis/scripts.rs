@@ -1,6 +1,7 @@
 //! The server-side scripts: each write is one atomic step on the session's
-//! hash. `redis::Script` sends `EVALSHA` and loads the script again when a
-//! server answers `NOSCRIPT` (a restart, a failover, `SCRIPT FLUSH`).
+//! hash. A call goes in the groups like any command, as `EVALSHA`, and
+//! again as `EVAL` with the source when a server answers `NOSCRIPT` (a
+//! restart, a failover, `SCRIPT FLUSH`).
 //!
 //! Index sets are one sorted set per indexed value: members are session
 //! ids, scores their expiry in ms, and the set expires with its last
@@ -213,15 +214,13 @@ index_add(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 return {1}
 "#;
 
-fn with_helpers(body: &str) -> Script {
-    Script::new(&format!("{INDEX_HELPERS}{body}"))
-}
+/// Gives a cap's turn back only if it is still ours: it may have expired
+/// and gone to another writer. ARGV: the token it was taken with.
+const GIVE_BACK: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
-pub(crate) static MOVE_OUT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MOVE_OUT));
-pub(crate) static MOVE_IN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MOVE_IN));
-pub(crate) static INDEX_ADD_SCRIPT: LazyLock<Script> = LazyLock::new(|| with_helpers(INDEX_ADD));
-
-/// A script's source and its SHA-1, for calls built by hand.
+/// A script's source and its SHA-1. Every call goes in the groups as
+/// `EVALSHA` ([`Call`]), and again as `EVAL` when the server forgot it.
 pub(crate) struct ScriptText {
     source: String,
     hash: String,
@@ -311,3 +310,10 @@ pub(crate) static INSERT_FIELDS_TEXT: LazyLock<ScriptText> =
 pub(crate) static UPDATE_FIELDS_TEXT: LazyLock<ScriptText> =
     LazyLock::new(|| ScriptText::plain(UPDATE_FIELDS));
 pub(crate) static DELETE_TEXT: LazyLock<ScriptText> = LazyLock::new(|| ScriptText::new(DELETE));
+pub(crate) static MOVE_OUT_TEXT: LazyLock<ScriptText> =
+    LazyLock::new(|| ScriptText::plain(MOVE_OUT));
+pub(crate) static MOVE_IN_TEXT: LazyLock<ScriptText> = LazyLock::new(|| ScriptText::plain(MOVE_IN));
+pub(crate) static INDEX_ADD_TEXT: LazyLock<ScriptText> =
+    LazyLock::new(|| ScriptText::new(INDEX_ADD));
+pub(crate) static GIVE_BACK_TEXT: LazyLock<ScriptText> =
+    LazyLock::new(|| ScriptText::plain(GIVE_BACK));
