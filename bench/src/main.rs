@@ -23,6 +23,7 @@
 //! default to all; bare and the memory store always run, as references),
 //! and `BENCH_TARGETS=bare,raw redis-rs/Redis,client cache` keeps only the
 //! servers whose name contains one of those parts (for profiling one).
+//! `BENCH_WAIT=1` adds the Redis Cluster store with `wait_for_replicas(1)`.
 //!
 //! Databases: `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` (defaults: the local
 //! servers); a store whose database is unreachable is reported as skipped.
@@ -70,6 +71,14 @@ struct CachedVisit {
 #[derive(Session, Default)]
 #[session(table = "bench_tracked_sessions")]
 struct TrackedVisit {
+    count: i64,
+}
+
+/// The same session on Redis Cluster with `wait_for_replicas(1)`, under
+/// its own keys (`BENCH_WAIT=1`): what waiting for a replica costs.
+#[derive(Session, Default)]
+#[session(table = "bench_waited_sessions")]
+struct WaitedVisit {
     count: i64,
 }
 
@@ -143,6 +152,7 @@ macro_rules! counter {
 counter!(Visit);
 counter!(CachedVisit);
 counter!(TrackedVisit);
+counter!(WaitedVisit);
 counter!(UserVisit, user);
 counter!(IndexedVisit, user);
 
@@ -1053,6 +1063,20 @@ async fn run() -> anyhow::Result<()> {
                 })
                 .await??;
             sessions.push(("session+client cache", tracked));
+        }
+        if db == Db::RedisCluster && std::env::var("BENCH_WAIT").is_ok_and(|value| value == "1") {
+            // The suite's Cluster has a replica per master.
+            let waited = server_runtime()
+                .spawn(async move {
+                    let store = RedisStore::<WaitedVisit>::builder()
+                        .prefix(redis_prefix::<WaitedVisit>())
+                        .wait_for_replicas(1, Duration::from_secs(1))
+                        .connect_cluster(redis_cluster_nodes())
+                        .await?;
+                    Ok::<_, anyhow::Error>(with_sessions::<WaitedVisit, _>(store))
+                })
+                .await??;
+            sessions.push(("session+wait_for_replicas(1)", waited));
         }
         if std::env::var("BENCH_INDEX_COST").is_ok_and(|value| value == "1") {
             let (plain, indexed) = {

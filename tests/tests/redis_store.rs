@@ -333,6 +333,25 @@ async fn one_bad_key_fails_alone<B: Backend<Store<Visit> = RedisStore<Visit>>>()
     fixture.cleanup().await;
 }
 
+/// `clients` concurrent clients, each visiting three times and checking
+/// every answer; each task gives its client back.
+fn visiting_three_times(app: &Router, clients: usize) -> Vec<tokio::task::JoinHandle<Client>> {
+    (0..clients)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut client = Client::new(app, COOKIE);
+                for visit in 1..=3 {
+                    let reply = client.get("/visit").await;
+                    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+                    assert_eq!(reply.body, visit.to_string());
+                }
+                client
+            })
+        })
+        .collect()
+}
+
 /// Concurrent requests share round trips: their loads and writes go in
 /// groups of several commands (per master on Cluster), none on its own.
 async fn concurrent_requests_share_groups<B: Backend<Store<Visit> = RedisStore<Visit>>>() {
@@ -344,20 +363,7 @@ async fn concurrent_requests_share_groups<B: Backend<Store<Visit> = RedisStore<V
     let store = fixture.independent_store().await;
     let app = app(store.clone(), SessionConfig::default());
     let before = store.pipeline_stats();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let app = app.clone();
-            tokio::spawn(async move {
-                let mut client = Client::new(app, COOKIE);
-                for visit in 1..=3 {
-                    let reply = client.get("/visit").await;
-                    assert_eq!(reply.status, StatusCode::OK);
-                    assert_eq!(reply.body, visit.to_string());
-                }
-            })
-        })
-        .collect();
-    for client in clients {
+    for client in visiting_three_times(&app, CLIENTS) {
         client.await.unwrap();
     }
     let after = store.pipeline_stats();
@@ -625,4 +631,71 @@ async fn waiting_for_a_replica_that_does_not_exist_fails_clearly() {
         "{}",
         reply.body
     );
+}
+
+/// One command's text reply from the node at `url`.
+async fn ask_node(url: &str, command: &[&str]) -> String {
+    let mut connection = ::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    ::redis::cmd(command[0])
+        .arg(&command[1..])
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+/// How many `WAIT`s the nodes of the test Cluster have run, all together.
+async fn waits_on_cluster() -> u64 {
+    let seed = &conformance_tests::redis_cluster_nodes()[0];
+    let nodes = ask_node(seed, &["CLUSTER", "NODES"]).await;
+    let mut waits = 0;
+    // `<id> <host:port@bus> ...` per node.
+    for address in nodes.lines().filter_map(|line| line.split(' ').nth(1)) {
+        let address = address.split('@').next().unwrap();
+        let stats = ask_node(&format!("redis://{address}"), &["INFO", "commandstats"]).await;
+        waits += stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_wait:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse::<u64>().unwrap());
+    }
+    waits
+}
+
+/// WAIT mode on the Cluster (each master has a replica): every answer is
+/// exact, the writes go in their masters' groups like any other (none on
+/// its own), and the concurrent writes of one moment share one `WAIT`.
+#[tokio::test]
+async fn waiting_for_replicas_shares_the_writes_groups() {
+    const CLIENTS: usize = 32;
+    let Ok(store) = RedisStore::<Visit>::builder()
+        .prefix(format!("wait_cluster_{}", std::process::id()))
+        .wait_for_replicas(1, Duration::from_secs(2))
+        .connect_cluster(conformance_tests::redis_cluster_nodes())
+        .await
+    else {
+        let _ = conformance_tests::RedisCluster::open::<Visit>().await;
+        return;
+    };
+    let app = app(store.clone(), SessionConfig::default());
+    let (stats, waits) = (store.pipeline_stats(), waits_on_cluster().await);
+    let mut ids = Vec::new();
+    for client in visiting_three_times(&app, CLIENTS) {
+        ids.push(id_of(&client.await.unwrap()));
+    }
+    let (after, waited) = (store.pipeline_stats(), waits_on_cluster().await - waits);
+    assert_eq!(after.alone, stats.alone, "no write on its own: {after:?}");
+    // An insert and two updates per client.
+    let writes = 3 * CLIENTS as u64;
+    eprintln!("wait_for_replicas on Cluster: {waited} WAITs for {writes} writes");
+    assert!(
+        (1..writes).contains(&waited),
+        "{waited} WAITs for {writes} writes"
+    );
+    for id in ids {
+        store.delete(&id).await.unwrap();
+    }
 }

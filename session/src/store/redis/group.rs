@@ -23,8 +23,18 @@
 //! redirect or waits and retries, and the map is read again; so is it
 //! after a group failed as a whole (its requests fail, as they may have
 //! run), and a group whose master cannot be reached goes command by
-//! command through the client. A command that names no key (`WAIT`,
-//! `CLUSTER SLOTS`) goes on its own through the client.
+//! command through the client. A command that names no key (`CLUSTER
+//! SLOTS`, the `WAIT` after a write sent on its own) goes on its own
+//! through the client.
+//!
+//! With [`wait_for_replicas`](super::RedisStoreBuilder::wait_for_replicas)
+//! a group that carries a write ends with one `WAIT`, on the connection
+//! the writes went on: it counts every write before it there, so one
+//! `WAIT` covers the group's writes, in the group's round trip, and each
+//! write hears how many replicas acknowledged it. A write sent on its
+//! own (Cluster, above) hears nothing; the store then sends a `WAIT`
+//! through the Cluster client, whose connection to the node it ran on
+//! sends both.
 //!
 //! With a client cache every group starts with `CLIENT ID`, so its replies
 //! say which connection they ran on, and whether tracking was on there
@@ -50,7 +60,8 @@ use redis::{
 use tokio::sync::oneshot;
 
 use super::{
-    Connection, cache::ClientCache, futures_join, is_outage, store_error, unavailable, within,
+    Connection, WaitForReplicas, cache::ClientCache, futures_join, is_outage, store_error,
+    unavailable, within,
 };
 use crate::{
     error::StoreError,
@@ -62,11 +73,27 @@ pub(crate) struct Answer {
     /// The command's own reply (`Nil` for a sync point): a server error
     /// here is this command's alone.
     pub(crate) value: RedisResult<redis::Value>,
+    pub(crate) sent: Sent,
+}
+
+impl Answer {
+    pub(crate) fn into_parts(self) -> (RedisResult<redis::Value>, Sent) {
+        (self.value, self.sent)
+    }
+}
+
+/// What the group a command went in says about it, beside its reply.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Sent {
     /// With a client cache: the tracking generation, if the group ran on
     /// the connection whose tracking was on before it was sent and still
     /// is, so that what it read is tracked (and what it wrote, by the
     /// scripts' final read).
     pub(crate) tracked: Option<u64>,
+    /// With `wait_for_replicas`: how many replicas acknowledged the
+    /// group's `WAIT` (`None`: the command went on its own, or the
+    /// group's `WAIT` gave no count).
+    pub(crate) acked: Option<i64>,
 }
 
 type Reply = oneshot::Sender<Result<Answer, StoreError>>;
@@ -74,6 +101,9 @@ type Reply = oneshot::Sender<Result<Answer, StoreError>>;
 #[derive(Default)]
 struct Queue {
     commands: Vec<(Cmd, Reply)>,
+    /// A write is among `commands` (the group then ends with `WAIT`, if
+    /// the store waits for replicas).
+    writes: bool,
     /// Requests that only wait for a sync point.
     syncs: Vec<Reply>,
     /// A task is about to take the queue.
@@ -83,6 +113,11 @@ struct Queue {
 }
 
 impl Queue {
+    fn push(&mut self, cmd: Cmd, reply: Reply, write: bool) {
+        self.commands.push((cmd, reply));
+        self.writes |= write;
+    }
+
     /// Whether a task should take the queue now (then it is marked taken).
     /// Commands go at once; sync points alone wait while a group of them
     /// is out, so that under load they share one (cached reads, the bulk
@@ -147,6 +182,14 @@ impl Drop for Running<'_> {
     }
 }
 
+/// The count in a `WAIT`'s reply.
+fn acked_of(reply: Option<redis::Value>) -> Option<i64> {
+    match reply {
+        Some(redis::Value::Int(acked)) => Some(acked),
+        _ => None,
+    }
+}
+
 /// The number of Cluster slots.
 const SLOTS: usize = 16384;
 
@@ -187,6 +230,7 @@ enum Lanes {
 pub(crate) struct Groups {
     connection: Connection,
     timeout: Duration,
+    wait: Option<WaitForReplicas>,
     cache: Option<Arc<ClientCache>>,
     lanes: Lanes,
     stats: Stats,
@@ -218,11 +262,13 @@ impl Groups {
     pub(crate) fn new(
         connection: Connection,
         timeout: Duration,
+        wait: Option<WaitForReplicas>,
         cache: Option<Arc<ClientCache>>,
     ) -> Self {
         Self {
             connection,
             timeout,
+            wait,
             cache,
             lanes: Lanes::Single(Arc::default()),
             stats: Stats::default(),
@@ -235,11 +281,13 @@ impl Groups {
     pub(crate) fn cluster(
         connection: Connection,
         timeout: Duration,
+        wait: Option<WaitForReplicas>,
         seed: redis::ConnectionInfo,
     ) -> Self {
         Self {
             connection,
             timeout,
+            wait,
             cache: None,
             lanes: Lanes::Cluster(Box::new(ClusterLanes {
                 seed,
@@ -283,16 +331,35 @@ impl Groups {
         cmd: Cmd,
         key: Option<&[u8]>,
     ) -> Result<Answer, StoreError> {
+        self.send_as(cmd, key, false).await
+    }
+
+    /// [`send`](Self::send) for a write: with `wait_for_replicas`, its
+    /// group ends with `WAIT` ([`Sent::acked`]).
+    pub(crate) async fn send_write(
+        self: &Arc<Self>,
+        cmd: Cmd,
+        key: Option<&[u8]>,
+    ) -> Result<Answer, StoreError> {
+        self.send_as(cmd, key, self.wait.is_some()).await
+    }
+
+    async fn send_as(
+        self: &Arc<Self>,
+        cmd: Cmd,
+        key: Option<&[u8]>,
+        write: bool,
+    ) -> Result<Answer, StoreError> {
         match &self.lanes {
             Lanes::Single(lane) => {
-                self.queue(lane, |queue, reply| queue.commands.push((cmd, reply)))
+                self.queue(lane, |queue, reply| queue.push(cmd, reply, write))
                     .await
             }
             Lanes::Cluster(cluster) => {
                 let Some(lane) = key.and_then(|key| cluster.lane(slot_of(key))) else {
                     return self.alone(&cmd).await;
                 };
-                self.queue(&lane, |queue, reply| queue.commands.push((cmd, reply)))
+                self.queue(&lane, |queue, reply| queue.push(cmd, reply, write))
                     .await
             }
         }
@@ -307,7 +374,7 @@ impl Groups {
             }
             Lanes::Cluster(_) => Ok(Answer {
                 value: Ok(redis::Value::Nil),
-                tracked: None,
+                sent: Sent::default(),
             }),
         }
     }
@@ -349,7 +416,7 @@ impl Groups {
             if lock(&lane.queue).commands.is_empty() {
                 tokio::task::yield_now().await;
             }
-            let (commands, syncs, syncing) = {
+            let (commands, syncs, syncing, writes) = {
                 let mut queue = lock(&lane.queue);
                 queue.gathering = false;
                 let syncing = queue.commands.is_empty();
@@ -360,14 +427,17 @@ impl Groups {
                     std::mem::replace(&mut queue.commands, room),
                     std::mem::take(&mut queue.syncs),
                     syncing,
+                    std::mem::take(&mut queue.writes),
                 )
             };
             guard.phase = Phase::Sending { syncing };
+            // Its writes are covered by one `WAIT` at its end.
+            let wait = self.wait.filter(|_| writes);
             match (&self.lanes, &lane.node) {
                 (Lanes::Cluster(cluster), Some(node)) => {
-                    self.flush_cluster(cluster, node, commands).await;
+                    self.flush_cluster(cluster, node, commands, wait).await;
                 }
-                _ => self.flush(commands, syncs).await,
+                _ => self.flush(commands, syncs, wait).await,
             }
             let mut queue = lock(&lane.queue);
             queue.syncing &= !syncing;
@@ -379,7 +449,12 @@ impl Groups {
         }
     }
 
-    async fn flush(&self, commands: Vec<(Cmd, Reply)>, syncs: Vec<Reply>) {
+    async fn flush(
+        &self,
+        commands: Vec<(Cmd, Reply)>,
+        syncs: Vec<Reply>,
+        wait: Option<WaitForReplicas>,
+    ) {
         let mut pipe = redis::Pipeline::with_capacity(commands.len() + 1);
         if self.cache.is_some() {
             pipe.cmd("CLIENT").arg("ID");
@@ -389,6 +464,9 @@ impl Groups {
             pipe.add_command(cmd);
             replies.push(reply);
         }
+        if let Some(wait) = wait {
+            pipe.add_command(wait.command());
+        }
         // Tracking that was on before the group was sent is on for all of
         // it; tracking switched on meanwhile may have come after it.
         let before = self
@@ -396,8 +474,12 @@ impl Groups {
             .as_ref()
             .map(|cache| (cache.tracking(), cache.generation()));
         self.count_group(replies.len());
-        let mut values = match self.send_pipeline(&pipe).await {
-            Ok(values) => values.into_iter(),
+        let (mut values, acked) = match self.send_pipeline(&pipe).await {
+            Ok(mut values) => {
+                // The `WAIT`'s reply is the last.
+                let acked = wait.and_then(|_| acked_of(values.pop()));
+                (values.into_iter(), acked)
+            }
             Err(error) => {
                 for reply in replies.into_iter().chain(syncs) {
                     let _ = reply.send(Err(error.share()));
@@ -423,16 +505,17 @@ impl Groups {
             }
             _ => None,
         };
+        let sent = Sent { tracked, acked };
         for reply in replies {
             let value = values
                 .next()
                 .map_or_else(|| Err(missing_reply()), redis::Value::extract_error);
-            let _ = reply.send(Ok(Answer { value, tracked }));
+            let _ = reply.send(Ok(Answer { value, sent }));
         }
         for reply in syncs {
             let _ = reply.send(Ok(Answer {
                 value: Ok(redis::Value::Nil),
-                tracked,
+                sent,
             }));
         }
     }
@@ -444,6 +527,7 @@ impl Groups {
         cluster: &ClusterLanes,
         node: &Node,
         commands: Vec<(Cmd, Reply)>,
+        wait: Option<WaitForReplicas>,
     ) {
         let mut pipe = redis::Pipeline::with_capacity(commands.len());
         let mut replies = Vec::with_capacity(commands.len());
@@ -475,13 +559,19 @@ impl Groups {
             }
         };
         self.count_group(pipe.len());
+        if let Some(wait) = wait {
+            pipe.add_command(wait.command());
+        }
         let sent = within(
             self.timeout,
             connection.req_packed_commands(&pipe, 0, pipe.len()),
         )
         .await;
-        let values = match sent {
-            Ok(values) => values,
+        let (values, acked) = match sent {
+            Ok(mut values) => {
+                let acked = wait.and_then(|_| acked_of(values.pop()));
+                (values, acked)
+            }
             Err(error) => {
                 // The node failed, or failed over, with the group sent:
                 // its commands may have run, so they fail. A new
@@ -496,6 +586,11 @@ impl Groups {
         };
         let mut values = values.into_iter();
         let mut moved = Vec::new();
+        let sent = Sent {
+            tracked: None,
+            acked,
+        };
+        // `zip` stops at the replies: the `WAIT`, if any, is not resent.
         for (cmd, reply) in pipe.cmd_iter().zip(replies) {
             let value = values
                 .next()
@@ -503,10 +598,7 @@ impl Groups {
             match value {
                 Err(error) if did_not_run(&error) => moved.push((cmd, reply)),
                 value => {
-                    let _ = reply.send(Ok(Answer {
-                        value,
-                        tracked: None,
-                    }));
+                    let _ = reply.send(Ok(Answer { value, sent }));
                 }
             }
         }
@@ -548,7 +640,7 @@ impl Groups {
         .await?;
         Ok(Answer {
             value,
-            tracked: None,
+            sent: Sent::default(),
         })
     }
 

@@ -18,8 +18,9 @@
 //! its slots fail. Redis replicates asynchronously, so the last writes a
 //! master acknowledged before dying can be lost;
 //! [`RedisStoreBuilder::wait_for_replicas`] waits for a replica after each
-//! write (`WAIT`) so that an acknowledged write survives a failover, at the
-//! cost of a replication round trip per write.
+//! write (`WAIT`, one at the end of each pipeline group that carries
+//! writes) so that an acknowledged write survives a failover, at the cost
+//! of the replication round trip.
 //!
 //! Caps per user ([`RedisStoreBuilder::max_sessions`]): writes that set a
 //! capped value take turns on it (a `SET NX` key), and destroy the oldest
@@ -74,7 +75,7 @@ pub use options::{DEFAULT_TIMEOUT, RedisStoreBuilder};
 use self::{
     cache::ClientCache,
     codec::{encode, expire_at_ms, micros},
-    group::Groups,
+    group::{Answer, Groups, Sent},
 };
 use crate::{
     data::SessionData,
@@ -131,6 +132,15 @@ impl ConnectionLike for Connection {
 pub(crate) struct WaitForReplicas {
     pub(crate) replicas: u32,
     pub(crate) timeout: Duration,
+}
+
+impl WaitForReplicas {
+    fn command(self) -> Cmd {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(self.replicas)
+            .arg(u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX));
+        cmd
+    }
 }
 
 /// Per indexed field: the value a session held before a write and the one
@@ -421,18 +431,18 @@ impl<T: SessionData> RedisStore<T> {
     ) -> Result<Option<Record<T>>, StoreError> {
         let key = self.key_of(id);
         if cache.has(key.as_bytes(), now)
-            && groups.sync().await?.tracked.is_some()
+            && groups.sync().await?.sent.tracked.is_some()
             && let Some(record) = cache.get::<T>(key.as_bytes(), now)
         {
             return Ok(Some(record));
         }
         let ticket = cache.begin(key.as_bytes());
         let loaded = async {
-            let (reply, tracked) = self
+            let (reply, sent) = self
                 .send(codec::load_command::<T>(&key), Some(key.as_bytes()))
                 .await?;
             let reply = reply.map_err(store_error)?;
-            Ok::<_, StoreError>((codec::record_of::<T>(*id, reply, now)?, tracked))
+            Ok::<_, StoreError>((codec::record_of::<T>(*id, reply, now)?, sent.tracked))
         }
         .await;
         let tracked = loaded.as_ref().ok().and_then(|(_, tracked)| *tracked);
@@ -491,25 +501,9 @@ impl<T: SessionData> RedisStore<T> {
         &self,
         cmd: Cmd,
         key: Option<&[u8]>,
-    ) -> Result<(RedisResult<redis::Value>, Option<u64>), StoreError> {
+    ) -> Result<(RedisResult<redis::Value>, Sent), StoreError> {
         let answer = self.inner.groups.send(cmd, key).await?;
-        Ok((answer.value, answer.tracked))
-    }
-
-    /// A write: as [`send`](Self::send), but on Cluster with
-    /// [`wait_for_replicas`](RedisStoreBuilder::wait_for_replicas) on its
-    /// own through the Cluster client, whose connection to the node then
-    /// sends the `WAIT` (which counts the writes of its own connection).
-    async fn send_write(
-        &self,
-        cmd: Cmd,
-        key: Option<&[u8]>,
-    ) -> Result<(RedisResult<redis::Value>, Option<u64>), StoreError> {
-        if self.inner.wait.is_some() && self.is_cluster() {
-            let answer = Box::pin(self.inner.groups.alone(&cmd)).await?;
-            return Ok((answer.value, answer.tracked));
-        }
-        self.send(cmd, key).await
+        Ok((answer.value, answer.sent))
     }
 
     /// [`send`](Self::send), its reply converted to `R`.
@@ -517,11 +511,11 @@ impl<T: SessionData> RedisStore<T> {
         &self,
         cmd: Cmd,
         key: Option<&[u8]>,
-    ) -> Result<(R, Option<u64>), StoreError> {
-        let (value, tracked) = self.send(cmd, key).await?;
+    ) -> Result<(R, Sent), StoreError> {
+        let (value, sent) = self.send(cmd, key).await?;
         let value = value.map_err(store_error)?;
         let reply = redis::from_redis_value(value).map_err(|error| store_error(error.into()))?;
-        Ok((reply, tracked))
+        Ok((reply, sent))
     }
 
     async fn command<R: redis::FromRedisValue>(
@@ -538,32 +532,29 @@ impl<T: SessionData> RedisStore<T> {
         self.call_on(call).await.map(|(reply, _)| reply)
     }
 
-    /// [`call`](Self::call), and whether it ran where the client cache's
-    /// tracking was on.
-    async fn call_on(
-        &self,
-        call: scripts::Call,
-    ) -> Result<(Vec<redis::Value>, Option<u64>), StoreError> {
-        let (reply, tracked) = self.call_value(call).await?;
+    /// [`call`](Self::call), and what its group said ([`Sent`]: whether
+    /// it ran where the client cache's tracking was on, how many replicas
+    /// acknowledged it).
+    async fn call_on(&self, call: scripts::Call) -> Result<(Vec<redis::Value>, Sent), StoreError> {
+        let (reply, sent) = self.call_value(call).await?;
         let reply = redis::from_redis_value(reply).map_err(|error| store_error(error.into()))?;
-        Ok((reply, tracked))
+        Ok((reply, sent))
     }
 
     /// [`call_on`](Self::call_on), its reply as it came.
-    async fn call_value(
-        &self,
-        call: scripts::Call,
-    ) -> Result<(redis::Value, Option<u64>), StoreError> {
+    async fn call_value(&self, call: scripts::Call) -> Result<(redis::Value, Sent), StoreError> {
         let key = call.first_key();
-        let (reply, tracked) = match self.send_write(call.evalsha(), key).await? {
-            (Err(error), _)
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                Box::pin(self.send_write(call.eval(), key)).await?
+        let groups = &self.inner.groups;
+        let (reply, sent) = match groups.send_write(call.evalsha(), key).await? {
+            Answer {
+                value: Err(error), ..
+            } if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                Box::pin(groups.send_write(call.eval(), key)).await?
             }
-            sent => sent,
-        };
-        Ok((reply.map_err(store_error)?, tracked))
+            answer => answer,
+        }
+        .into_parts();
+        Ok((reply.map_err(store_error)?, sent))
     }
 
     /// The index part of a script's arguments: whether the script keeps the
@@ -628,19 +619,31 @@ impl<T: SessionData> RedisStore<T> {
     }
 
     /// `WAIT` for the configured replicas, on the node that took the write.
-    async fn wait_for_replicas(&self, key: &str) -> Result<(), StoreError> {
+    async fn wait_for_replicas(&self, key: &str, sent: Sent) -> Result<(), StoreError> {
         let Some(wait) = self.inner.wait else {
             return Ok(());
         };
-        // Boxed, as opted into: the common write's future stays small.
-        Box::pin(self.wait_on_node(key, wait)).await
+        let acked = match sent.acked {
+            Some(acked) => acked,
+            // Boxed, as rare: the common write's future stays small.
+            None => Box::pin(self.wait_on_node(key, wait)).await?,
+        };
+        if acked < i64::from(wait.replicas) {
+            return Err(unavailable(NotReplicated {
+                acked,
+                wanted: wait.replicas,
+                timeout: wait.timeout,
+            }));
+        }
+        Ok(())
     }
 
-    async fn wait_on_node(&self, key: &str, wait: WaitForReplicas) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(wait.replicas)
-            .arg(u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX));
-        let acked: i64 = match &self.inner.groups.connection() {
+    /// A `WAIT` of its own, for a write its group did not cover (on
+    /// Cluster: one sent on its own, through the Cluster client, whose
+    /// connection to the key's master sends this one too).
+    async fn wait_on_node(&self, key: &str, wait: WaitForReplicas) -> Result<i64, StoreError> {
+        let cmd = wait.command();
+        Ok(match &self.inner.groups.connection() {
             Connection::Single(_) => self.command(cmd, None).await?,
             Connection::Cluster(connection) => {
                 use redis::cluster_routing::{
@@ -656,15 +659,7 @@ impl<T: SessionData> RedisStore<T> {
                     .await?;
                 redis::from_redis_value(reply).map_err(|error| store_error(error.into()))?
             }
-        };
-        if acked < i64::from(wait.replicas) {
-            return Err(unavailable(NotReplicated {
-                acked,
-                wanted: wait.replicas,
-                timeout: wait.timeout,
-            }));
-        }
-        Ok(())
+        })
     }
 
     /// Loads `ids` together (pipelined over the connection), skipping the
@@ -809,11 +804,10 @@ impl<T: SessionData> RedisStore<T> {
                 &new_id.to_string(),
             )
             .await
-            .map(|(written, _)| written)
         }
         .await;
         match moved {
-            Ok(Some((score, changes))) => {
+            Ok((Some((score, changes)), sent)) => {
                 let mut delete = redis::cmd("DEL");
                 delete.arg(&old_key);
                 self.command::<i64>(delete, Some(old_key.as_bytes()))
@@ -831,7 +825,7 @@ impl<T: SessionData> RedisStore<T> {
                     update.now,
                 )
                 .await?;
-                self.wait_for_replicas(&new_key).await?;
+                self.wait_for_replicas(&new_key, sent).await?;
                 Ok(true)
             }
             failed => {
@@ -863,7 +857,7 @@ impl<T: SessionData> RedisStore<T> {
         update: Update,
         member: &str,
         new_member: &str,
-    ) -> Result<(Written, Option<u64>), StoreError> {
+    ) -> Result<(Written, Sent), StoreError> {
         let mut set = Vec::new();
         let mut unset = Vec::new();
         for index in update.dirty.iter() {
@@ -904,15 +898,15 @@ impl<T: SessionData> RedisStore<T> {
             .arg(new_member)
             .arg(update.now.timestamp_millis())
             .arg(self.tracks());
-        let (reply, tracked) = self.call_on(invocation).await?;
+        let (reply, sent) = self.call_on(invocation).await?;
         if !succeeded(&reply) {
-            return Ok((None, tracked));
+            return Ok((None, sent));
         }
         let score = reply.get(1).map(bytes).unwrap_or_default();
         let changes = (0..self.inner.indexed.len())
             .map(|i| (present(&reply, 2 + 4 * i), present(&reply, 4 + 4 * i)))
             .collect();
-        Ok((Some((score, changes)), tracked))
+        Ok((Some((score, changes)), sent))
     }
 }
 
@@ -924,7 +918,7 @@ impl<T: SessionData> RedisStore<T> {
         key: &str,
         set: &[(&str, Vec<u8>)],
         update: &Update,
-    ) -> Result<(Written, Option<u64>), StoreError> {
+    ) -> Result<(Written, Sent), StoreError> {
         let mut invocation = scripts::UPDATE_FIELDS_TEXT.call(key);
         update_head(&mut invocation, update).arg(self.tracks());
         for (column, value) in set {
@@ -938,9 +932,9 @@ impl<T: SessionData> RedisStore<T> {
                 .arg(codec::REMEMBER)
                 .arg(if remember { "1" } else { "0" });
         }
-        let (reply, tracked) = self.call_value(invocation).await?;
+        let (reply, sent) = self.call_value(invocation).await?;
         let written = matches!(reply, redis::Value::Int(1));
-        Ok((written.then(|| (Vec::new(), Vec::new())), tracked))
+        Ok((written.then(|| (Vec::new(), Vec::new())), sent))
     }
 }
 
@@ -1115,12 +1109,12 @@ impl<T: SessionData> RedisStore<T> {
             let tracked = called
                 .as_ref()
                 .ok()
-                .and_then(|(reply, tracked)| tracked.filter(|_| created(reply)));
+                .and_then(|(reply, sent)| sent.tracked.filter(|_| created(reply)));
             cache.finish::<T>(key.as_bytes(), ticket, tracked, |_| {
                 Some(record.duplicate())
             });
         }
-        let (reply, _) = called?;
+        let (reply, sent) = called?;
         if !created(&reply) {
             return Err(StoreError::Redis(Arc::new(RedisError::from((
                 redis::ErrorKind::Client,
@@ -1137,7 +1131,7 @@ impl<T: SessionData> RedisStore<T> {
             self.update_sets(&changes, &member, &member, &score, false, now)
                 .await?;
         }
-        self.wait_for_replicas(&key).await
+        self.wait_for_replicas(&key, sent).await
     }
 
     /// An update, its caps aside ([`SessionStore::update`]).
@@ -1161,7 +1155,7 @@ impl<T: SessionData> RedisStore<T> {
             // Exact only from the cached copy it started from: the ticket
             // held means no other client wrote the key in between.
             let tracked = match &written {
-                Ok((Some(_), tracked)) => *tracked,
+                Ok((Some(_), sent)) => sent.tracked,
                 _ => None,
             };
             cache.finish::<T>(key.as_bytes(), ticket, tracked, |base| {
@@ -1173,7 +1167,7 @@ impl<T: SessionData> RedisStore<T> {
                 })
             });
         }
-        let Some((score, changes)) = written?.0 else {
+        let (Some((score, changes)), sent) = written? else {
             return Ok(false);
         };
         let moved_expiry = update.expires_at.is_some();
@@ -1190,7 +1184,7 @@ impl<T: SessionData> RedisStore<T> {
             .collect();
         self.update_sets(&changes, &member, &member, &score, false, update.now)
             .await?;
-        self.wait_for_replicas(&key).await?;
+        self.wait_for_replicas(&key, sent).await?;
         Ok(true)
     }
 }
@@ -1212,7 +1206,7 @@ impl<T: SessionData> RedisStore<T> {
             return self.move_session(id, &new_id, data, update).await;
         }
         let (old_key, new_key) = (self.key_of(id), self.key_of(&new_id));
-        let written = self
+        let (written, sent) = self
             .write_keys(
                 &[&old_key, &new_key],
                 data,
@@ -1220,10 +1214,9 @@ impl<T: SessionData> RedisStore<T> {
                 &id.to_string(),
                 &new_id.to_string(),
             )
-            .await?
-            .0;
+            .await?;
         if written.is_some() {
-            self.wait_for_replicas(&new_key).await?;
+            self.wait_for_replicas(&new_key, sent).await?;
         }
         Ok(written.is_some())
     }
@@ -1238,11 +1231,11 @@ impl<T: SessionData> RedisStore<T> {
         if let Some(cache) = self.cache() {
             cache.remove(key.as_bytes());
         }
-        let reply = self.call(invocation).await;
+        let reply = self.call_on(invocation).await;
         if let Some(cache) = self.cache() {
             cache.remove(key.as_bytes());
         }
-        let reply = reply?;
+        let (reply, sent) = reply?;
         let deleted = succeeded(&reply);
         if self.is_cluster() {
             let changes: Vec<_> = (0..self.inner.indexed.len())
@@ -1252,7 +1245,7 @@ impl<T: SessionData> RedisStore<T> {
                 .await?;
         }
         if deleted {
-            self.wait_for_replicas(&key).await?;
+            self.wait_for_replicas(&key, sent).await?;
         }
         Ok(deleted)
     }

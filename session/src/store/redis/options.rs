@@ -115,7 +115,13 @@ impl<T: SessionData> RedisStoreBuilder<T> {
     /// request with [`StoreError::Unavailable`] (it may or may not survive
     /// a failover). Off by default: Redis replicates asynchronously, so a
     /// master that dies can take its last acknowledged writes with it.
-    /// Each write then costs a replication round trip.
+    ///
+    /// The `WAIT` rides at the end of the write's own pipeline group (on
+    /// Cluster, its master's group), so the concurrent writes of one
+    /// moment share one `WAIT` and no write costs an extra round trip to
+    /// Redis; each still waits for the replication round trip, and so do
+    /// the loads that went in the same group. A write sent on its own (on
+    /// Cluster, one whose slot moved) sends a `WAIT` of its own after it.
     pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.wait = Some(WaitForReplicas { replicas, timeout });
         self
@@ -227,6 +233,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
         let groups = Arc::new(Groups::new(
             Connection::Single(connection),
             self.timeout,
+            self.wait,
             cache,
         ));
         // Bounded by the store's timeout, as every call.
@@ -278,6 +285,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
         let groups = Arc::new(Groups::cluster(
             Connection::Cluster(connection),
             self.timeout,
+            self.wait,
             seed,
         ));
         // Until the slot map is read, each command goes on its own.
