@@ -414,8 +414,9 @@ impl<B: Backend, T: SessionData> SessionStore<T> for SqlStore<B, T> {
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         let mut args = Arguments::<B>::default();
         bound(B::bind_id(&mut args, id))?;
-        self.execute(self.core.statements.delete.clone(), args)
-            .await?;
+        // Boxed: a destroy is rare, and the driver's future would make
+        // the layer's per-request future as large as itself.
+        Box::pin(self.execute(self.core.statements.delete.clone(), args)).await?;
         Ok(())
     }
 
