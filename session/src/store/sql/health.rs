@@ -83,7 +83,14 @@ impl<B: Dialect> Core<B> {
         self.check_up()?;
         match tokio::time::timeout(self.options.acquire_timeout, self.pool.acquire()).await {
             Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(error)) => Err(self.failed(error)),
+            Ok(Err(error)) => {
+                // A handshake that broke off (the server went away while
+                // the pool connected: sqlx reads a garbled first reply,
+                // "unexpected response from SSLRequest") is an outage too,
+                // unlike a protocol error on an established connection.
+                let outage = is_outage(&error) || matches!(error, sqlx::Error::Protocol(_));
+                Err(self.report(error, outage))
+            }
             Err(_) => Err(self.failed(sqlx::Error::PoolTimedOut)),
         }
     }
@@ -91,7 +98,13 @@ impl<B: Dialect> Core<B> {
     /// The error a request reports for `error`; an outage also marks the
     /// database down.
     pub(crate) fn failed(self: &Arc<Self>, error: sqlx::Error) -> StoreError {
-        if !is_outage(&error) {
+        let outage = is_outage(&error);
+        self.report(error, outage)
+    }
+
+    /// [`failed`](Self::failed), `outage` saying whether it is one.
+    fn report(self: &Arc<Self>, error: sqlx::Error, outage: bool) -> StoreError {
+        if !outage {
             return error.into();
         }
         if !self.health.down.swap(true, Ordering::AcqRel) {
