@@ -58,8 +58,8 @@ pub mod proxy;
 mod redis;
 
 pub use redis::{
-    CLIENT_CACHE, OwnCluster, Redis, RedisCached, RedisCluster, RedisRaw, redis_cluster_nodes,
-    redis_url,
+    CLIENT_CACHE, OwnCluster, OwnReplicated, Redis, RedisCached, RedisCluster, RedisRaw,
+    redis_cluster_nodes, redis_url,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -72,6 +72,98 @@ impl OwnCluster {
     }
 }
 
+/// A standalone Redis with one replica, of a test's own, on 127.0.0.1:
+/// `port` and `port`+1, keeping nothing on disk; stopped when dropped.
+pub struct OwnReplicated {
+    pub port: u16,
+    servers: Vec<std::process::Child>,
+}
+
+impl OwnReplicated {
+    /// Starts both and waits until the replica's link is up. If they
+    /// cannot be started, `test` is skipped (said on stderr), or fails
+    /// under `CI=true`.
+    pub async fn start_for(test: &str, port: u16) -> Option<Self> {
+        match Self::start(port).await {
+            Ok(started) => Some(started),
+            Err(error) => {
+                assert!(
+                    !crate::in_ci(),
+                    "could not start {test}'s Redis and replica: {error}"
+                );
+                eprintln!("SKIPPED {test}: no Redis with a replica could be started ({error})");
+                None
+            }
+        }
+    }
+
+    async fn start(port: u16) -> Result<Self, String> {
+        let mut started = Self {
+            port,
+            servers: Vec::new(),
+        };
+        for (node, replica_of) in [(port, None), (port + 1, Some(port))] {
+            let mut command = std::process::Command::new("redis-server");
+            command.args(["--port", &node.to_string(), "--bind", "127.0.0.1"]);
+            command.args(["--save", "", "--appendonly", "no", "--dir", "/tmp"]);
+            // A replica syncs at once, not after the default 5 s delay.
+            command.args(["--repl-diskless-sync-delay", "0"]);
+            command.args(["--dbfilename", &format!("axum-typed-session-{node}.rdb")]);
+            if let Some(master) = replica_of {
+                command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+            }
+            let child = command
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .map_err(|error| format!("redis-server: {error}"))?;
+            started.servers.push(child);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let info = async {
+                let mut connection = redis::Client::open(started.url())
+                    .map_err(|error| error.to_string())?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|error| error.to_string())?;
+                redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+            .await;
+            match info {
+                // The replica is online once the master lists it so.
+                Ok(info) if info.contains("state=online") => return Ok(started),
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(format!("no online replica after 10 s: {info:?}"));
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// The master's URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The replica's URL.
+    pub fn replica_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port + 1)
+    }
+}
+
+impl Drop for OwnReplicated {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+}
+
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.into())
 }

@@ -647,6 +647,16 @@ async fn ask_node(url: &str, command: &[&str]) -> String {
         .unwrap()
 }
 
+/// How many `WAIT`s the node at `url` has run.
+async fn waits_on(url: &str) -> u64 {
+    let stats = ask_node(url, &["INFO", "commandstats"]).await;
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse::<u64>().unwrap())
+}
+
 /// How many `WAIT`s the nodes of the test Cluster have run, all together.
 async fn waits_on_cluster() -> u64 {
     let seed = &conformance_tests::redis_cluster_nodes()[0];
@@ -655,14 +665,49 @@ async fn waits_on_cluster() -> u64 {
     // `<id> <host:port@bus> ...` per node.
     for address in nodes.lines().filter_map(|line| line.split(' ').nth(1)) {
         let address = address.split('@').next().unwrap();
-        let stats = ask_node(&format!("redis://{address}"), &["INFO", "commandstats"]).await;
-        waits += stats
-            .lines()
-            .find_map(|line| line.strip_prefix("cmdstat_wait:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |calls| calls.parse::<u64>().unwrap());
+        waits += waits_on(&format!("redis://{address}")).await;
     }
     waits
+}
+
+/// WAIT mode on a server with a replica (started by the test), without
+/// and with the client cache: every answer is exact, the writes of one
+/// moment share one `WAIT` in their group, and what was acknowledged is
+/// on the replica when the answer comes.
+#[tokio::test]
+async fn waiting_for_a_replica_shares_the_writes_groups() {
+    const CLIENTS: usize = 32;
+    let test = "waiting_for_a_replica_shares_the_writes_groups";
+    let Some(redis) = conformance_tests::OwnReplicated::start_for(test, 7400).await else {
+        return;
+    };
+    for cached in [false, true] {
+        let mut builder = RedisStore::<Visit>::builder()
+            .prefix(format!("wait_one_{cached}"))
+            .wait_for_replicas(1, Duration::from_secs(2));
+        if cached {
+            builder = builder.client_cache(1_000);
+        }
+        let store = builder.connect(&redis.url()).await.unwrap();
+        let app = app(store.clone(), SessionConfig::default());
+        let waits = waits_on(&redis.url()).await;
+        let mut ids = Vec::new();
+        for client in visiting_three_times(&app, CLIENTS) {
+            ids.push(id_of(&client.await.unwrap()));
+        }
+        let waited = waits_on(&redis.url()).await - waits;
+        let writes = 3 * CLIENTS as u64;
+        eprintln!("wait_for_replicas, cached {cached}: {waited} WAITs for {writes} writes");
+        assert!(
+            (1..writes).contains(&waited),
+            "{waited} WAITs for {writes} writes"
+        );
+        for id in &ids {
+            let key = store.key_of(id);
+            let count = ask_node(&redis.replica_url(), &["HGET", &key, "count"]).await;
+            assert_eq!(count, "3", "the replica holds {key}'s last write");
+        }
+    }
 }
 
 /// WAIT mode on the Cluster (each master has a replica): every answer is
