@@ -74,12 +74,39 @@ pub(crate) struct Answer {
     /// here is this command's alone.
     pub(crate) value: RedisResult<redis::Value>,
     pub(crate) sent: Sent,
+    /// The command, given back when the server answered `NOSCRIPT` (it
+    /// forgot the script), so that it can go again as `EVAL` without
+    /// every call keeping a copy.
+    pub(crate) forgotten: Option<Box<Cmd>>,
 }
 
 impl Answer {
-    pub(crate) fn into_parts(self) -> (RedisResult<redis::Value>, Sent) {
-        (self.value, self.sent)
+    fn new(value: RedisResult<redis::Value>, sent: Sent, cmd: &Cmd) -> Self {
+        let forgotten =
+            matches!(&value, Err(error) if is_no_script(error)).then(|| Box::new(cmd.clone()));
+        Self {
+            value,
+            sent,
+            forgotten,
+        }
     }
+}
+
+/// The first key of a script call: after its name, the script's hash or
+/// source and the number of keys.
+fn script_key(cmd: &Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().skip(2);
+    match (args.next(), args.next()) {
+        (Some(redis::Arg::Simple(count)), Some(redis::Arg::Simple(key))) if count != b"0" => {
+            Some(key)
+        }
+        _ => None,
+    }
+}
+
+/// The server does not know the script an `EVALSHA` named.
+pub(crate) fn is_no_script(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
 /// What the group a command went in says about it, beside its reply.
@@ -331,23 +358,23 @@ impl Groups {
         cmd: Cmd,
         key: Option<&[u8]>,
     ) -> Result<Answer, StoreError> {
-        self.send_as(cmd, key, false).await
+        self.send_as(cmd, |_| key.map(slot_of), false).await
     }
 
-    /// [`send`](Self::send) for a write: with `wait_for_replicas`, its
-    /// group ends with `WAIT` ([`Sent::acked`]).
-    pub(crate) async fn send_write(
-        self: &Arc<Self>,
-        cmd: Cmd,
-        key: Option<&[u8]>,
-    ) -> Result<Answer, StoreError> {
-        self.send_as(cmd, key, self.wait.is_some()).await
+    /// Sends a script call (`EVALSHA` or `EVAL`), routed by its first key,
+    /// as [`send`](Self::send) does; a write: with `wait_for_replicas`,
+    /// its group ends with `WAIT` ([`Sent::acked`]).
+    pub(crate) async fn send_script(self: &Arc<Self>, cmd: Cmd) -> Result<Answer, StoreError> {
+        let write = self.wait.is_some();
+        self.send_as(cmd, |cmd| script_key(cmd).map(slot_of), write)
+            .await
     }
 
+    /// Queues `cmd` in its lane (`slot`: its slot, asked on Cluster only).
     async fn send_as(
         self: &Arc<Self>,
         cmd: Cmd,
-        key: Option<&[u8]>,
+        slot: impl FnOnce(&Cmd) -> Option<u16>,
         write: bool,
     ) -> Result<Answer, StoreError> {
         match &self.lanes {
@@ -356,7 +383,7 @@ impl Groups {
                     .await
             }
             Lanes::Cluster(cluster) => {
-                let Some(lane) = key.and_then(|key| cluster.lane(slot_of(key))) else {
+                let Some(lane) = slot(&cmd).and_then(|slot| cluster.lane(slot)) else {
                     return self.alone(&cmd).await;
                 };
                 self.queue(&lane, |queue, reply| queue.push(cmd, reply, write))
@@ -375,6 +402,7 @@ impl Groups {
             Lanes::Cluster(_) => Ok(Answer {
                 value: Ok(redis::Value::Nil),
                 sent: Sent::default(),
+                forgotten: None,
             }),
         }
     }
@@ -464,6 +492,8 @@ impl Groups {
             pipe.add_command(cmd);
             replies.push(reply);
         }
+        // The commands' own, after `CLIENT ID` and before `WAIT`.
+        let first = usize::from(self.cache.is_some());
         if let Some(wait) = wait {
             pipe.add_command(wait.command());
         }
@@ -506,16 +536,17 @@ impl Groups {
             _ => None,
         };
         let sent = Sent { tracked, acked };
-        for reply in replies {
+        for (cmd, reply) in pipe.cmd_iter().skip(first).zip(replies) {
             let value = values
                 .next()
                 .map_or_else(|| Err(missing_reply()), redis::Value::extract_error);
-            let _ = reply.send(Ok(Answer { value, sent }));
+            let _ = reply.send(Ok(Answer::new(value, sent, cmd)));
         }
         for reply in syncs {
             let _ = reply.send(Ok(Answer {
                 value: Ok(redis::Value::Nil),
                 sent,
+                forgotten: None,
             }));
         }
     }
@@ -598,7 +629,7 @@ impl Groups {
             match value {
                 Err(error) if did_not_run(&error) => moved.push((cmd, reply)),
                 value => {
-                    let _ = reply.send(Ok(Answer { value, sent }));
+                    let _ = reply.send(Ok(Answer::new(value, sent, cmd)));
                 }
             }
         }
@@ -638,10 +669,7 @@ impl Groups {
             }
         })
         .await?;
-        Ok(Answer {
-            value,
-            sent: Sent::default(),
-        })
+        Ok(Answer::new(value, Sent::default(), cmd))
     }
 
     async fn send_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<redis::Value>, StoreError> {

@@ -75,7 +75,7 @@ pub use options::{DEFAULT_TIMEOUT, RedisStoreBuilder};
 use self::{
     cache::ClientCache,
     codec::{encode, expire_at_ms, micros},
-    group::{Answer, Groups, Sent},
+    group::{Groups, Sent},
 };
 use crate::{
     data::SessionData,
@@ -543,18 +543,13 @@ impl<T: SessionData> RedisStore<T> {
 
     /// [`call_on`](Self::call_on), its reply as it came.
     async fn call_value(&self, call: scripts::Call) -> Result<(redis::Value, Sent), StoreError> {
-        let key = call.first_key();
+        let (evalsha, script) = call.into_evalsha();
         let groups = &self.inner.groups;
-        let (reply, sent) = match groups.send_write(call.evalsha(), key).await? {
-            Answer {
-                value: Err(error), ..
-            } if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                Box::pin(groups.send_write(call.eval(), key)).await?
-            }
-            answer => answer,
+        let mut answer = groups.send_script(evalsha).await?;
+        if let Some(evalsha) = answer.forgotten.take() {
+            answer = Box::pin(groups.send_script(script.eval_of(&evalsha))).await?;
         }
-        .into_parts();
-        Ok((reply.map_err(store_error)?, sent))
+        Ok((answer.value.map_err(store_error)?, answer.sent))
     }
 
     /// The index part of a script's arguments: whether the script keeps the

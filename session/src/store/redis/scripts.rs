@@ -251,20 +251,16 @@ impl ScriptText {
         // Room for a common write's arguments without growing.
         let mut cmd = Cmd::with_capacity(16, 256);
         cmd.arg("EVALSHA").arg(&self.hash).arg(keys.len()).arg(keys);
-        Call {
-            script: self,
-            keys: keys.len(),
-            cmd,
-        }
+        Call { script: self, cmd }
     }
 }
 
 /// One call of a script, as `EVALSHA`, built once: its arguments are
-/// written into the command as they come, and `EVAL` (when the server
-/// forgot the script) copies them.
+/// written into the command as they come. When the server forgot the
+/// script, the group gives the command back and `EVAL` copies them
+/// ([`ScriptText::eval_of`]).
 pub(crate) struct Call {
     script: &'static ScriptText,
-    keys: usize,
     cmd: Cmd,
 }
 
@@ -274,27 +270,20 @@ impl Call {
         self
     }
 
-    /// The first key: the one that routes the call on Cluster.
-    pub(crate) fn first_key(&self) -> Option<&[u8]> {
-        if self.keys == 0 {
-            return None;
-        }
-        // EVALSHA, the hash, the number of keys, then the keys.
-        match self.cmd.args_iter().nth(3) {
-            Some(redis::Arg::Simple(key)) => Some(key),
-            _ => None,
-        }
+    /// The call as `EVALSHA`, and its script for an `EVAL` of the same
+    /// call ([`ScriptText::eval_of`]) if the server forgot it.
+    pub(crate) fn into_evalsha(self) -> (Cmd, &'static ScriptText) {
+        (self.cmd, self.script)
     }
+}
 
-    /// The call as `EVALSHA`; `self` stays for [`eval`](Self::eval).
-    pub(crate) fn evalsha(&self) -> Cmd {
-        self.cmd.clone()
-    }
-
-    pub(crate) fn eval(&self) -> Cmd {
+impl ScriptText {
+    /// `evalsha`, a call of this script as `EVALSHA`, as `EVAL` with the
+    /// source: the same keys and arguments.
+    pub(crate) fn eval_of(&self, evalsha: &Cmd) -> Cmd {
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(&self.script.source);
-        for arg in self.cmd.args_iter().skip(2) {
+        cmd.arg(&self.source);
+        for arg in evalsha.args_iter().skip(2) {
             if let redis::Arg::Simple(arg) = arg {
                 cmd.arg(arg);
             }
