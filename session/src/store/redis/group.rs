@@ -105,7 +105,7 @@ fn script_key(cmd: &Cmd) -> Option<&[u8]> {
 }
 
 /// The server does not know the script an `EVALSHA` named.
-pub(crate) fn is_no_script(error: &redis::RedisError) -> bool {
+fn is_no_script(error: &redis::RedisError) -> bool {
     error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
