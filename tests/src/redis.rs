@@ -47,11 +47,7 @@ impl OwnCluster {
         match self.run("start") {
             Ok(_) => true,
             Err(error) => {
-                assert!(
-                    !crate::in_ci(),
-                    "could not start {test}'s Redis Cluster: {error}"
-                );
-                eprintln!("SKIPPED {test}: no Redis Cluster could be started ({error})");
+                could_not_start(test, "Redis Cluster", &error);
                 false
             }
         }
@@ -72,6 +68,16 @@ impl OwnCluster {
     }
 }
 
+/// `test`'s own `servers` could not be started: a failure under `CI=true`,
+/// else a loud skip.
+fn could_not_start(test: &str, servers: &str, error: &str) {
+    assert!(
+        !crate::in_ci(),
+        "could not start {test}'s {servers}: {error}"
+    );
+    eprintln!("SKIPPED {test}: its {servers} could not be started ({error})");
+}
+
 /// A standalone Redis with one replica, of a test's own, on 127.0.0.1:
 /// `port` and `port`+1, keeping nothing on disk; stopped when dropped.
 pub struct OwnReplicated {
@@ -87,11 +93,7 @@ impl OwnReplicated {
         match Self::start(port).await {
             Ok(started) => Some(started),
             Err(error) => {
-                assert!(
-                    !crate::in_ci(),
-                    "could not start {test}'s Redis and replica: {error}"
-                );
-                eprintln!("SKIPPED {test}: no Redis with a replica could be started ({error})");
+                could_not_start(test, "Redis with a replica", &error);
                 None
             }
         }
