@@ -670,6 +670,17 @@ async fn waits_on_cluster() -> u64 {
     waits
 }
 
+/// `clients` visiting three times (an insert and two updates each) took
+/// `waited` `WAIT`s: some, and fewer than one per write.
+fn one_wait_per_group(label: &str, waited: u64, clients: usize) {
+    let writes = 3 * clients as u64;
+    eprintln!("wait_for_replicas, {label}: {waited} WAITs for {writes} writes");
+    assert!(
+        (1..writes).contains(&waited),
+        "{waited} WAITs for {writes} writes"
+    );
+}
+
 /// WAIT mode on a server with a replica (started by the test), without
 /// and with the client cache: every answer is exact, the writes of one
 /// moment share one `WAIT` in their group, and what was acknowledged is
@@ -696,12 +707,7 @@ async fn waiting_for_a_replica_shares_the_writes_groups() {
             ids.push(id_of(&client.await.unwrap()));
         }
         let waited = waits_on(&redis.url()).await - waits;
-        let writes = 3 * CLIENTS as u64;
-        eprintln!("wait_for_replicas, cached {cached}: {waited} WAITs for {writes} writes");
-        assert!(
-            (1..writes).contains(&waited),
-            "{waited} WAITs for {writes} writes"
-        );
+        one_wait_per_group(&format!("cached {cached}"), waited, CLIENTS);
         for id in &ids {
             let key = store.key_of(id);
             let count = ask_node(&redis.replica_url(), &["HGET", &key, "count"]).await;
@@ -733,13 +739,7 @@ async fn waiting_for_replicas_shares_the_writes_groups() {
     }
     let (after, waited) = (store.pipeline_stats(), waits_on_cluster().await - waits);
     assert_eq!(after.alone, stats.alone, "no write on its own: {after:?}");
-    // An insert and two updates per client.
-    let writes = 3 * CLIENTS as u64;
-    eprintln!("wait_for_replicas on Cluster: {waited} WAITs for {writes} writes");
-    assert!(
-        (1..writes).contains(&waited),
-        "{waited} WAITs for {writes} writes"
-    );
+    one_wait_per_group("on Cluster", waited, CLIENTS);
     for id in ids {
         store.delete(&id).await.unwrap();
     }

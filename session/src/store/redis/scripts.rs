@@ -253,6 +253,19 @@ impl ScriptText {
         cmd.arg("EVALSHA").arg(&self.hash).arg(keys.len()).arg(keys);
         Call { script: self, cmd }
     }
+
+    /// `evalsha`, a call of this script as `EVALSHA`, as `EVAL` with the
+    /// source: the same keys and arguments.
+    pub(crate) fn eval_of(&self, evalsha: &Cmd) -> Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(&self.source);
+        for arg in evalsha.args_iter().skip(2) {
+            if let redis::Arg::Simple(arg) = arg {
+                cmd.arg(arg);
+            }
+        }
+        cmd
+    }
 }
 
 /// One call of a script, as `EVALSHA`, built once: its arguments are
@@ -274,21 +287,6 @@ impl Call {
     /// call ([`ScriptText::eval_of`]) if the server forgot it.
     pub(crate) fn into_evalsha(self) -> (Cmd, &'static ScriptText) {
         (self.cmd, self.script)
-    }
-}
-
-impl ScriptText {
-    /// `evalsha`, a call of this script as `EVALSHA`, as `EVAL` with the
-    /// source: the same keys and arguments.
-    pub(crate) fn eval_of(&self, evalsha: &Cmd) -> Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(&self.source);
-        for arg in evalsha.args_iter().skip(2) {
-            if let redis::Arg::Simple(arg) = arg {
-                cmd.arg(arg);
-            }
-        }
-        cmd
     }
 }
 
