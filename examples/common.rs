@@ -1,12 +1,14 @@
 //! What the examples share: logging, the port, and the store picked by
-//! `DATABASE_URL` (`sqlite:` by default, `postgres:`, `mysql:`, or `memory`),
-//! with `DATABASE_MAX_CONNECTIONS` connections at most if set.
+//! `DATABASE_URL` (`sqlite:` by default, `postgres:`, `mysql:`, `redis:`,
+//! or `memory`), with `DATABASE_MAX_CONNECTIONS` connections at most if set
+//! (SQL). A Redis Cluster is its seed nodes, comma-separated:
+//! `DATABASE_URL=redis://127.0.0.1:7000,redis://127.0.0.1:7001`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use axum::Router;
 use axum_typed_session::{
-    MemoryStore, MySqlStore, PgStore, SessionData, SessionStore, SqliteStore,
+    MemoryStore, MySqlStore, PgStore, RedisStore, SessionData, SessionStore, SqliteStore,
     store::sql::{Backend, SqlStoreBuilder},
 };
 
@@ -42,8 +44,14 @@ pub async fn run<T: SessionData, A: App<T>>(app: A) -> anyhow::Result<()> {
             store.migrate().await?;
             serve(app.router(store)).await
         }
+        // Nothing to migrate: a session is a hash, created by its first write.
+        Some("redis" | "rediss") if url.contains(',') => {
+            let nodes = url.split(',').map(str::trim);
+            serve(app.router(RedisStore::<T>::connect_cluster(nodes).await?)).await
+        }
+        Some("redis" | "rediss") => serve(app.router(RedisStore::<T>::connect(&url).await?)).await,
         _ => anyhow::bail!(
-            "DATABASE_URL must start with sqlite:, postgres:, mysql: or be `memory`, got {url:?}"
+            "DATABASE_URL must start with sqlite:, postgres:, mysql:, redis: or be `memory`, got {url:?}"
         ),
     }
 }

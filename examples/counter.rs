@@ -4,6 +4,7 @@
 //! cargo run --example counter                       # SQLite file sessions.db
 //! DATABASE_URL=postgres://postgres@127.0.0.1/test cargo run --example counter
 //! DATABASE_URL=mysql://root@127.0.0.1/test cargo run --example counter
+//! DATABASE_URL=redis://127.0.0.1:6379 cargo run --example counter
 //! DATABASE_URL=memory cargo run --example counter   # non-persistent
 //! curl -c jar -b jar http://localhost:3000/greet    # 1, then 2, 3, ...
 //! ```
