@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 
+use super::scripts::Call;
 use crate::{
     data::{DecodeError, SessionData},
     error::StoreError,
@@ -48,6 +49,21 @@ pub(crate) fn encode(value: &Value<'_>) -> Option<Vec<u8>> {
         Value::Date(v) => v.format("%Y-%m-%d").to_string().into_bytes(),
         Value::Uuid(v) => v.hyphenated().to_string().into_bytes(),
     })
+}
+
+/// A field value (not NULL) as [`encode`] stores it, written into a script
+/// call: integers, text and bytes straight into the command's buffer, the
+/// rest through [`encode`].
+pub(crate) fn arg_value(call: &mut Call, value: &Value<'_>) {
+    match value {
+        Value::I16(v) => call.arg(*v),
+        Value::I32(v) => call.arg(*v),
+        Value::I64(v) => call.arg(*v),
+        Value::U64(v) => call.arg(*v),
+        Value::Text(v) | Value::Json(v) => call.arg(v.as_bytes()),
+        Value::Bytes(v) => call.arg(&v[..]),
+        other => call.arg(encode(other).unwrap_or_default()),
+    };
 }
 
 /// A stored field back into a value of `sql_type`.
@@ -123,29 +139,22 @@ pub(crate) fn expire_at_ms(at: DateTime<Utc>) -> i64 {
 /// The hash of a new session: every field set, the library's fields too.
 pub(crate) fn fields_of<T: SessionData>(
     record: &Record<T>,
-) -> Result<Vec<(&'static str, Vec<u8>)>, StoreError> {
-    let mut fields = vec![
-        (VERSION, record.version.to_string().into_bytes()),
-        (
-            CREATED_AT,
-            micros(record.created_at).to_string().into_bytes(),
-        ),
-        (
-            EXPIRES_AT,
-            micros(record.expires_at).to_string().into_bytes(),
-        ),
+) -> Result<Vec<(&'static str, Value<'_>)>, StoreError> {
+    let columns = T::SCHEMA.columns;
+    let mut fields = Vec::with_capacity(4 + columns.len());
+    fields.extend([
+        (VERSION, Value::I64(record.version)),
+        (CREATED_AT, Value::I64(micros(record.created_at))),
+        (EXPIRES_AT, Value::I64(micros(record.expires_at))),
         (
             REMEMBER,
-            if record.remember {
-                b"1".to_vec()
-            } else {
-                b"0".to_vec()
-            },
+            Value::Text(if record.remember { "1" } else { "0" }.into()),
         ),
-    ];
-    for (index, column) in T::SCHEMA.columns.iter().enumerate() {
-        if let Some(value) = encode(&record.data.encode_column(index)?) {
-            fields.push((column.name, value));
+    ]);
+    for (index, column) in columns.iter().enumerate() {
+        match record.data.encode_column(index)? {
+            Value::Null(_) => {}
+            value => fields.push((column.name, value)),
         }
     }
     Ok(fields)
@@ -299,6 +308,15 @@ mod tests {
         ];
         for value in values {
             let stored = encode(&value).expect("not NULL");
+            // A write puts the same bytes into its command.
+            let mut call = super::super::scripts::UPDATE_FIELDS_TEXT.call("k");
+            arg_value(&mut call, &value);
+            let (cmd, _) = call.into_evalsha();
+            assert_eq!(
+                cmd.args_iter().last(),
+                Some(redis::Arg::Simple(&stored[..])),
+                "{value:?}"
+            );
             let sql_type = value.sql_type();
             assert_eq!(decode(sql_type, stored).unwrap(), value);
         }

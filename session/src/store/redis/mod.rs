@@ -853,13 +853,14 @@ impl<T: SessionData> RedisStore<T> {
         member: &str,
         new_member: &str,
     ) -> Result<(Written, Sent), StoreError> {
-        let mut set = Vec::new();
+        // Encoded into the command as they go in (`codec::arg_value`).
+        let mut set = Vec::with_capacity(update.dirty.bits().count_ones() as usize);
         let mut unset = Vec::new();
         for index in update.dirty.iter() {
             let column = T::SCHEMA.column(index).name;
-            match encode(&data.encode_column(index)?) {
-                Some(value) => set.push((column, value)),
-                None => unset.push(column),
+            match data.encode_column(index)? {
+                Value::Null(_) => unset.push(column),
+                value => set.push((column, value)),
             }
         }
         if keys.len() == 1 && unset.is_empty() && self.inner.indexed.is_empty() {
@@ -881,7 +882,7 @@ impl<T: SessionData> RedisStore<T> {
             )
             .arg(set.len());
         for (column, value) in &set {
-            invocation.arg(*column).arg(value);
+            codec::arg_value(invocation.arg(*column), value);
         }
         invocation.arg(unset.len());
         for column in &unset {
@@ -911,13 +912,13 @@ impl<T: SessionData> RedisStore<T> {
     async fn write_fields(
         &self,
         key: &str,
-        set: &[(&str, Vec<u8>)],
+        set: &[(&str, Value<'_>)],
         update: &Update,
     ) -> Result<(Written, Sent), StoreError> {
         let mut invocation = scripts::UPDATE_FIELDS_TEXT.call(key);
         update_head(&mut invocation, update).arg(self.tracks());
         for (column, value) in set {
-            invocation.arg(*column).arg(value);
+            codec::arg_value(invocation.arg(*column), value);
         }
         if let Some(at) = update.expires_at {
             invocation.arg(codec::EXPIRES_AT).arg(micros(at));
@@ -935,21 +936,18 @@ impl<T: SessionData> RedisStore<T> {
 
 /// The arguments both update scripts start with: the expected version
 /// ('' = any), whether to bump it, the new expiry in ms ('' = keep).
+/// Numbers go into the command as decimal text directly, without a string
+/// of their own each (two allocations fewer per write).
 fn update_head<'a>(invocation: &'a mut scripts::Call, update: &Update) -> &'a mut scripts::Call {
-    invocation
-        .arg(
-            update
-                .expected_version
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
-        )
-        .arg(if update.is_touch() { "0" } else { "1" })
-        .arg(
-            update
-                .expires_at
-                .map(|at| expire_at_ms(at).to_string())
-                .unwrap_or_default(),
-        )
+    match update.expected_version {
+        Some(version) => invocation.arg(version),
+        None => invocation.arg(""),
+    };
+    invocation.arg(if update.is_touch() { "0" } else { "1" });
+    match update.expires_at {
+        Some(at) => invocation.arg(expire_at_ms(at)),
+        None => invocation.arg(""),
+    }
 }
 
 /// Runs futures concurrently and collects their outputs in order.
@@ -1085,7 +1083,7 @@ impl<T: SessionData> RedisStore<T> {
             .arg(expire_at_ms(record.expires_at))
             .arg(fields.len());
         for (field, value) in &fields {
-            invocation.arg(*field).arg(value);
+            codec::arg_value(invocation.arg(*field), value);
         }
         if !lean {
             self.index_args(&mut invocation);
