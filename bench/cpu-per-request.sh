@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# CPU per request of one load bench target, per process: the app's runtime
-# thread (`server`), the load generator and Redis, from /proc over 3 s in
-# the middle of a 6 s run. Build first: cargo build --release -p bench --bin loadbench
+# CPU per request of one load bench target, per process, user and kernel
+# apart: the app's runtime thread (`server`), the load generator and Redis,
+# from /proc over 3 s in the middle of a 6 s run. Build first:
+# cargo build --release -p bench --bin loadbench
 #
 #   bench/cpu-per-request.sh "raw redis-rs/Redis" counter
 #   bench/cpu-per-request.sh "session+client cache/Redis" read
@@ -14,17 +15,19 @@ BENCH_DBS=${BENCH_DBS:-redis} BENCH_ROUTES=$route BENCH_SECONDS=6 BENCH_ROUNDS=1
 pid=$!
 sleep 2.5
 redis=$(pgrep -f "redis-server.*:6379" | head -n 1)
-snap() { # name ticks, per thread name, and Redis's
+snap() { # name, user ticks, kernel ticks: per thread name, and Redis's
   for task in /proc/$pid/task/*; do
-    echo "$(cat "$task/comm") $(awk '{print $14 + $15}' "$task/stat")"
-  done | awk '{t[$1] += $2} END {for (n in t) print n, t[n]}'
-  echo "redis $(awk '{print $14 + $15}' "/proc/$redis/stat")"
+    echo "$(cat "$task/comm") $(awk '{print $14, $15}' "$task/stat")"
+  done | awk '{u[$1] += $2; s[$1] += $3} END {for (n in u) print n, u[n], s[n]}'
+  echo "redis $(awk '{print $14, $15}' "/proc/$redis/stat")"
 }
 before=$(snap | sort); sleep 3; after=$(snap | sort)
 wait "$pid"
 rps=$(grep 'req/s' "$out" | grep -v '^|' | tail -n 1 | sed 's/.* \([0-9]*\) req\/s.*/\1/')
 ticks=$(getconf CLK_TCK)
-join <(echo "$before") <(echo "$after") | awk -v rps="$rps" -v hz="$ticks" \
-  '{cores = ($3 - $2) / hz / 3; printf "%-12s %5.2f cores %7.1f us/req\n", $1, cores, cores * 1e6 / rps}'
+join <(echo "$before") <(echo "$after") | awk -v rps="$rps" -v hz="$ticks" '{
+  user = ($4 - $2) / hz / 3; kernel = ($5 - $3) / hz / 3
+  printf "%-12s %5.2f cores %7.1f us/req (user %5.1f, kernel %5.1f)\n", $1, user + kernel,
+    (user + kernel) * 1e6 / rps, user * 1e6 / rps, kernel * 1e6 / rps}'
 echo "req/s: $rps"
 rm -f "$out"
