@@ -1,7 +1,8 @@
 //! What the examples share: logging, the port, and the store picked by
 //! `DATABASE_URL` (`sqlite:` by default, `postgres:`, `mysql:`, `redis:`,
 //! or `memory`), with `DATABASE_MAX_CONNECTIONS` connections at most if set
-//! (SQL). A Redis Cluster is its seed nodes, comma-separated:
+//! (SQL). `redis+unix:///path/to/redis.sock` is Redis on a Unix socket; a
+//! Redis Cluster is its seed nodes, comma-separated:
 //! `DATABASE_URL=redis://127.0.0.1:7000,redis://127.0.0.1:7001`.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -49,7 +50,9 @@ pub async fn run<T: SessionData, A: App<T>>(app: A) -> anyhow::Result<()> {
             let nodes = url.split(',').map(str::trim);
             serve(app.router(RedisStore::<T>::connect_cluster(nodes).await?)).await
         }
-        Some("redis" | "rediss") => serve(app.router(RedisStore::<T>::connect(&url).await?)).await,
+        Some("redis" | "rediss" | "redis+unix" | "unix") => {
+            serve(app.router(RedisStore::<T>::connect(&url).await?)).await
+        }
         _ => anyhow::bail!(
             "DATABASE_URL must start with sqlite:, postgres:, mysql:, redis: or be `memory`, got {url:?}"
         ),

@@ -58,7 +58,7 @@ pub mod proxy;
 mod redis;
 
 pub use redis::{
-    CLIENT_CACHE, OwnCluster, OwnReplicated, Redis, RedisCached, RedisCluster, RedisRaw,
+    CLIENT_CACHE, OwnCluster, OwnReplicated, OwnUnix, Redis, RedisCached, RedisCluster, RedisRaw,
     redis_cluster_nodes, redis_url,
 };
 

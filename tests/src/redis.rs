@@ -166,6 +166,89 @@ impl Drop for OwnReplicated {
     }
 }
 
+/// A standalone Redis of a test's own on a Unix socket (no TCP port),
+/// keeping nothing on disk; stopped when dropped, and restartable on the
+/// same socket (empty, as a server without persistence comes back).
+pub struct OwnUnix {
+    pub socket: std::path::PathBuf,
+    server: Option<std::process::Child>,
+}
+
+impl OwnUnix {
+    /// Starts it. If it cannot be started, `test` is skipped (said on
+    /// stderr), or fails under `CI=true`.
+    pub async fn start_for(test: &str) -> Option<Self> {
+        let mut own = Self {
+            socket: std::env::temp_dir().join(format!(
+                "axum-typed-session-{}-{test}.sock",
+                std::process::id()
+            )),
+            server: None,
+        };
+        match own.start().await {
+            Ok(()) => Some(own),
+            Err(error) => {
+                could_not_start(test, "Redis on a Unix socket", &error);
+                None
+            }
+        }
+    }
+
+    /// Starts the server (again) and waits until it answers.
+    pub async fn start(&mut self) -> Result<(), String> {
+        let _ = std::fs::remove_file(&self.socket);
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&self.socket)
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|error| format!("redis-server: {error}"))?;
+        self.server = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ping = async {
+                let mut connection = redis::Client::open(self.url())
+                    .map_err(|error| error.to_string())?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|error| error.to_string())?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+            .await;
+            match ping {
+                Ok(_) => return Ok(()),
+                Err(error) if std::time::Instant::now() > deadline => {
+                    return Err(format!("no answer on {} after 10 s: {error}", self.url()));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Kills the server (as a crash would) and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for OwnUnix {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.into())
 }

@@ -11,7 +11,7 @@ use axum_typed_session::{
     RedisStore, Session, SessionConfig, SessionLayer, SessionQueries, SessionStore, StoreError,
 };
 use conformance_tests::{
-    Backend, Client, Raw, RedisRaw,
+    Backend, Client, OwnUnix, Raw, RedisRaw,
     proxy::{Mode, Proxy},
     redis_conformance, redis_url,
 };
@@ -522,6 +522,46 @@ async fn redis_going_away_fails_fast_and_recovers() {
     }
 }
 
+/// With Redis gone (`how`), a session request answers 503 with
+/// `Retry-After` within a few times the store's `timeout`, and a route
+/// without a session still works. Returns how long the 503 took.
+async fn fails_fast(client: &mut Client, timeout: Duration, how: &str) -> Duration {
+    let started = Instant::now();
+    let reply = client.get("/visit").await;
+    let took = started.elapsed();
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{how}: {}",
+        reply.body
+    );
+    assert!(reply.headers.contains_key("retry-after"));
+    assert!(took < timeout * 3, "{how}: answered in {took:?}");
+    assert_eq!(
+        client.get("/plain").await.body,
+        "plain",
+        "routes without a session work"
+    );
+    took
+}
+
+/// Visits until one is served (within 5 s of Redis coming back): the
+/// first served reply, and how long it took.
+async fn served_again(client: &mut Client) -> (conformance_tests::Reply, Duration) {
+    let back = Instant::now();
+    let mut reply = client.get("/visit").await;
+    while reply.status != StatusCode::OK {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "service did not resume: {}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        reply = client.get("/visit").await;
+    }
+    (reply, back.elapsed())
+}
+
 async fn going_away(target: std::net::SocketAddr, cached: bool) {
     let proxy = Proxy::start(target).await;
     let timeout = Duration::from_millis(300);
@@ -542,39 +582,11 @@ async fn going_away(target: std::net::SocketAddr, cached: bool) {
     }
     for mode in [Mode::Cut, Mode::Paused] {
         proxy.set(mode);
-        let started = Instant::now();
-        let reply = client.get("/visit").await;
-        let took = started.elapsed();
-        assert_eq!(
-            reply.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{mode:?}: {}",
-            reply.body
-        );
-        assert!(reply.headers.contains_key("retry-after"));
-        assert!(took < timeout * 3, "{mode:?}: answered in {took:?}");
+        let took = fails_fast(&mut client, timeout, &format!("{mode:?}")).await;
         eprintln!("redis {mode:?}: first failure answered in {took:?}");
-        assert_eq!(
-            client.get("/plain").await.body,
-            "plain",
-            "routes without a session work"
-        );
         proxy.set(Mode::Forward);
-        let back = Instant::now();
-        let mut reply = client.get("/visit").await;
-        while reply.status != StatusCode::OK {
-            assert!(
-                back.elapsed() < Duration::from_secs(5),
-                "service did not resume: {}",
-                reply.body
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            reply = client.get("/visit").await;
-        }
-        eprintln!(
-            "redis {mode:?}: serving again {:?} after Redis came back",
-            back.elapsed()
-        );
+        let (reply, back) = served_again(&mut client).await;
+        eprintln!("redis {mode:?}: serving again {back:?} after Redis came back");
         // The count went on from the last stored value: a failed write was
         // not applied, nothing was written over the session.
         let count: i64 = reply.body.parse().unwrap();
@@ -608,6 +620,48 @@ async fn going_away(target: std::net::SocketAddr, cached: bool) {
         );
         assert!(store.cached() >= 1);
     }
+}
+
+/// A server on a Unix socket (`redis+unix://`): concurrent requests share
+/// its groups as on TCP; killed, a request answers 503 within the
+/// timeout; started again (empty: no persistence, the scripts forgotten),
+/// service resumes by itself and the visitor's unknown token is a fresh
+/// session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_unix_socket_server_is_served_in_groups_and_survives_a_restart() {
+    const CLIENTS: usize = 16;
+    let Some(mut server) = OwnUnix::start_for("unix_socket").await else {
+        return;
+    };
+    let timeout = Duration::from_millis(300);
+    let store = RedisStore::<Visit>::builder()
+        .timeout(timeout)
+        .connect(&server.url())
+        .await
+        .expect("a store on the socket");
+    let app = app(store.clone(), SessionConfig::default());
+    let before = store.pipeline_stats();
+    let mut clients = Vec::new();
+    for client in visiting_three_times(&app, CLIENTS) {
+        clients.push(client.await.unwrap());
+    }
+    let stats = store.pipeline_stats();
+    let (groups, grouped) = (stats.groups - before.groups, stats.grouped - before.grouped);
+    assert!(grouped >= 3 * CLIENTS as u64, "{stats:?}");
+    assert!(groups < grouped, "{groups} groups of {grouped} commands");
+    assert_eq!(stats.alone, 0, "none on its own");
+
+    server.kill();
+    let client = &mut clients[0];
+    let took = fails_fast(client, timeout, "killed").await;
+    eprintln!("redis on a socket, killed: answered in {took:?}");
+    server.start().await.expect("the server starts again");
+    let (reply, back) = served_again(client).await;
+    eprintln!("redis on a socket: serving again {back:?} after it restarted");
+    // The restarted server holds nothing: the token is unknown, so this is
+    // a fresh session, and it counts on from there.
+    assert_eq!(reply.body, "1");
+    assert_eq!(client.get("/visit").await.body, "2");
 }
 
 /// WAIT mode on a server without replicas: every write is refused, clearly,

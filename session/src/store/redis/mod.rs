@@ -309,8 +309,9 @@ fn present(reply: &[redis::Value], at: usize) -> Option<Vec<u8>> {
 }
 
 impl<T: SessionData> RedisStore<T> {
-    /// A store on one server (`redis://host:port[/db]`, `rediss://` for TLS);
-    /// fails at once, with the address, if the server cannot be reached.
+    /// A store on one server (`redis://host:port[/db]`, `rediss://` for TLS,
+    /// `redis+unix:///path/to/redis.sock` for a Unix socket); fails at once,
+    /// with the address, if the server cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::builder().connect(url).await
     }

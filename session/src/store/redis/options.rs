@@ -193,7 +193,9 @@ impl<T: SessionData> RedisStoreBuilder<T> {
     }
 
     /// Connects to one server: `redis://[user:password@]host:port[/db]`,
-    /// or `rediss://` for TLS (with the `rustls` or `native-tls` feature).
+    /// `rediss://` for TLS (with the `rustls` or `native-tls` feature), or
+    /// `redis+unix:///path/to/redis.sock[?db=N&pass=...]` for a Unix socket
+    /// on the same machine (no TCP stack in between; grouped as on TCP).
     pub async fn connect(self, url: &str) -> Result<RedisStore<T>, StoreError> {
         let failed = |source| {
             unavailable(ConnectError {
