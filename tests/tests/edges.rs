@@ -15,7 +15,8 @@ use axum_typed_session::{
 };
 use chrono::Utc;
 use conformance_tests::{
-    Backend, Client, Reply, conformance, send, sql_conformance, ungrouped_conformance,
+    Backend, Client, Raw, Reply, conformance, redis_conformance, send, sql_conformance,
+    ungrouped_conformance,
 };
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -334,6 +335,41 @@ async fn bounded(app: &Router, method: &str, path: &str, cookie: Option<&str>) -
         .unwrap_or_else(|_| panic!("{method} {path} did not answer within 5 s"))
 }
 
+/// Stores `json` as the `fragile` field of `client`'s session, which has
+/// counted to `count`: behind the store's back, as another program or an
+/// older deploy would (a row by its count on SQL, the hash on Redis).
+async fn spoil<B: Backend>(
+    fixture: &conformance_tests::Fixture<B, Shelf>,
+    client: &Client,
+    count: i64,
+    json: &str,
+) {
+    if let Raw::Redis(raw) = fixture.raw() {
+        let id = SessionToken::parse(client.token.as_deref().expect("a session"))
+            .expect("a token")
+            .id();
+        let mut cmd = ::redis::cmd("HSET");
+        cmd.arg(raw.store::<Shelf>().key_of(&id))
+            .arg("fragile")
+            .arg(json);
+        let _: i64 = raw.command(&cmd).await;
+        return;
+    }
+    let quote = |name: &str| match B::NAME {
+        name_ if name_.starts_with("MariaDB") => format!("`{name}`"),
+        _ => format!("\"{name}\""),
+    };
+    fixture
+        .execute(&format!(
+            "UPDATE {} SET {} = '{}' WHERE {} = {count}",
+            quote("fragile_sessions"),
+            quote("fragile"),
+            json,
+            quote("count")
+        ))
+        .await;
+}
+
 /// One session whose stored value panics its type's `Deserialize`, loaded
 /// in a group with 15 others; one whose new value panics `Serialize`; one
 /// whose stored value does not decode. Each fails alone: its group-mates,
@@ -354,27 +390,8 @@ async fn one_bad_session_fails_alone<B: Backend>() {
     clients[0].get("/count").await;
     clients[0].get("/count").await;
     clients[2].get("/count").await;
-    let table = "fragile_sessions";
-    let quote = |name: &str| match B::NAME {
-        name_ if name_.starts_with("MariaDB") => format!("`{name}`"),
-        _ => format!("\"{name}\""),
-    };
-    fixture
-        .execute(&format!(
-            "UPDATE {} SET {} = '\"panic-on-read\"' WHERE {} = 3",
-            quote(table),
-            quote("fragile"),
-            quote("count")
-        ))
-        .await;
-    fixture
-        .execute(&format!(
-            "UPDATE {} SET {} = '{{\"not\": \"a string\"}}' WHERE {} = 2",
-            quote(table),
-            quote("fragile"),
-            quote("count")
-        ))
-        .await;
+    spoil(&fixture, &clients[0], 3, r#""panic-on-read""#).await;
+    spoil(&fixture, &clients[2], 2, r#"{"not": "a string"}"#).await;
 
     // All at once, so that the loads share a group.
     let requests: Vec<_> = clients
@@ -478,4 +495,5 @@ mod bad_session {
 
     sql_conformance!(one_bad_session_fails_alone);
     ungrouped_conformance!(one_bad_session_fails_alone);
+    redis_conformance!(one_bad_session_fails_alone);
 }
