@@ -4,7 +4,7 @@
 
 use axum::{Router, routing::get};
 use axum_typed_session::{Session, SessionConfig, SessionLayer, SessionStore};
-use conformance_tests::{Backend, Client, send, sql_conformance};
+use conformance_tests::{Backend, Client, redis_conformance, send, sql_conformance};
 use http::StatusCode;
 
 #[derive(Session, Default)]
@@ -77,3 +77,4 @@ async fn alternating_instances_see_every_write<B: Backend>() {
 }
 
 sql_conformance!(alternating_instances_see_every_write);
+redis_conformance!(alternating_instances_see_every_write);
