@@ -83,6 +83,11 @@ fn could_not_start(test: &str, servers: &str, error: &str) {
 pub struct OwnReplicated {
     pub port: u16,
     servers: Vec<std::process::Child>,
+    /// The servers' own directory (a replica writes the master's data
+    /// there at its sync), new for each start: a file an earlier run left
+    /// in a shared one, perhaps by another server version, would be loaded
+    /// at start (Redis 7.0 exits on Valkey 8's RDB format).
+    dir: std::path::PathBuf,
 }
 
 impl OwnReplicated {
@@ -100,14 +105,22 @@ impl OwnReplicated {
     }
 
     async fn start(port: u16) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "axum-typed-session-replicated-{}-{port}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
         let mut started = Self {
             port,
             servers: Vec::new(),
+            dir,
         };
         for (node, replica_of) in [(port, None), (port + 1, Some(port))] {
             let mut command = std::process::Command::new("redis-server");
             command.args(["--port", &node.to_string(), "--bind", "127.0.0.1"]);
-            command.args(["--save", "", "--appendonly", "no", "--dir", "/tmp"]);
+            command.args(["--save", "", "--appendonly", "no"]);
+            command.arg("--dir").arg(&started.dir);
             // A replica syncs at once, not after the default 5 s delay.
             command.args(["--repl-diskless-sync-delay", "0"]);
             command.args(["--dbfilename", &format!("axum-typed-session-{node}.rdb")]);
@@ -163,6 +176,7 @@ impl Drop for OwnReplicated {
             let _ = server.kill();
             let _ = server.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
