@@ -21,6 +21,8 @@ pub struct OwnCluster {
     /// Only TLS, with a certificate for 127.0.0.1 from a CA of its own
     /// ([`ca_file`](Self::ca_file)).
     pub tls: bool,
+    /// Every node asks for this password (`requirepass`, `masterauth`).
+    pub password: Option<&'static str>,
 }
 
 impl OwnCluster {
@@ -31,6 +33,7 @@ impl OwnCluster {
             .args(action.split(' '))
             .env("REDIS_CLUSTER_BASE", self.base.to_string())
             .env("REDIS_CLUSTER_TLS", if self.tls { "1" } else { "0" })
+            .env("REDIS_CLUSTER_PASSWORD", self.password.unwrap_or_default())
             .output()
             .map_err(|error| format!("{script}: {error}"))?;
         if output.status.success() {
@@ -53,11 +56,15 @@ impl OwnCluster {
         }
     }
 
-    /// The seed nodes: its three masters as started.
+    /// The seed nodes: its three masters as started (with the password).
     pub fn nodes(&self) -> Vec<String> {
         let scheme = if self.tls { "rediss" } else { "redis" };
+        let credentials = self
+            .password
+            .map(|password| format!(":{password}@"))
+            .unwrap_or_default();
         (self.base..self.base + 3)
-            .map(|port| format!("{scheme}://127.0.0.1:{port}"))
+            .map(|port| format!("{scheme}://{credentials}127.0.0.1:{port}"))
             .collect()
     }
 
@@ -185,20 +192,40 @@ impl Drop for OwnReplicated {
 /// same socket (empty, as a server without persistence comes back).
 pub struct OwnUnix {
     pub socket: std::path::PathBuf,
+    settings: Vec<String>,
     server: Option<std::process::Child>,
+    /// How the start pings it, when it asks for a password.
+    ping_url: Option<String>,
 }
 
 impl OwnUnix {
     /// Starts it. If it cannot be started, `test` is skipped (said on
     /// stderr), or fails under `CI=true`.
     pub async fn start_for(test: &str) -> Option<Self> {
+        Self::start_with(test, &[]).await
+    }
+
+    /// [`start_for`](Self::start_for), with these settings too
+    /// (`--requirepass`, `--user`, ...); [`url`](Self::url) then needs the
+    /// credentials added.
+    pub async fn start_with(test: &str, settings: &[&str]) -> Option<Self> {
         let mut own = Self {
             socket: std::env::temp_dir().join(format!(
                 "axum-typed-session-{}-{test}.sock",
                 std::process::id()
             )),
+            settings: settings
+                .iter()
+                .map(|setting| (*setting).to_owned())
+                .collect(),
             server: None,
+            ping_url: None,
         };
+        own.ping_url = settings
+            .iter()
+            .position(|setting| *setting == "--requirepass")
+            .and_then(|at| settings.get(at + 1))
+            .map(|password| format!("{}?pass={password}", own.url()));
         match own.start().await {
             Ok(()) => Some(own),
             Err(error) => {
@@ -215,14 +242,16 @@ impl OwnUnix {
             .args(["--port", "0", "--unixsocket"])
             .arg(&self.socket)
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.settings)
             .stdout(std::process::Stdio::null())
             .spawn()
             .map_err(|error| format!("redis-server: {error}"))?;
         self.server = Some(child);
+        let url = self.ping_url.clone().unwrap_or_else(|| self.url());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let ping = async {
-                let mut connection = redis::Client::open(self.url())
+                let mut connection = redis::Client::open(url.as_str())
                     .map_err(|error| error.to_string())?
                     .get_multiplexed_async_connection()
                     .await

@@ -32,6 +32,7 @@ const BASE: u16 = 7100;
 const CLUSTER: OwnCluster = OwnCluster {
     base: BASE,
     tls: false,
+    password: None,
 };
 const CLIENTS: usize = 16;
 

@@ -33,6 +33,7 @@ const BASE: u16 = 7200;
 const CLUSTER: OwnCluster = OwnCluster {
     base: BASE,
     tls: false,
+    password: None,
 };
 const CLIENTS: usize = 16;
 /// Of a master's 5461 slots.

@@ -11,7 +11,7 @@ use axum_typed_session::{
     RedisStore, Session, SessionConfig, SessionLayer, SessionQueries, SessionStore, StoreError,
 };
 use conformance_tests::{
-    Backend, Client, OwnUnix, Raw, RedisRaw,
+    Backend, Client, OwnCluster, OwnUnix, Raw, RedisRaw,
     proxy::{Mode, Proxy},
     redis_conformance, redis_url,
 };
@@ -662,6 +662,105 @@ async fn a_unix_socket_server_is_served_in_groups_and_survives_a_restart() {
     // a fresh session, and it counts on from there.
     assert_eq!(reply.body, "1");
     assert_eq!(client.get("/visit").await.body, "2");
+}
+
+/// The store's start fails with the password shown as `***`.
+async fn refused_without_the_secret(
+    started: impl std::future::Future<Output = Result<RedisStore<Visit>, StoreError>>,
+    secret: &str,
+) {
+    let message = match started.await {
+        Ok(_) => panic!("a wrong password is refused"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        !message.contains(secret),
+        "the password stays out: {message}"
+    );
+    assert!(message.contains("***"), "{message}");
+}
+
+/// `clients` visitors, three visits each, all in groups on `store`'s own
+/// connections: the credentials reached every connection it made.
+async fn visits_go_in_groups(store: &RedisStore<Visit>, clients: usize) {
+    let before = store.pipeline_stats();
+    let app = app(store.clone(), SessionConfig::default());
+    for client in visiting_three_times(&app, clients) {
+        client.await.unwrap();
+    }
+    let after = store.pipeline_stats();
+    let (groups, grouped) = (after.groups - before.groups, after.grouped - before.grouped);
+    assert!(grouped >= 3 * clients as u64, "{after:?} after {before:?}");
+    assert!(groups < grouped, "{groups} groups of {grouped} commands");
+    assert_eq!(after.alone, before.alone, "none on its own: {after:?}");
+}
+
+/// Credentials reach every connection the store makes, and never its
+/// error messages: a server whose default user has a password and that
+/// has an ACL user (on a Unix socket), and a Cluster whose nodes ask for a
+/// password, where the groups go on the store's own connections to each
+/// master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credentials_reach_every_connection_and_stay_out_of_errors() {
+    const CLIENTS: usize = 16;
+    let acl = [
+        "--requirepass",
+        "default-s3cret",
+        "--user",
+        "app",
+        "on",
+        ">app-s3cret",
+        "~*",
+        "&*",
+        "+@all",
+    ];
+    let Some(server) = OwnUnix::start_with("credentials", &acl).await else {
+        return;
+    };
+    let timeout = Duration::from_millis(500);
+    let as_app = |password: &str| format!("{}?user=app&pass={password}", server.url());
+    refused_without_the_secret(
+        RedisStore::<Visit>::builder()
+            .timeout(timeout)
+            .connect(&as_app("wrong-s3cret")),
+        "wrong-s3cret",
+    )
+    .await;
+    let store = RedisStore::<Visit>::builder()
+        .timeout(timeout)
+        .connect(&as_app("app-s3cret"))
+        .await
+        .expect("the ACL user connects");
+    visits_go_in_groups(&store, CLIENTS).await;
+    drop(server);
+
+    let cluster = OwnCluster {
+        base: 7500,
+        tls: false,
+        password: Some("cluster-s3cret"),
+    };
+    if !cluster.start_for("credentials_reach_every_connection_and_stay_out_of_errors") {
+        return;
+    }
+    let without = RedisStore::<Visit>::builder()
+        .timeout(timeout)
+        .connect_cluster(["redis://127.0.0.1:7500"])
+        .await;
+    assert!(without.is_err(), "a client without the password is refused");
+    refused_without_the_secret(
+        RedisStore::<Visit>::builder()
+            .timeout(timeout)
+            .connect_cluster(["redis://:wrong-s3cret@127.0.0.1:7500"]),
+        "wrong-s3cret",
+    )
+    .await;
+    let store = RedisStore::<Visit>::builder()
+        .timeout(timeout)
+        .connect_cluster(cluster.nodes())
+        .await
+        .expect("connects with the password");
+    visits_go_in_groups(&store, CLIENTS).await;
+    let _ = cluster.run("stop");
 }
 
 /// WAIT mode on a server without replicas: every write is refused, clearly,

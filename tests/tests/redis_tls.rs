@@ -17,6 +17,7 @@ use http::StatusCode;
 const CLUSTER: OwnCluster = OwnCluster {
     base: 7300,
     tls: true,
+    password: None,
 };
 const CLIENTS: usize = 16;
 const VISITS: i64 = 20;

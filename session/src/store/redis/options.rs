@@ -27,6 +27,38 @@ struct ConnectError {
     source: redis::RedisError,
 }
 
+/// `url` for an error message: a password in it (`user:password@`, a
+/// lone `token@`, or `pass=` / `password=` in the query of a Unix socket
+/// URL) shown as `***`, so that a failed start does not write it to the
+/// logs.
+fn redacted(url: &str) -> String {
+    let mut shown = url.to_owned();
+    if let Some(start) = shown.find("://").map(|at| at + 3) {
+        let authority_end = shown[start..]
+            .find(['/', '?', '#'])
+            .map_or(shown.len(), |at| start + at);
+        if let Some(at) = shown[start..authority_end].rfind('@').map(|at| start + at) {
+            let password_from = shown[start..at]
+                .find(':')
+                .map_or(start, |colon| start + colon + 1);
+            if password_from < at {
+                shown.replace_range(password_from..at, "***");
+            }
+        }
+    }
+    if let Some(query) = shown.find('?') {
+        let mut pairs: Vec<String> = Vec::new();
+        for pair in shown[query + 1..].split('&') {
+            pairs.push(match pair.split_once('=') {
+                Some((name, _)) if name == "pass" || name == "password" => format!("{name}=***"),
+                _ => pair.to_owned(),
+            });
+        }
+        shown = format!("{}?{}", &shown[..query], pairs.join("&"));
+    }
+    shown
+}
+
 fn no_answer() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "no answer within the store's timeout"))
 }
@@ -199,7 +231,7 @@ impl<T: SessionData> RedisStoreBuilder<T> {
     pub async fn connect(self, url: &str) -> Result<RedisStore<T>, StoreError> {
         let failed = |source| {
             unavailable(ConnectError {
-                target: url.to_owned(),
+                target: redacted(url),
                 source,
             })
         };
@@ -262,7 +294,11 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             .collect();
         let failed = |source| {
             unavailable(ConnectError {
-                target: nodes.join(", "),
+                target: nodes
+                    .iter()
+                    .map(|node| redacted(node))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 source,
             })
         };
@@ -305,5 +341,38 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             self.caps,
             groups,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_stay_out_of_error_messages() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            (
+                "redis://app:s3cr%40t@10.0.0.1:6379/2",
+                "redis://app:***@10.0.0.1:6379/2",
+            ),
+            (
+                "rediss://:only-a-password@host:6380",
+                "rediss://:***@host:6380",
+            ),
+            ("redis://token@host", "redis://***@host"),
+            ("redis://user:p@ss@host/0", "redis://user:***@host/0"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=s3cret",
+                "redis+unix:///run/redis.sock?db=1&pass=***",
+            ),
+            (
+                "unix:///run/redis.sock?password=s3cret",
+                "unix:///run/redis.sock?password=***",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redacted(url), shown, "{url}");
+        }
     }
 }
