@@ -248,3 +248,40 @@ outage_test!(
     MySqlStore,
     "DROP DATABASE `{}`"
 );
+
+/// A database that cannot be reached at start: the constructor says why
+/// (the connection was refused), as `Unavailable`, instead of the pool's
+/// "timed out" after its acquire timeout. A refused login and a file that
+/// cannot be opened are errors of their own, not outages.
+#[tokio::test]
+async fn a_database_down_at_start_is_said_as_such() {
+    use axum_typed_session::{SqliteStore, StoreError};
+    // Port 1: nothing listens there, so the connection is refused.
+    let refused = [
+        PgStore::<Visit>::builder()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect("postgres://postgres@127.0.0.1:1/test")
+            .await
+            .map(|_| ()),
+        MySqlStore::<Visit>::builder()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect("mysql://root@127.0.0.1:1/test")
+            .await
+            .map(|_| ()),
+    ];
+    for started in refused {
+        match started {
+            Err(error @ StoreError::Unavailable { .. }) => {
+                let message = format!("{error:#}");
+                assert!(message.contains("refused"), "{message}");
+            }
+            other => panic!("expected Unavailable, refused: {other:?}"),
+        }
+    }
+    match SqliteStore::<Visit>::connect("sqlite:///no-such-directory/sessions.db").await {
+        Err(StoreError::Database(error)) => {
+            assert!(error.to_string().contains("unable to open"), "{error}");
+        }
+        other => panic!("expected the file's own error: {other:?}"),
+    }
+}

@@ -58,7 +58,7 @@ pub(crate) fn is_outage(error: &sqlx::Error) -> bool {
     }
 }
 
-fn unavailable(source: Option<sqlx::Error>) -> StoreError {
+pub(crate) fn unavailable(source: Option<sqlx::Error>) -> StoreError {
     StoreError::Unavailable {
         retry_after: RETRY_AFTER,
         source: source.map(|error| Arc::new(error) as Arc<dyn std::error::Error + Send + Sync>),

@@ -71,7 +71,7 @@ impl<T: SessionData> SqlStoreBuilder<MySql, T> {
         self,
         options: MySqlConnectOptions,
     ) -> Result<SqlStore<MySql, T>, StoreError> {
-        let pool = self.pool.clone().connect_with(options).await?;
+        let pool = self.open_pool(options).await?;
         Ok(self.build(pool))
     }
 }

@@ -55,6 +55,37 @@ pub struct SqlStoreBuilder<B: Backend, T> {
     _store: PhantomData<fn() -> (B, T)>,
 }
 
+impl<B: Backend, T> SqlStoreBuilder<B, T> {
+    /// The builder's pool on `options`, after one connection on its own
+    /// (closed again) within the pool's acquire timeout: an unreachable
+    /// server is then said as such ("Connection refused"), where the pool
+    /// would retry until its timeout and say only that it timed out.
+    pub(crate) async fn open_pool(
+        &self,
+        options: <<B::Database as sqlx::Database>::Connection as sqlx::Connection>::Options,
+    ) -> Result<Pool<B::Database>, crate::error::StoreError> {
+        use sqlx::{ConnectOptions as _, Connection as _};
+        let timeout = self.pool.get_acquire_timeout();
+        match tokio::time::timeout(timeout, options.connect()).await {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+            }
+            Ok(Err(error)) if super::health::is_outage(&error) => {
+                return Err(super::health::unavailable(Some(error)));
+            }
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => {
+                let silent = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the database did not answer within {timeout:?}"),
+                );
+                return Err(super::health::unavailable(Some(sqlx::Error::Io(silent))));
+            }
+        }
+        Ok(self.pool.clone().connect_with(options).await?)
+    }
+}
+
 impl<B: Backend, T> std::fmt::Debug for SqlStoreBuilder<B, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlStoreBuilder")

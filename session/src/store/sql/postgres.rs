@@ -65,7 +65,7 @@ impl<T: SessionData> SqlStoreBuilder<Postgres, T> {
         self,
         options: PgConnectOptions,
     ) -> Result<SqlStore<Postgres, T>, StoreError> {
-        let pool = self.pool.clone().connect_with(options).await?;
+        let pool = self.open_pool(options).await?;
         Ok(self.build(pool))
     }
 }

@@ -131,7 +131,7 @@ impl<T: SessionData> SqlStoreBuilder<Sqlite, T> {
             // The store checkpoints in the background instead.
             options = options.pragma("wal_autocheckpoint", "0");
         }
-        let pool = self.pool.clone().connect_with(options).await?;
+        let pool = self.open_pool(options).await?;
         Ok(self.build(pool))
     }
 }
