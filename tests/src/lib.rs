@@ -59,7 +59,7 @@ mod redis;
 
 pub use redis::{
     CLIENT_CACHE, OwnCluster, OwnReplicated, OwnUnix, Redis, RedisCached, RedisCluster, RedisRaw,
-    redis_cluster_nodes, redis_url,
+    ask, redis_cluster_nodes, redis_url,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -140,30 +140,13 @@ impl OwnReplicated {
                 .map_err(|error| format!("redis-server: {error}"))?;
             started.servers.push(child);
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let info = async {
-                let mut connection = redis::Client::open(started.url())
-                    .map_err(|error| error.to_string())?
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|error| error.to_string())?;
-                redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async::<String>(&mut connection)
-                    .await
-                    .map_err(|error| error.to_string())
-            }
-            .await;
-            match info {
-                // The replica is online once the master lists it so.
-                Ok(info) if info.contains("state=online") => return Ok(started),
-                _ if std::time::Instant::now() > deadline => {
-                    return Err(format!("no online replica after 10 s: {info:?}"));
-                }
-                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            }
-        }
+        // The replica is online once the master lists it so.
+        ask_until(&started.url(), &["INFO", "replication"], |info| {
+            info.contains("state=online")
+        })
+        .await
+        .map_err(|last| format!("no online replica after 10 s: {last}"))?;
+        Ok(started)
     }
 
     /// The master's URL.
@@ -194,8 +177,6 @@ pub struct OwnUnix {
     pub socket: std::path::PathBuf,
     settings: Vec<String>,
     server: Option<std::process::Child>,
-    /// How the start pings it, when it asks for a password.
-    ping_url: Option<String>,
 }
 
 impl OwnUnix {
@@ -219,13 +200,7 @@ impl OwnUnix {
                 .map(|setting| (*setting).to_owned())
                 .collect(),
             server: None,
-            ping_url: None,
         };
-        own.ping_url = settings
-            .iter()
-            .position(|setting| *setting == "--requirepass")
-            .and_then(|at| settings.get(at + 1))
-            .map(|password| format!("{}?pass={password}", own.url()));
         match own.start().await {
             Ok(()) => Some(own),
             Err(error) => {
@@ -247,29 +222,19 @@ impl OwnUnix {
             .spawn()
             .map_err(|error| format!("redis-server: {error}"))?;
         self.server = Some(child);
-        let url = self.ping_url.clone().unwrap_or_else(|| self.url());
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let ping = async {
-                let mut connection = redis::Client::open(url.as_str())
-                    .map_err(|error| error.to_string())?
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|error| error.to_string())?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-                    .map_err(|error| error.to_string())
-            }
-            .await;
-            match ping {
-                Ok(_) => return Ok(()),
-                Err(error) if std::time::Instant::now() > deadline => {
-                    return Err(format!("no answer on {} after 10 s: {error}", self.url()));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        // With a password, the start's own ping gives it.
+        let password = self
+            .settings
+            .iter()
+            .position(|setting| setting == "--requirepass")
+            .and_then(|at| self.settings.get(at + 1));
+        let url = match password {
+            Some(password) => format!("{}?pass={password}", self.url()),
+            None => self.url(),
+        };
+        ask_until(&url, &["PING"], |_| true)
+            .await
+            .map_err(|last| format!("no answer on {} after 10 s: {last}", self.url()))
     }
 
     /// Kills the server (as a crash would) and waits until it is gone.
@@ -289,6 +254,44 @@ impl Drop for OwnUnix {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// `command` on the server at `url`, on a connection of its own; the reply
+/// as text.
+pub async fn ask(url: &str, command: &[&str]) -> Result<String, String> {
+    let mut connection = redis::Client::open(url)
+        .map_err(|error| error.to_string())?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|error| error.to_string())?;
+    redis::cmd(command[0])
+        .arg(&command[1..])
+        .query_async(&mut connection)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+/// Asks `command` of the server at `url` until `ready` holds for its reply,
+/// for 10 s at most; else the last reply or error.
+async fn ask_until(
+    url: &str,
+    command: &[&str],
+    ready: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = ask(url, command).await;
+        match &reply {
+            Ok(reply) if ready(reply) => return Ok(()),
+            _ if std::time::Instant::now() > deadline => {
+                return Err(match reply {
+                    Ok(reply) => format!("{reply:?}"),
+                    Err(error) => error,
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     }
 }
 

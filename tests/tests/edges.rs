@@ -11,7 +11,8 @@ use axum::{
     routing::{get, post},
 };
 use axum_typed_session::{
-    CrossSiteGuard, Session, SessionConfig, SessionError, SessionLayer, SessionStore, SessionToken,
+    CrossSiteGuard, Session, SessionConfig, SessionError, SessionId, SessionLayer, SessionStore,
+    SessionToken,
 };
 use chrono::Utc;
 use conformance_tests::{
@@ -335,21 +336,18 @@ async fn bounded(app: &Router, method: &str, path: &str, cookie: Option<&str>) -
         .unwrap_or_else(|_| panic!("{method} {path} did not answer within 5 s"))
 }
 
-/// Stores `json` as the `fragile` field of `client`'s session, which has
+/// Stores `json` as the `fragile` field of session `id`, which has
 /// counted to `count`: behind the store's back, as another program or an
 /// older deploy would (a row by its count on SQL, the hash on Redis).
 async fn spoil<B: Backend>(
     fixture: &conformance_tests::Fixture<B, Shelf>,
-    client: &Client,
+    id: &SessionId,
     count: i64,
     json: &str,
 ) {
     if let Raw::Redis(raw) = fixture.raw() {
-        let id = SessionToken::parse(client.token.as_deref().expect("a session"))
-            .expect("a token")
-            .id();
         let mut cmd = ::redis::cmd("HSET");
-        cmd.arg(raw.store::<Shelf>().key_of(&id))
+        cmd.arg(raw.store::<Shelf>().key_of(id))
             .arg("fragile")
             .arg(json);
         let _: i64 = raw.command(&cmd).await;
@@ -390,8 +388,16 @@ async fn one_bad_session_fails_alone<B: Backend>() {
     clients[0].get("/count").await;
     clients[0].get("/count").await;
     clients[2].get("/count").await;
-    spoil(&fixture, &clients[0], 3, r#""panic-on-read""#).await;
-    spoil(&fixture, &clients[2], 2, r#"{"not": "a string"}"#).await;
+    let ids: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            SessionToken::parse(client.token.as_deref().expect("a session"))
+                .expect("a token")
+                .id()
+        })
+        .collect();
+    spoil(&fixture, &ids[0], 3, r#""panic-on-read""#).await;
+    spoil(&fixture, &ids[2], 2, r#"{"not": "a string"}"#).await;
 
     // All at once, so that the loads share a group.
     let requests: Vec<_> = clients
@@ -415,14 +421,6 @@ async fn one_bad_session_fails_alone<B: Backend>() {
     // The store names the field of the row that does not decode, loaded
     // alone or in a group alike.
     let now = Utc::now();
-    let ids: Vec<_> = clients
-        .iter()
-        .map(|client| {
-            SessionToken::parse(client.token.as_deref().expect("a session"))
-                .expect("a token")
-                .id()
-        })
-        .collect();
     let loads: Vec<_> = ids
         .iter()
         .map(|id| {

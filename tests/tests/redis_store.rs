@@ -11,7 +11,7 @@ use axum_typed_session::{
     RedisStore, Session, SessionConfig, SessionLayer, SessionQueries, SessionStore, StoreError,
 };
 use conformance_tests::{
-    Backend, Client, OwnCluster, OwnUnix, Raw, RedisRaw,
+    Backend, Client, OwnCluster, OwnUnix, Raw, RedisRaw, ask,
     proxy::{Mode, Proxy},
     redis_conformance, redis_url,
 };
@@ -352,6 +352,28 @@ fn visiting_three_times(app: &Router, clients: usize) -> Vec<tokio::task::JoinHa
         .collect()
 }
 
+/// `clients` visitors, three visits each, all in groups on `store`'s own
+/// connections (per master on Cluster), none on its own; the visitors.
+async fn visits_go_in_groups(store: &RedisStore<Visit>, clients: usize) -> Vec<Client> {
+    let before = store.pipeline_stats();
+    let app = app(store.clone(), SessionConfig::default());
+    let mut visitors = Vec::with_capacity(clients);
+    for client in visiting_three_times(&app, clients) {
+        visitors.push(client.await.unwrap());
+    }
+    let after = store.pipeline_stats();
+    let (groups, grouped) = (after.groups - before.groups, after.grouped - before.grouped);
+    // Per client: an insert, then a load (with the client cache, a sync
+    // point and no command) and an update, twice.
+    assert!(grouped >= 3 * clients as u64, "{after:?} after {before:?}");
+    assert!(
+        groups < grouped,
+        "some group carried several commands: {groups} groups of {grouped}"
+    );
+    assert_eq!(after.alone, before.alone, "none on its own: {after:?}");
+    visitors
+}
+
 /// Concurrent requests share round trips: their loads and writes go in
 /// groups of several commands (per master on Cluster), none on its own.
 async fn concurrent_requests_share_groups<B: Backend<Store<Visit> = RedisStore<Visit>>>() {
@@ -361,25 +383,7 @@ async fn concurrent_requests_share_groups<B: Backend<Store<Visit> = RedisStore<V
     };
     // A connection of its own: its counts are this test's alone.
     let store = fixture.independent_store().await;
-    let app = app(store.clone(), SessionConfig::default());
-    let before = store.pipeline_stats();
-    for client in visiting_three_times(&app, CLIENTS) {
-        client.await.unwrap();
-    }
-    let after = store.pipeline_stats();
-    let (groups, grouped, alone) = (
-        after.groups - before.groups,
-        after.grouped - before.grouped,
-        after.alone - before.alone,
-    );
-    // Per client: an insert, then a load (with the client cache, a sync
-    // point and no command) and an update, twice.
-    assert!(grouped >= 3 * CLIENTS as u64, "{after:?} after {before:?}");
-    assert!(
-        groups < grouped,
-        "some group carried several commands: {groups} groups of {grouped}"
-    );
-    assert_eq!(alone, 0, "none on its own");
+    visits_go_in_groups(&store, CLIENTS).await;
     fixture.cleanup().await;
 }
 
@@ -639,17 +643,7 @@ async fn a_unix_socket_server_is_served_in_groups_and_survives_a_restart() {
         .connect(&server.url())
         .await
         .expect("a store on the socket");
-    let app = app(store.clone(), SessionConfig::default());
-    let before = store.pipeline_stats();
-    let mut clients = Vec::new();
-    for client in visiting_three_times(&app, CLIENTS) {
-        clients.push(client.await.unwrap());
-    }
-    let stats = store.pipeline_stats();
-    let (groups, grouped) = (stats.groups - before.groups, stats.grouped - before.grouped);
-    assert!(grouped >= 3 * CLIENTS as u64, "{stats:?}");
-    assert!(groups < grouped, "{groups} groups of {grouped} commands");
-    assert_eq!(stats.alone, 0, "none on its own");
+    let mut clients = visits_go_in_groups(&store, CLIENTS).await;
 
     server.kill();
     let client = &mut clients[0];
@@ -678,21 +672,6 @@ async fn refused_without_the_secret(
         "the password stays out: {message}"
     );
     assert!(message.contains("***"), "{message}");
-}
-
-/// `clients` visitors, three visits each, all in groups on `store`'s own
-/// connections: the credentials reached every connection it made.
-async fn visits_go_in_groups(store: &RedisStore<Visit>, clients: usize) {
-    let before = store.pipeline_stats();
-    let app = app(store.clone(), SessionConfig::default());
-    for client in visiting_three_times(&app, clients) {
-        client.await.unwrap();
-    }
-    let after = store.pipeline_stats();
-    let (groups, grouped) = (after.groups - before.groups, after.grouped - before.grouped);
-    assert!(grouped >= 3 * clients as u64, "{after:?} after {before:?}");
-    assert!(groups < grouped, "{groups} groups of {grouped} commands");
-    assert_eq!(after.alone, before.alone, "none on its own: {after:?}");
 }
 
 /// Credentials reach every connection the store makes, and never its
@@ -786,23 +765,9 @@ async fn waiting_for_a_replica_that_does_not_exist_fails_clearly() {
     );
 }
 
-/// One command's text reply from the node at `url`.
-async fn ask_node(url: &str, command: &[&str]) -> String {
-    let mut connection = ::redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    ::redis::cmd(command[0])
-        .arg(&command[1..])
-        .query_async(&mut connection)
-        .await
-        .unwrap()
-}
-
 /// How many `WAIT`s the node at `url` has run.
 async fn waits_on(url: &str) -> u64 {
-    let stats = ask_node(url, &["INFO", "commandstats"]).await;
+    let stats = ask(url, &["INFO", "commandstats"]).await.unwrap();
     stats
         .lines()
         .find_map(|line| line.strip_prefix("cmdstat_wait:calls="))
@@ -813,7 +778,7 @@ async fn waits_on(url: &str) -> u64 {
 /// How many `WAIT`s the nodes of the test Cluster have run, all together.
 async fn waits_on_cluster() -> u64 {
     let seed = &conformance_tests::redis_cluster_nodes()[0];
-    let nodes = ask_node(seed, &["CLUSTER", "NODES"]).await;
+    let nodes = ask(seed, &["CLUSTER", "NODES"]).await.unwrap();
     let mut waits = 0;
     // `<id> <host:port@bus> ...` per node.
     for address in nodes.lines().filter_map(|line| line.split(' ').nth(1)) {
@@ -863,7 +828,9 @@ async fn waiting_for_a_replica_shares_the_writes_groups() {
         one_wait_per_group(&format!("cached {cached}"), waited, CLIENTS);
         for id in &ids {
             let key = store.key_of(id);
-            let count = ask_node(&redis.replica_url(), &["HGET", &key, "count"]).await;
+            let count = ask(&redis.replica_url(), &["HGET", &key, "count"])
+                .await
+                .unwrap();
             assert_eq!(count, "3", "the replica holds {key}'s last write");
         }
     }

@@ -46,17 +46,17 @@ fn redacted(url: &str) -> String {
             }
         }
     }
-    if let Some(query) = shown.find('?') {
-        let mut pairs: Vec<String> = Vec::new();
-        for pair in shown[query + 1..].split('&') {
-            pairs.push(match pair.split_once('=') {
-                Some((name, _)) if name == "pass" || name == "password" => format!("{name}=***"),
-                _ => pair.to_owned(),
-            });
-        }
-        shown = format!("{}?{}", &shown[..query], pairs.join("&"));
-    }
-    shown
+    let Some((path, query)) = shown.split_once('?') else {
+        return shown;
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name @ ("pass" | "password"), _)) => format!("{name}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&"))
 }
 
 fn no_answer() -> redis::RedisError {
@@ -296,7 +296,8 @@ impl<T: SessionData> RedisStoreBuilder<T> {
             unavailable(ConnectError {
                 target: nodes
                     .iter()
-                    .map(|node| redacted(node))
+                    .map(String::as_str)
+                    .map(redacted)
                     .collect::<Vec<_>>()
                     .join(", "),
                 source,
