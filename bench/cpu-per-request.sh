@@ -6,6 +6,11 @@
 #
 #   bench/cpu-per-request.sh "raw redis-rs/Redis" counter
 #   bench/cpu-per-request.sh "session+client cache/Redis" read
+#   BENCH_DBS=redis_cluster REDIS_PORTS="7000 7001 7002 7003 7004 7005" \
+#     bench/cpu-per-request.sh "session/Redis Cluster" read
+#
+# `REDIS_PORTS` (default 6379): the Redis servers whose time is summed as
+# `redis` (on Cluster, masters and replicas: replication is part of a write).
 set -euo pipefail
 target=$1 route=$2
 bin=${LOADBENCH:-"$(dirname "$0")/../target/release/loadbench"}
@@ -14,12 +19,13 @@ BENCH_DBS=${BENCH_DBS:-redis} BENCH_ROUTES=$route BENCH_SECONDS=6 BENCH_ROUNDS=1
   BENCH_TARGETS="$target" "$bin" >"$out" 2>&1 &
 pid=$!
 sleep 2.5
-redis=$(pgrep -f "redis-server.*:6379" | head -n 1)
+redis=$(for port in ${REDIS_PORTS:-6379}; do pgrep -f "redis-server.*:$port" | head -n 1; done)
 snap() { # name, user ticks, kernel ticks: per thread name, and Redis's
   for task in /proc/$pid/task/*; do
     echo "$(cat "$task/comm") $(awk '{print $14, $15}' "$task/stat")"
   done | awk '{u[$1] += $2; s[$1] += $3} END {for (n in u) print n, u[n], s[n]}'
-  echo "redis $(awk '{print $14, $15}' "/proc/$redis/stat")"
+  for server in $redis; do awk '{print "redis", $14, $15}' "/proc/$server/stat"; done |
+    awk '{u += $2; s += $3} END {print "redis", u, s}'
 }
 before=$(snap | sort); sleep 3; after=$(snap | sort)
 wait "$pid"

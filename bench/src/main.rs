@@ -286,10 +286,12 @@ enum RawPool {
     RedisPooled(std::sync::Arc<RedisPool>),
 }
 
-/// Ten connections (sqlx's default pool size), handed out in turn.
+/// A pool as bb8 and deadpool keep one: `BENCH_REDIS_POOL` connections
+/// (default 10, bb8's default size), a request takes an idle one or waits
+/// for the first to come back, and serves on it alone.
 struct RedisPool {
-    connections: Vec<tokio::sync::Mutex<RedisConnection>>,
-    next: std::sync::atomic::AtomicUsize,
+    idle: std::sync::Mutex<Vec<RedisConnection>>,
+    permits: tokio::sync::Semaphore,
 }
 
 enum RedisConnection {
@@ -297,11 +299,48 @@ enum RedisConnection {
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
+/// A connection out of the pool; it goes back when dropped.
+struct Pooled<'a> {
+    pool: &'a RedisPool,
+    connection: Option<RedisConnection>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.pool.idle.lock().expect("pool").push(connection);
+        }
+    }
+}
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = RedisConnection;
+    fn deref(&self) -> &RedisConnection {
+        self.connection.as_ref().expect("taken")
+    }
+}
+
+impl std::ops::DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut RedisConnection {
+        self.connection.as_mut().expect("taken")
+    }
+}
+
+fn redis_pool_size() -> usize {
+    std::env::var("BENCH_REDIS_POOL")
+        .ok()
+        .and_then(|size| size.parse().ok())
+        .filter(|&size| size > 0)
+        .unwrap_or(10)
+}
+
 impl RedisPool {
     async fn open(cluster: bool) -> anyhow::Result<Self> {
-        let mut connections = Vec::new();
-        for _ in 0..10 {
-            connections.push(tokio::sync::Mutex::new(if cluster {
+        let size = redis_pool_size();
+        let mut connections = Vec::with_capacity(size);
+        for _ in 0..size {
+            connections.push(if cluster {
                 RedisConnection::Cluster(
                     redis::cluster::ClusterClient::new(redis_cluster_nodes())?
                         .get_async_connection()
@@ -313,18 +352,24 @@ impl RedisPool {
                         .get_multiplexed_async_connection()
                         .await?,
                 )
-            }));
+            });
         }
         Ok(Self {
-            connections,
-            next: std::sync::atomic::AtomicUsize::new(0),
+            idle: std::sync::Mutex::new(connections),
+            permits: tokio::sync::Semaphore::new(size),
         })
     }
 
-    /// A connection of its own for one request.
-    async fn get(&self) -> tokio::sync::MutexGuard<'_, RedisConnection> {
-        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.connections[turn % self.connections.len()].lock().await
+    /// A connection of its own for one request: an idle one, or the first
+    /// to come back.
+    async fn get(&self) -> Pooled<'_> {
+        let permit = self.permits.acquire().await.expect("never closed");
+        let connection = self.idle.lock().expect("pool").pop();
+        Pooled {
+            pool: self,
+            connection: Some(connection.expect("a permit holds a connection")),
+            _permit: permit,
+        }
     }
 }
 
