@@ -15,7 +15,9 @@
 //!
 //! Each round runs one route on every server back to back, then the next
 //! route; a ratio is the median over rounds of the ratio within a round, so
-//! that two figures compared were measured seconds apart. Before each run
+//! that two figures compared were measured seconds apart. Every other round
+//! runs the servers in reverse order, so that the machine's drift during a
+//! round does not always favour the ones run first. Before each run
 //! the bench waits (at most 2 s) for the machine to go quiet.
 //!
 //! To iterate on one part, `BENCH_DBS=sqlite,postgres,mysql` picks the
@@ -1157,7 +1159,16 @@ async fn run() -> anyhow::Result<()> {
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         for (r, &route) in routes.iter().enumerate() {
-            for (t, target) in targets.iter().enumerate() {
+            // Every other round in reverse, so that a drift of the machine
+            // over a round's minute favours neither the servers run first
+            // (the baselines) nor those run last.
+            let order: Vec<usize> = if round % 2 == 0 {
+                (0..targets.len()).collect()
+            } else {
+                (0..targets.len()).rev().collect()
+            };
+            for t in order {
+                let target = &targets[t];
                 let (rps, latencies, errors) =
                     measure_once(&client, target, route, duration, &mut failures).await?;
                 samples[t * routes.len() + r].push((
