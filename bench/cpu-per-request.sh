@@ -19,7 +19,12 @@ BENCH_DBS=${BENCH_DBS:-redis} BENCH_ROUTES=$route BENCH_SECONDS=6 BENCH_ROUNDS=1
   BENCH_TARGETS="$target" "$bin" >"$out" 2>&1 &
 pid=$!
 sleep 2.5
-redis=$(for port in ${REDIS_PORTS:-6379}; do pgrep -f "redis-server.*:$port" | head -n 1; done)
+redis=
+for port in ${REDIS_PORTS:-6379}; do
+  server=$(pgrep -f "redis-server.*:$port" | head -n 1) || true
+  [ -n "$server" ] || { echo "no redis-server on port $port" >&2; kill "$pid"; exit 1; }
+  redis="$redis $server"
+done
 snap() { # name, user ticks, kernel ticks: per thread name, and Redis's
   for task in /proc/$pid/task/*; do
     echo "$(cat "$task/comm") $(awk '{print $14, $15}' "$task/stat")"

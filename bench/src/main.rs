@@ -329,17 +329,13 @@ impl std::ops::DerefMut for Pooled<'_> {
     }
 }
 
-fn redis_pool_size() -> usize {
-    std::env::var("BENCH_REDIS_POOL")
-        .ok()
-        .and_then(|size| size.parse().ok())
-        .filter(|&size| size > 0)
-        .unwrap_or(10)
-}
-
 impl RedisPool {
     async fn open(cluster: bool) -> anyhow::Result<Self> {
-        let size = redis_pool_size();
+        // An empty pool would never hand out a connection.
+        let size = match common::setting("BENCH_REDIS_POOL", 10) {
+            0 => 10,
+            size => size,
+        };
         let mut connections = Vec::with_capacity(size);
         for _ in 0..size {
             connections.push(if cluster {
@@ -1162,12 +1158,12 @@ async fn run() -> anyhow::Result<()> {
             // Every other round in reverse, so that a drift of the machine
             // over a round's minute favours neither the servers run first
             // (the baselines) nor those run last.
-            let order: Vec<usize> = if round % 2 == 0 {
-                (0..targets.len()).collect()
-            } else {
-                (0..targets.len()).rev().collect()
-            };
-            for t in order {
+            for turn in 0..targets.len() {
+                let t = if round % 2 == 0 {
+                    turn
+                } else {
+                    targets.len() - 1 - turn
+                };
                 let target = &targets[t];
                 let (rps, latencies, errors) =
                     measure_once(&client, target, route, duration, &mut failures).await?;
