@@ -20,7 +20,7 @@ address=$((0x${symbol%% *}))
 shift_of=$(readelf -lW "$bin" | awk '$1 == "LOAD" && / E / {print $3 " " $2; exit}')
 offset=$((address - ${shift_of% *} + ${shift_of#* }))
 perf probe -d 'probe_lb:responses' >/dev/null 2>&1 || true
-perf probe -q -x "$bin" -a "responses=$(printf '0x%x' "$offset")"
+perf probe -q -x "$bin" -a "probe_lb:responses=$(printf '0x%x' "$offset")"
 out=$(mktemp) stat=$(mktemp)
 BENCH_DBS=${BENCH_DBS:-redis} BENCH_ROUTES=$route BENCH_SECONDS=6 BENCH_ROUNDS=1 \
   BENCH_TARGETS="$target" "$bin" >"$out" 2>&1 &

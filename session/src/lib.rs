@@ -83,7 +83,9 @@ pub use error::{SessionError, StoreError};
 pub use events::{DestroyedBy, EventKind, SessionEvent, SessionEventReceiver, SessionEvents};
 pub use extract::Session;
 pub use guard::{CrossSiteGuard, CrossSiteGuardService, CrossSiteRefusal};
-pub use layer::{MAX_CONFLICT_BACKOFF, MAX_WRITE_ATTEMPTS, SessionLayer, SessionService};
+pub use layer::{
+    MAX_CONFLICT_BACKOFF, MAX_WRITE_ATTEMPTS, SessionLayer, SessionResponseFuture, SessionService,
+};
 pub use query::{Index, SessionInfo, SessionQueries};
 pub use request::Updated;
 pub use store::{CachedStore, MemoryStore, Record, SessionStore, Update};

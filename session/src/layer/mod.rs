@@ -257,7 +257,7 @@ impl<I: Clone, T: SessionData, S> Clone for SessionService<I, T, S> {
 
 impl<I, B, T, S> Service<Request<B>> for SessionService<I, T, S>
 where
-    I: Service<Request<B>, Error = Infallible> + Clone + Send + 'static,
+    I: Service<Request<B>, Error = Infallible>,
     I::Response: IntoResponse,
     I::Future: Send + 'static,
     B: Send + 'static,
@@ -266,82 +266,161 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = SessionResponseFuture<I::Future, T, S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let shared = self.shared.clone();
-        let pending = PendingSession::new(shared.default_storable(), shared.clone());
+        let pending = PendingSession::new(self.shared.default_storable(), self.shared.clone());
         request.extensions_mut().insert(pending.clone());
-
-        // The clone that was driven to readiness serves this request.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let Ok(response) = inner.call(request).await;
-            let mut response = response.into_response();
-            let mut state = std::mem::take(&mut *lock(&pending.0.state));
-            // The handler never extracted the session: nothing to write,
-            // and nothing to allocate for it.
-            if state.data.is_none() {
-                return Ok(response);
-            }
-            let id = state.stored.map(|stored| stored.id);
-            // Headers of a write made during the handler, unless the final
-            // one replaces them.
-            let written = std::mem::take(&mut state.headers);
-            // The app's code runs in here (serde, `Clone`): a panic in it
-            // fails this request with a 500, not the connection.
-            let saved = CatchPanic(std::pin::pin!(shared.save(state))).await;
-            match saved {
-                Ok(Ok(saved)) => {
-                    let headers = if saved.headers.is_empty() {
-                        written
-                    } else {
-                        saved.headers
-                    };
-                    for (name, value) in headers {
-                        response.headers_mut().append(name, value);
-                    }
-                }
-                Ok(Err(error)) if error.is_unavailable() => {
-                    // Logged once by the store when it went down.
-                    tracing::debug!(session = T::SCHEMA.struct_name, id = ?id, %error, "saving the session failed");
-                    response = SessionError::Store(error).into_response();
-                }
-                Ok(Err(error)) => {
-                    // The handler's answer described a change that was not
-                    // stored: never send it as if it had been.
-                    tracing::error!(
-                        session = T::SCHEMA.struct_name,
-                        table = T::SCHEMA.table,
-                        id = ?id,
-                        %error,
-                        "saving the session failed"
-                    );
-                    response = SessionError::Store(error).into_response();
-                }
-                Err(panic) => {
-                    tracing::error!(
-                        session = T::SCHEMA.struct_name,
-                        table = T::SCHEMA.table,
-                        id = ?id,
-                        %panic,
-                        "saving the session panicked in the session type's own code"
-                    );
-                    response = (
-                        http::StatusCode::INTERNAL_SERVER_ERROR,
-                        "session storage is unavailable",
-                    )
-                        .into_response();
-                }
-            }
-            Ok(response)
-        })
+        // The request goes to the inner service now, which `poll_ready`
+        // made ready: no clone of it to keep for later.
+        SessionResponseFuture {
+            inner: self.inner.call(request),
+            after: After::Handler(self.shared.clone(), pending),
+        }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// The response of a [`SessionService`]: the inner service's, then,
+    /// if the handler used the session, its write.
+    ///
+    /// A route that never extracts the session costs no allocation here.
+    pub struct SessionResponseFuture<F, T: SessionData, S> {
+        #[pin]
+        inner: F,
+        after: After<T, S>,
+    }
+}
+
+/// What a [`SessionResponseFuture`] does once the inner service answered.
+enum After<T: SessionData, S> {
+    /// The handler runs; its session, if it used it, is in the pending
+    /// state.
+    Handler(Arc<LayerShared<T, S>>, PendingSession<T>),
+    /// The session is being written (boxed: only requests that used their
+    /// session pay for its future).
+    Saving(Pin<Box<dyn Future<Output = Response> + Send>>),
+    Done,
+}
+
+impl<F, T, S> std::fmt::Debug for SessionResponseFuture<F, T, S>
+where
+    T: SessionData,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.after {
+            After::Handler(..) => "handler",
+            After::Saving(_) => "saving",
+            After::Done => "done",
+        };
+        f.debug_struct("SessionResponseFuture")
+            .field("struct", &T::SCHEMA.struct_name)
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, R, T, S> Future for SessionResponseFuture<F, T, S>
+where
+    F: Future<Output = Result<R, Infallible>>,
+    R: IntoResponse,
+    T: SessionData,
+    S: SessionStore<T>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let After::Saving(saving) = this.after {
+            let response = std::task::ready!(saving.as_mut().poll(cx));
+            *this.after = After::Done;
+            return Poll::Ready(Ok(response));
+        }
+        let Ok(response) = std::task::ready!(this.inner.poll(cx));
+        let response = response.into_response();
+        let After::Handler(shared, pending) = std::mem::replace(this.after, After::Done) else {
+            panic!("a session's response future was polled after it completed");
+        };
+        let state = std::mem::take(&mut *lock(&pending.0.state));
+        // The handler never extracted the session: nothing to write, and
+        // nothing to allocate for it.
+        if state.data.is_none() {
+            return Poll::Ready(Ok(response));
+        }
+        let mut saving = Box::pin(finish(shared, state, response));
+        match saving.as_mut().poll(cx) {
+            Poll::Ready(response) => Poll::Ready(Ok(response)),
+            Poll::Pending => {
+                *this.after = After::Saving(saving);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Writes the session a handler used, and puts its headers on the
+/// handler's `response` (or answers the error that kept it from being
+/// stored).
+async fn finish<T: SessionData, S: SessionStore<T>>(
+    shared: Arc<LayerShared<T, S>>,
+    mut state: RequestState<T>,
+    mut response: Response,
+) -> Response {
+    let id = state.stored.map(|stored| stored.id);
+    // Headers of a write made during the handler, unless the final one
+    // replaces them.
+    let written = std::mem::take(&mut state.headers);
+    // The app's code runs in here (serde, `Clone`): a panic in it fails
+    // this request with a 500, not the connection.
+    let saved = CatchPanic(std::pin::pin!(shared.save(state))).await;
+    match saved {
+        Ok(Ok(saved)) => {
+            let headers = if saved.headers.is_empty() {
+                written
+            } else {
+                saved.headers
+            };
+            for (name, value) in headers {
+                response.headers_mut().append(name, value);
+            }
+        }
+        Ok(Err(error)) if error.is_unavailable() => {
+            // Logged once by the store when it went down.
+            tracing::debug!(session = T::SCHEMA.struct_name, id = ?id, %error, "saving the session failed");
+            response = SessionError::Store(error).into_response();
+        }
+        Ok(Err(error)) => {
+            // The handler's answer described a change that was not stored:
+            // never send it as if it had been.
+            tracing::error!(
+                session = T::SCHEMA.struct_name,
+                table = T::SCHEMA.table,
+                id = ?id,
+                %error,
+                "saving the session failed"
+            );
+            response = SessionError::Store(error).into_response();
+        }
+        Err(panic) => {
+            tracing::error!(
+                session = T::SCHEMA.struct_name,
+                table = T::SCHEMA.table,
+                id = ?id,
+                %panic,
+                "saving the session panicked in the session type's own code"
+            );
+            response = (
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "session storage is unavailable",
+            )
+                .into_response();
+        }
+    }
+    response
 }
 
 impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
