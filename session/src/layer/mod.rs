@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use self::save::Step;
 pub use self::save::{MAX_CONFLICT_BACKOFF, MAX_WRITE_ATTEMPTS};
 use crate::{
     config::{SessionConfig, SessionMode},
@@ -29,7 +30,7 @@ use crate::{
     purge::purge_loop,
     request::{Backing, LoadFuture, Location, PendingSession, RequestState, SaveFuture},
     store::{MemoryStore, Record, SessionStore, Update},
-    sync::{CatchPanic, lock},
+    sync::{CatchPanic, catch_panic, lock},
     token::{SessionId, SessionToken},
 };
 
@@ -345,13 +346,27 @@ where
         let After::Handler(shared, pending) = std::mem::replace(this.after, After::Done) else {
             panic!("a session's response future was polled after it completed");
         };
-        let state = std::mem::take(&mut *lock(&pending.0.state));
+        let mut state = std::mem::take(&mut *lock(&pending.0.state));
         // The handler never extracted the session: nothing to write, and
         // nothing to allocate for it.
         if state.data.is_none() {
             return Poll::Ready(Ok(response));
         }
-        let mut saving = Box::pin(finish(shared, state, response));
+        let id = state.stored.map(|stored| stored.id);
+        // Headers of a write made during the handler, unless the final one
+        // replaces them.
+        let written = std::mem::take(&mut state.headers);
+        // Deciding runs none of the app's code but its `Drop`: guarded all
+        // the same, like the write.
+        let step = match catch_panic(|| shared.plan(state)) {
+            Ok(step) => step,
+            Err(panic) => return Poll::Ready(Ok(panicked::<T>(id, &panic))),
+        };
+        // A request that only read its session: no write, no allocation.
+        if step.is_nothing() {
+            return Poll::Ready(Ok(with_headers(response, written)));
+        }
+        let mut saving = Box::pin(finish(shared, step, id, written, response));
         match saving.as_mut().poll(cx) {
             Poll::Ready(response) => Poll::Ready(Ok(response)),
             Poll::Pending => {
@@ -362,21 +377,45 @@ where
     }
 }
 
-/// Writes the session a handler used, and puts its headers on the
-/// handler's `response` (or answers the error that kept it from being
-/// stored).
+/// `response` with `headers` appended.
+fn with_headers(mut response: Response, headers: SessionHeaders) -> Response {
+    for (name, value) in headers {
+        response.headers_mut().append(name, value);
+    }
+    response
+}
+
+/// The answer when the session type's own code panicked while its session
+/// was being written.
+fn panicked<T: SessionData>(id: Option<SessionId>, panic: &str) -> Response {
+    tracing::error!(
+        session = T::SCHEMA.struct_name,
+        table = T::SCHEMA.table,
+        id = ?id,
+        %panic,
+        "saving the session panicked in the session type's own code"
+    );
+    (
+        http::StatusCode::INTERNAL_SERVER_ERROR,
+        "session storage is unavailable",
+    )
+        .into_response()
+}
+
+/// Carries out the write a handler's session needs, and puts its headers
+/// on the handler's `response` (or answers the error that kept it from
+/// being stored). `written`: the headers of a write made during the
+/// handler, sent unless this one replaces them.
 async fn finish<T: SessionData, S: SessionStore<T>>(
     shared: Arc<LayerShared<T, S>>,
-    mut state: RequestState<T>,
-    mut response: Response,
+    step: Step<T>,
+    id: Option<SessionId>,
+    written: SessionHeaders,
+    response: Response,
 ) -> Response {
-    let id = state.stored.map(|stored| stored.id);
-    // Headers of a write made during the handler, unless the final one
-    // replaces them.
-    let written = std::mem::take(&mut state.headers);
     // The app's code runs in here (serde, `Clone`): a panic in it fails
     // this request with a 500, not the connection.
-    let saved = CatchPanic(std::pin::pin!(shared.save(state))).await;
+    let saved = CatchPanic(std::pin::pin!(shared.run(step))).await;
     match saved {
         Ok(Ok(saved)) => {
             let headers = if saved.headers.is_empty() {
@@ -384,14 +423,12 @@ async fn finish<T: SessionData, S: SessionStore<T>>(
             } else {
                 saved.headers
             };
-            for (name, value) in headers {
-                response.headers_mut().append(name, value);
-            }
+            with_headers(response, headers)
         }
         Ok(Err(error)) if error.is_unavailable() => {
             // Logged once by the store when it went down.
             tracing::debug!(session = T::SCHEMA.struct_name, id = ?id, %error, "saving the session failed");
-            response = SessionError::Store(error).into_response();
+            SessionError::Store(error).into_response()
         }
         Ok(Err(error)) => {
             // The handler's answer described a change that was not stored:
@@ -403,24 +440,10 @@ async fn finish<T: SessionData, S: SessionStore<T>>(
                 %error,
                 "saving the session failed"
             );
-            response = SessionError::Store(error).into_response();
+            SessionError::Store(error).into_response()
         }
-        Err(panic) => {
-            tracing::error!(
-                session = T::SCHEMA.struct_name,
-                table = T::SCHEMA.table,
-                id = ?id,
-                %panic,
-                "saving the session panicked in the session type's own code"
-            );
-            response = (
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                "session storage is unavailable",
-            )
-                .into_response();
-        }
+        Err(panic) => panicked::<T>(id, &panic),
     }
-    response
 }
 
 impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {

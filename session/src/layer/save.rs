@@ -40,7 +40,7 @@ fn unchanged<T>() -> Saved<T> {
 }
 
 /// What a stored session's write looks like once decided.
-struct PlannedWrite {
+pub(crate) struct PlannedWrite {
     update: Update,
     /// The token the client holds after the response.
     new_token: Option<SessionToken>,
@@ -51,10 +51,55 @@ struct PlannedWrite {
     send_cookie: bool,
 }
 
+/// What a request's save does, decided before any I/O: a request whose
+/// session needs no write learns it without an allocation or an await.
+pub(crate) enum Step<T> {
+    /// Nothing to write.
+    Nothing,
+    Destroy {
+        stored: Option<StoredMeta>,
+        presented: bool,
+        data: T,
+    },
+    Insert {
+        location: Location,
+        data: T,
+        now: DateTime<Utc>,
+        remember: bool,
+    },
+    Relocate {
+        data: T,
+        stored: StoredMeta,
+        target: Option<Location>,
+        token: Option<SessionToken>,
+        now: DateTime<Utc>,
+        remember: bool,
+    },
+    Write {
+        data: T,
+        stored: StoredMeta,
+        changes: Changes<T>,
+        planned: PlannedWrite,
+        token: Option<SessionToken>,
+    },
+}
+
+impl<T> Step<T> {
+    pub(crate) fn is_nothing(&self) -> bool {
+        matches!(self, Step::Nothing)
+    }
+}
+
 impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
     /// Writes what the request did to its session: the headers that tell
     /// the client, and the session as it is now.
     pub(crate) async fn save(&self, state: RequestState<T>) -> Result<Saved<T>, StoreError> {
+        let step = self.plan(state);
+        self.run(step).await
+    }
+
+    /// Decides what writing the request's session takes (no I/O).
+    pub(crate) fn plan(&self, state: RequestState<T>) -> Step<T> {
         let RequestState {
             data,
             presented,
@@ -70,18 +115,33 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         // The handler never extracted the session, or it went away under an
         // earlier write of this request: nothing to do.
         let Some(data) = data.filter(|_| !gone) else {
-            return Ok(unchanged());
+            return Step::Nothing;
         };
         let now = Utc::now();
         if destroy {
-            return self.destroy(stored, presented.is_some(), &data).await;
+            return Step::Destroy {
+                stored,
+                presented: presented.is_some(),
+                data,
+            };
         }
         let Some(stored) = stored else {
+            // A session not in any store: inserted with a new token once it
+            // holds something worth keeping, where the mode keeps it.
             let worth_keeping =
                 !changes.dirty.is_empty() || storable == Some(true) || remember == Some(true);
-            return self
-                .insert_new(data, now, worth_keeping, storable, remember)
-                .await;
+            return match self
+                .target_location(storable, None)
+                .filter(|_| worth_keeping)
+            {
+                Some(location) => Step::Insert {
+                    location,
+                    data,
+                    now,
+                    remember: remember.unwrap_or(false),
+                },
+                None => Step::Nothing,
+            };
         };
         let target = self.target_location(storable, Some(stored.location));
         if target != Some(stored.location) {
@@ -89,20 +149,69 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
                 .then(SessionToken::generate)
                 .or_else(|| presented.map(|presented| presented.token));
             let remember = remember.unwrap_or(stored.remember);
-            return self
-                .relocate(data, &stored, target, token, now, remember)
-                .await;
+            return Step::Relocate {
+                data,
+                stored,
+                target,
+                token,
+                now,
+                remember,
+            };
         }
         let planned = self.plan_write(&stored, &changes, presented.as_ref(), renew, remember, now);
         if planned.update.is_empty() {
-            return Ok(unchanged());
+            return Step::Nothing;
         }
         let token = planned
             .new_token
             .clone()
             .or(presented.map(|presented| presented.token));
-        self.write_changes(data, &stored, changes, planned, token)
-            .await
+        Step::Write {
+            data,
+            stored,
+            changes,
+            planned,
+            token,
+        }
+    }
+
+    /// Carries out a planned step.
+    pub(crate) async fn run(&self, step: Step<T>) -> Result<Saved<T>, StoreError> {
+        match step {
+            Step::Nothing => Ok(unchanged()),
+            Step::Destroy {
+                stored,
+                presented,
+                data,
+            } => self.destroy(stored, presented, &data).await,
+            Step::Insert {
+                location,
+                data,
+                now,
+                remember,
+            } => self.insert_new(location, data, now, remember).await,
+            Step::Relocate {
+                data,
+                stored,
+                target,
+                token,
+                now,
+                remember,
+            } => {
+                self.relocate(data, &stored, target, token, now, remember)
+                    .await
+            }
+            Step::Write {
+                data,
+                stored,
+                changes,
+                planned,
+                token,
+            } => {
+                self.write_changes(data, &stored, changes, planned, token)
+                    .await
+            }
+        }
     }
 
     /// Deletes the session (if stored) and removes the client's cookie (if
@@ -134,25 +243,16 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         })
     }
 
-    /// A session not in any store: inserted with a new token once it holds
-    /// something worth keeping, where the mode keeps it.
+    /// Inserts a new session under a new token at `location`.
     async fn insert_new(
         &self,
+        location: Location,
         data: T,
         now: DateTime<Utc>,
-        worth_keeping: bool,
-        storable: Option<bool>,
-        remember: Option<bool>,
+        remember: bool,
     ) -> Result<Saved<T>, StoreError> {
-        let Some(location) = self
-            .target_location(storable, None)
-            .filter(|_| worth_keeping)
-        else {
-            return Ok(unchanged());
-        };
         // Never adopt a token the client chose: a new session gets a new one.
         let token = SessionToken::generate();
-        let remember = remember.unwrap_or(false);
         let record = Record {
             id: token.id(),
             data,
