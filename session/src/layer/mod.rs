@@ -363,7 +363,7 @@ where
             Err(panic) => return Poll::Ready(Ok(panicked::<T>(id, &panic))),
         };
         // A request that only read its session: no write, no allocation.
-        if step.is_nothing() {
+        if matches!(step, Step::Nothing) {
             return Poll::Ready(Ok(with_headers(response, written)));
         }
         let mut saving = Box::pin(finish(shared, step, id, written, response));

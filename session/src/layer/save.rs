@@ -56,38 +56,45 @@ pub(crate) struct PlannedWrite {
 pub(crate) enum Step<T> {
     /// Nothing to write.
     Nothing,
-    Destroy {
-        stored: Option<StoredMeta>,
-        presented: bool,
-        data: T,
-    },
-    Insert {
-        location: Location,
-        data: T,
-        now: DateTime<Utc>,
-        remember: bool,
-    },
-    Relocate {
-        data: T,
-        stored: StoredMeta,
-        target: Option<Location>,
-        token: Option<SessionToken>,
-        now: DateTime<Utc>,
-        remember: bool,
-    },
-    Write {
-        data: T,
-        stored: StoredMeta,
-        changes: Changes<T>,
-        planned: PlannedWrite,
-        token: Option<SessionToken>,
-    },
+    Destroy(Destroy<T>),
+    Insert(Insert<T>),
+    Relocate(Relocate<T>),
+    Write(Write<T>),
 }
 
-impl<T> Step<T> {
-    pub(crate) fn is_nothing(&self) -> bool {
-        matches!(self, Step::Nothing)
-    }
+/// Delete the session (if stored) and remove the client's cookie (if it
+/// presented one).
+pub(crate) struct Destroy<T> {
+    stored: Option<StoredMeta>,
+    presented: bool,
+    data: T,
+}
+
+/// Insert a session not yet in any store, under a new token.
+pub(crate) struct Insert<T> {
+    location: Location,
+    data: T,
+    now: DateTime<Utc>,
+    remember: bool,
+}
+
+/// Move a stored session to `target` (`None`: delete it).
+pub(crate) struct Relocate<T> {
+    data: T,
+    stored: StoredMeta,
+    target: Option<Location>,
+    token: Option<SessionToken>,
+    now: DateTime<Utc>,
+    remember: bool,
+}
+
+/// Write a stored session's changes.
+pub(crate) struct Write<T> {
+    data: T,
+    stored: StoredMeta,
+    changes: Changes<T>,
+    planned: PlannedWrite,
+    token: Option<SessionToken>,
 }
 
 impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
@@ -119,11 +126,11 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
         };
         let now = Utc::now();
         if destroy {
-            return Step::Destroy {
+            return Step::Destroy(Destroy {
                 stored,
                 presented: presented.is_some(),
                 data,
-            };
+            });
         }
         let Some(stored) = stored else {
             // A session not in any store: inserted with a new token once it
@@ -134,12 +141,12 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
                 .target_location(storable, None)
                 .filter(|_| worth_keeping)
             {
-                Some(location) => Step::Insert {
+                Some(location) => Step::Insert(Insert {
                     location,
                     data,
                     now,
                     remember: remember.unwrap_or(false),
-                },
+                }),
                 None => Step::Nothing,
             };
         };
@@ -149,14 +156,14 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
                 .then(SessionToken::generate)
                 .or_else(|| presented.map(|presented| presented.token));
             let remember = remember.unwrap_or(stored.remember);
-            return Step::Relocate {
+            return Step::Relocate(Relocate {
                 data,
                 stored,
                 target,
                 token,
                 now,
                 remember,
-            };
+            });
         }
         let planned = self.plan_write(&stored, &changes, presented.as_ref(), renew, remember, now);
         if planned.update.is_empty() {
@@ -166,62 +173,34 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
             .new_token
             .clone()
             .or(presented.map(|presented| presented.token));
-        Step::Write {
+        Step::Write(Write {
             data,
             stored,
             changes,
             planned,
             token,
-        }
+        })
     }
 
     /// Carries out a planned step.
     pub(crate) async fn run(&self, step: Step<T>) -> Result<Saved<T>, StoreError> {
         match step {
             Step::Nothing => Ok(unchanged()),
-            Step::Destroy {
-                stored,
-                presented,
-                data,
-            } => self.destroy(stored, presented, &data).await,
-            Step::Insert {
-                location,
-                data,
-                now,
-                remember,
-            } => self.insert_new(location, data, now, remember).await,
-            Step::Relocate {
-                data,
-                stored,
-                target,
-                token,
-                now,
-                remember,
-            } => {
-                self.relocate(data, &stored, target, token, now, remember)
-                    .await
-            }
-            Step::Write {
-                data,
-                stored,
-                changes,
-                planned,
-                token,
-            } => {
-                self.write_changes(data, &stored, changes, planned, token)
-                    .await
-            }
+            Step::Destroy(step) => self.destroy(step).await,
+            Step::Insert(step) => self.insert_new(step).await,
+            Step::Relocate(step) => self.relocate(step).await,
+            Step::Write(step) => self.write_changes(step).await,
         }
     }
 
     /// Deletes the session (if stored) and removes the client's cookie (if
     /// it presented one).
-    async fn destroy(
-        &self,
-        stored: Option<StoredMeta>,
-        presented: bool,
-        data: &T,
-    ) -> Result<Saved<T>, StoreError> {
+    async fn destroy(&self, step: Destroy<T>) -> Result<Saved<T>, StoreError> {
+        let Destroy {
+            stored,
+            presented,
+            ref data,
+        } = step;
         if let Some(stored) = stored {
             self.delete_at(stored.location, &stored.id).await?;
             self.emit(
@@ -244,13 +223,13 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
     }
 
     /// Inserts a new session under a new token at `location`.
-    async fn insert_new(
-        &self,
-        location: Location,
-        data: T,
-        now: DateTime<Utc>,
-        remember: bool,
-    ) -> Result<Saved<T>, StoreError> {
+    async fn insert_new(&self, step: Insert<T>) -> Result<Saved<T>, StoreError> {
+        let Insert {
+            location,
+            data,
+            now,
+            remember,
+        } = step;
         // Never adopt a token the client chose: a new session gets a new one.
         let token = SessionToken::generate();
         let record = Record {
@@ -296,15 +275,15 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
     /// Marked storable (or not) in this request: moves the session, writing
     /// the new copy before deleting the old one so that a failed write loses
     /// nothing; `None` target: deleted (consent withdrawn).
-    async fn relocate(
-        &self,
-        data: T,
-        stored: &StoredMeta,
-        target: Option<Location>,
-        token: Option<SessionToken>,
-        now: DateTime<Utc>,
-        remember: bool,
-    ) -> Result<Saved<T>, StoreError> {
+    async fn relocate(&self, step: Relocate<T>) -> Result<Saved<T>, StoreError> {
+        let Relocate {
+            data,
+            ref stored,
+            target,
+            token,
+            now,
+            remember,
+        } = step;
         let Some(location) = target else {
             self.delete_at(stored.location, &stored.id).await?;
             return Ok(Saved {
@@ -373,14 +352,14 @@ impl<T: SessionData, S: SessionStore<T>> LayerShared<T, S> {
 
     /// Writes the planned UPDATE; on a compare-and-swap conflict, replays the
     /// request's changes on the fresh row and tries again (bounded).
-    async fn write_changes(
-        &self,
-        mut data: T,
-        stored: &StoredMeta,
-        mut changes: Changes<T>,
-        planned: PlannedWrite,
-        token: Option<SessionToken>,
-    ) -> Result<Saved<T>, StoreError> {
+    async fn write_changes(&self, step: Write<T>) -> Result<Saved<T>, StoreError> {
+        let Write {
+            mut data,
+            ref stored,
+            mut changes,
+            planned,
+            token,
+        } = step;
         let mut update = planned.update;
         let mut version = stored.version;
         let mut attempts = 0;
