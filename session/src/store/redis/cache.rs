@@ -7,8 +7,10 @@
 //! - **Tracking.** The store's connection speaks RESP3 with
 //!   `CLIENT TRACKING ON NOLOOP`: Redis remembers the keys this connection
 //!   read and, when anyone else changes one, pushes an invalidation on the
-//!   same connection. The client hands pushes to [`ClientCache::on_push`]
-//!   in the order they arrive, before any reply that follows them.
+//!   same connection. The connection hands pushes to
+//!   [`ClientCache::on_push`] in the order they arrive, before any reply
+//!   that follows them, on the task that reads the socket
+//!   ([`super::tracked`]).
 //!   Our own writes do not invalidate (`NOLOOP`), so every write script
 //!   reads the key again at its end to keep it tracked.
 //! - **A sync point per read.** A cached session is served only after a
@@ -309,16 +311,16 @@ impl ClientCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::token::SessionToken;
 
     #[derive(crate::Session, Default)]
-    struct Data {
+    pub(crate) struct Data {
         count: i64,
     }
 
-    fn record(count: i64) -> Record<Data> {
+    pub(crate) fn record(count: i64) -> Record<Data> {
         let now = Utc::now();
         Record {
             id: SessionToken::generate().id(),

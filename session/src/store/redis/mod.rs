@@ -58,6 +58,7 @@ mod codec;
 mod group;
 mod options;
 mod scripts;
+mod tracked;
 
 use std::{marker::PhantomData, sync::Arc, time::Duration};
 
@@ -76,6 +77,7 @@ use self::{
     cache::ClientCache,
     codec::{encode, expire_at_ms, micros},
     group::{Groups, Sent},
+    tracked::TrackedConnection,
 };
 use crate::{
     data::SessionData,
@@ -91,6 +93,9 @@ use crate::{
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
+    /// A standalone server with the client cache: its pushes are applied
+    /// in order with its replies ([`tracked`]).
+    Tracked(TrackedConnection),
     Cluster(ClusterConnection),
 }
 
@@ -98,6 +103,7 @@ impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
         match self {
             Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Tracked(connection) => connection.req_packed_command(cmd),
             Connection::Cluster(connection) => connection.req_packed_command(cmd),
         }
     }
@@ -112,6 +118,9 @@ impl ConnectionLike for Connection {
             Connection::Single(connection) => {
                 connection.req_packed_commands(pipeline, offset, count)
             }
+            Connection::Tracked(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
             Connection::Cluster(connection) => {
                 connection.req_packed_commands(pipeline, offset, count)
             }
@@ -121,6 +130,7 @@ impl ConnectionLike for Connection {
     fn get_db(&self) -> i64 {
         match self {
             Connection::Single(connection) => connection.get_db(),
+            Connection::Tracked(connection) => connection.get_db(),
             Connection::Cluster(connection) => connection.get_db(),
         }
     }
@@ -640,7 +650,7 @@ impl<T: SessionData> RedisStore<T> {
     async fn wait_on_node(&self, key: &str, wait: WaitForReplicas) -> Result<i64, StoreError> {
         let cmd = wait.command();
         Ok(match &self.inner.groups.connection() {
-            Connection::Single(_) => self.command(cmd, None).await?,
+            Connection::Single(_) | Connection::Tracked(_) => self.command(cmd, None).await?,
             Connection::Cluster(connection) => {
                 use redis::cluster_routing::{
                     Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr,

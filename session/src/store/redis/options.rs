@@ -9,7 +9,8 @@ use redis::{
 };
 
 use super::{
-    Connection, RedisStore, WaitForReplicas, cache::ClientCache, group::Groups, unavailable,
+    Connection, RedisStore, WaitForReplicas, cache::ClientCache, group::Groups,
+    tracked::TrackedConnection, unavailable,
 };
 use crate::{data::SessionData, error::StoreError, events::SessionEvents};
 
@@ -235,41 +236,36 @@ impl<T: SessionData> RedisStoreBuilder<T> {
                 source,
             })
         };
-        let mut client = redis::Client::open(url).map_err(failed)?;
-        let mut config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
+        let client = redis::Client::open(url).map_err(failed)?;
         let cache = self
             .cache
             .map(|capacity| Arc::new(ClientCache::new(capacity)));
-        if let Some(cache) = &cache {
-            // Invalidations are pushes: RESP3.
-            let info = client.get_connection_info().clone();
-            let settings = info
-                .redis_settings()
-                .clone()
-                .set_protocol(redis::ProtocolVersion::RESP3);
-            client = redis::Client::open(info.set_redis_settings(settings)).map_err(failed)?;
-            let cache = cache.clone();
-            config = config.set_push_sender(move |push: redis::PushInfo| {
-                cache.on_push(&push);
-                Ok::<(), std::convert::Infallible>(())
-            });
-        }
-        let connection = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| failed(no_answer()))?
-        .map_err(failed)?;
-        let groups = Arc::new(Groups::new(
-            Connection::Single(connection),
-            self.timeout,
-            self.wait,
-            cache,
-        ));
+        let connection = match &cache {
+            None => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(1);
+                let connection = tokio::time::timeout(
+                    self.timeout,
+                    ConnectionManager::new_with_config(client, config),
+                )
+                .await
+                .map_err(|_| failed(no_answer()))?
+                .map_err(failed)?;
+                Connection::Single(connection)
+            }
+            Some(cache) => Connection::Tracked(
+                TrackedConnection::connect(
+                    client.get_connection_info().clone(),
+                    cache.clone(),
+                    self.timeout,
+                )
+                .await
+                .map_err(failed)?,
+            ),
+        };
+        let groups = Arc::new(Groups::new(connection, self.timeout, self.wait, cache));
         // Bounded by the store's timeout, as every call.
         groups.start_tracking().await?;
         Ok(self.build(groups))

@@ -1,0 +1,277 @@
+//! The connection of a standalone store with a client cache: one
+//! multiplexed connection whose pushes reach the cache on the task that
+//! reads the socket, in the order they arrive, before any reply that
+//! follows them; made again when it breaks.
+//!
+//! The cache's sync point rests on that order ([`super::cache`]): an
+//! invalidation Redis sent before a group's reply must have been applied
+//! when the group's requests look at the cache. redis-rs's
+//! `ConnectionManager` hands pushes to a task of its own through a
+//! channel, so a reply could overtake an invalidation read in the same
+//! poll of the socket (the runtime ran the reply's task first: 168 of 300
+//! times in this module's test), and a read then answered the stale
+//! session. A plain `MultiplexedConnection`
+//! calls its push sender inline, which is the order the cache needs; what
+//! the manager added (a new connection after the old one broke) is done
+//! here.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionInfo, PushInfo, PushKind, RedisFuture, RedisResult,
+    aio::{ConnectionLike, MultiplexedConnection},
+};
+
+use super::cache::ClientCache;
+use crate::sync::lock;
+
+/// Cloning shares the connection.
+#[derive(Clone)]
+pub(crate) struct TrackedConnection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    cache: Arc<ClientCache>,
+    timeout: Duration,
+    current: Mutex<Option<Current>>,
+    /// One new connection at a time: requests that find the old one
+    /// broken wait for the one being made instead of each making theirs.
+    opening: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+struct Current {
+    connection: MultiplexedConnection,
+    /// Cleared when the connection reports that it broke (its
+    /// `Disconnection` push) or a call on it failed for good.
+    alive: Arc<AtomicBool>,
+}
+
+impl TrackedConnection {
+    /// Connects now to the server `info` names, in RESP3 (invalidations
+    /// are pushes): a server that cannot be reached is an error here, as
+    /// it is for a store without a cache.
+    pub(crate) async fn connect(
+        info: ConnectionInfo,
+        cache: Arc<ClientCache>,
+        timeout: Duration,
+    ) -> RedisResult<Self> {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let tracked = Self {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                cache,
+                timeout,
+                current: Mutex::new(None),
+                opening: tokio::sync::Mutex::new(()),
+            }),
+        };
+        tracked.current().await?;
+        Ok(tracked)
+    }
+
+    /// The live connection, made now if there is none.
+    async fn current(&self) -> RedisResult<Current> {
+        if let Some(current) = self.live() {
+            return Ok(current);
+        }
+        // Boxed: rare, and larger than a call's own future.
+        Box::pin(self.reopen()).await
+    }
+
+    fn live(&self) -> Option<Current> {
+        lock(&self.inner.current)
+            .as_ref()
+            .filter(|current| current.alive.load(Ordering::SeqCst))
+            .cloned()
+    }
+
+    async fn reopen(&self) -> RedisResult<Current> {
+        let _opening = self.inner.opening.lock().await;
+        // Made by another request while this one waited.
+        if let Some(current) = self.live() {
+            return Ok(current);
+        }
+        let alive = Arc::new(AtomicBool::new(true));
+        let config = {
+            let cache = self.inner.cache.clone();
+            let alive = alive.clone();
+            self.inner
+                .config
+                .clone()
+                .set_push_sender(move |push: PushInfo| {
+                    if push.kind == PushKind::Disconnection {
+                        alive.store(false, Ordering::SeqCst);
+                    }
+                    cache.on_push(&push);
+                    Ok::<(), Infallible>(())
+                })
+        };
+        let connection = tokio::time::timeout(
+            self.inner.timeout,
+            self.inner
+                .client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| {
+            redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no connection within the store's timeout",
+            ))
+        })??;
+        let current = Current { connection, alive };
+        *lock(&self.inner.current) = Some(current.clone());
+        Ok(current)
+    }
+
+    /// After a call on `current`: an error that leaves the connection
+    /// unusable retires it, so that the next call makes a new one.
+    fn after<R>(current: &Current, result: &RedisResult<R>) {
+        if let Err(error) = result
+            && error.is_unrecoverable_error()
+        {
+            current.alive.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+impl ConnectionLike for TrackedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let mut current = self.current().await?;
+            let result = current.connection.req_packed_command(cmd).await;
+            Self::after(&current, &result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let mut current = self.current().await?;
+            let result = current
+                .connection
+                .req_packed_commands(pipeline, offset, count)
+                .await;
+            Self::after(&current, &result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner
+            .client
+            .get_connection_info()
+            .redis_settings()
+            .db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::store::redis::cache::tests::{Data, record};
+
+    /// The cache's sync point needs this order: a push that Redis sent
+    /// before a reply has reached the cache when the reply's caller
+    /// resumes. The connection tracks without `NOLOOP` here, so that its
+    /// own write of a key it read invalidates the key, and Redis answers
+    /// the pipeline `HGET`, `HSET`, `PING` with the push between the last
+    /// two replies, in one write: the case where a channel to another task
+    /// let the caller see the cache before the push.
+    /// Each call runs in a task of its own, as a request does (its wake-up
+    /// then goes before other tasks on the runtime's worker).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_push_reaches_the_cache_before_the_reply_after_it() {
+        let url =
+            std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).expect("a URL");
+        let cache = Arc::new(ClientCache::new(100));
+        let connection = match TrackedConnection::connect(
+            info,
+            cache.clone(),
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(connection) => connection,
+            Err(error) if std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1") => {
+                panic!("Redis at {url} is unreachable and CI=true requires it: {error}")
+            }
+            Err(error) => {
+                eprintln!(
+                    "SKIPPED a_push_reaches_the_cache_before_the_reply_after_it: Redis at {url} is unreachable ({error})"
+                );
+                return;
+            }
+        };
+        let _: () = redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .query_async(&mut connection.clone())
+            .await
+            .expect("tracking on");
+        cache.tracking_on(1);
+        let key = format!(
+            "ats-tracked-order:{}",
+            crate::token::SessionToken::generate().id()
+        );
+        let mut stale = 0;
+        for round in 0..300 {
+            let ticket = cache.begin(key.as_bytes());
+            cache.finish::<Data>(key.as_bytes(), ticket, Some(cache.generation()), |_| {
+                Some(record(round))
+            });
+            assert!(cache.has(key.as_bytes(), Utc::now()), "filled");
+            let (mut connection, cache, key) = (connection.clone(), cache.clone(), key.clone());
+            let seen_after = tokio::spawn(async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HGET")
+                    .arg(&key)
+                    .arg("count")
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg("count")
+                    .arg(round)
+                    .cmd("PING");
+                let _: (Option<i64>, i64, String) =
+                    pipe.query_async(&mut connection).await.expect("pipeline");
+                cache.has(key.as_bytes(), Utc::now())
+            })
+            .await
+            .expect("the call's task");
+            stale += usize::from(seen_after);
+        }
+        let _: i64 = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut connection.clone())
+            .await
+            .expect("cleanup");
+        assert_eq!(stale, 0, "replies that overtook their invalidation, of 300");
+    }
+}
