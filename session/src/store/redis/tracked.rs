@@ -154,11 +154,13 @@ impl TrackedConnection {
     }
 }
 
+// The connection's own `send_packed_*` rather than its trait methods,
+// which box their future: a call is boxed once, here.
 impl ConnectionLike for TrackedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
         Box::pin(async move {
             let mut current = self.current().await?;
-            let result = current.connection.req_packed_command(cmd).await;
+            let result = current.connection.send_packed_command(cmd).await;
             Self::after(&current, &result);
             result
         })
@@ -174,7 +176,7 @@ impl ConnectionLike for TrackedConnection {
             let mut current = self.current().await?;
             let result = current
                 .connection
-                .req_packed_commands(pipeline, offset, count)
+                .send_packed_commands(pipeline, offset, count)
                 .await;
             Self::after(&current, &result);
             result
