@@ -210,7 +210,9 @@ impl<T: SessionData> RedisStoreBuilder<T> {
     /// switches to RESP3 with `CLIENT TRACKING ON NOLOOP`, so Redis pushes
     /// an invalidation whenever another client changes a session this
     /// process read, and a cached session is served only after a sync point
-    /// (a `CLIENT ID`) sent after the request started has come back. All
+    /// (a `CLIENT ID`) sent after the request started has come back; the
+    /// connection applies each invalidation before any reply that follows
+    /// it, so by then every earlier one is in. All
     /// requests waiting at one moment share one sync point: a read still
     /// sees every write that finished before it began, from any instance,
     /// at a share of one round trip instead of one `HMGET` each. A write
