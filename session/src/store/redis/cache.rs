@@ -10,7 +10,7 @@
 //!   same connection. The connection hands pushes to
 //!   [`ClientCache::on_push`] in the order they arrive, before any reply
 //!   that follows them, on the task that reads the socket
-//!   ([`super::tracked`]).
+//!   ([`super::own`]).
 //!   Our own writes do not invalidate (`NOLOOP`), so every write script
 //!   reads the key again at its end to keep it tracked.
 //! - **A sync point per read.** A cached session is served only after a

@@ -53,15 +53,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::{
-    Cmd, ConnectionAddr, RedisResult,
-    aio::{ConnectionLike, MultiplexedConnection},
-};
+use redis::{Cmd, ConnectionAddr, RedisResult, aio::ConnectionLike};
 use tokio::sync::oneshot;
 
 use super::{
-    Connection, WaitForReplicas, cache::ClientCache, futures_join, is_outage, store_error,
-    unavailable, within,
+    Connection, WaitForReplicas, cache::ClientCache, futures_join, is_outage, own::OwnConnection,
+    store_error, unavailable, within,
 };
 use crate::{
     error::StoreError,
@@ -171,8 +168,7 @@ struct Lane {
 /// A Cluster master's own connection, made when its first group goes and
 /// again after one failed.
 struct Node {
-    info: redis::ConnectionInfo,
-    connection: Mutex<Option<MultiplexedConnection>>,
+    connection: OwnConnection,
 }
 
 /// The group task ended without answering (the runtime shut down).
@@ -574,7 +570,7 @@ impl Groups {
             replies.push(reply);
         }
         let started = Instant::now();
-        let mut connection = match node.connect(self.timeout).await {
+        let mut connection = match within(self.timeout, node.connection.get()).await {
             Ok(connection) => connection,
             Err(error) => {
                 // Nothing was sent: each command goes on its own through
@@ -614,7 +610,7 @@ impl Groups {
                 // The node failed, or failed over, with the group sent:
                 // its commands may have run, so they fail. A new
                 // connection next time, and perhaps another master.
-                *lock(&node.connection) = None;
+                node.connection.retire();
                 self.refresh_soon(cluster);
                 for reply in replies {
                     let _ = reply.send(Err(error.share()));
@@ -747,7 +743,7 @@ impl Groups {
                     let lane = known.remove(&address).unwrap_or_else(|| {
                         Arc::new(Lane {
                             queue: Mutex::default(),
-                            node: Some(Node::new(&cluster.seed, &address)),
+                            node: Some(Node::new(&cluster.seed, &address, self.timeout)),
                         })
                     });
                     lanes.push((address, lane));
@@ -854,7 +850,7 @@ fn address_of(node: &redis::Value) -> Option<(String, u16)> {
 
 impl Node {
     /// The master at `address`, reached with the seed's settings.
-    fn new(seed: &redis::ConnectionInfo, (host, port): &(String, u16)) -> Self {
+    fn new(seed: &redis::ConnectionInfo, (host, port): &(String, u16), timeout: Duration) -> Self {
         let addr = match seed.addr() {
             ConnectionAddr::TcpTls {
                 insecure,
@@ -869,33 +865,8 @@ impl Node {
             _ => ConnectionAddr::Tcp(host.clone(), *port),
         };
         Self {
-            info: seed.clone().set_addr(addr),
-            connection: Mutex::new(None),
+            connection: OwnConnection::new(seed.clone().set_addr(addr), None, timeout),
         }
-    }
-
-    /// Its connection, made now if there is none.
-    async fn connect(&self, timeout: Duration) -> Result<MultiplexedConnection, StoreError> {
-        if let Some(connection) = lock(&self.connection).clone() {
-            return Ok(connection);
-        }
-        // Boxed: connecting is rare, and its future would otherwise make
-        // every group's task larger.
-        Box::pin(self.open(timeout)).await
-    }
-
-    async fn open(&self, timeout: Duration) -> Result<MultiplexedConnection, StoreError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let connection = within(timeout, async {
-            redis::Client::open(self.info.clone())?
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-        })
-        .await?;
-        *lock(&self.connection) = Some(connection.clone());
-        Ok(connection)
     }
 }
 

@@ -57,8 +57,8 @@ mod cap;
 mod codec;
 mod group;
 mod options;
+mod own;
 mod scripts;
-mod tracked;
 
 use std::{marker::PhantomData, sync::Arc, time::Duration};
 
@@ -77,7 +77,7 @@ use self::{
     cache::ClientCache,
     codec::{encode, expire_at_ms, micros},
     group::{Groups, Sent},
-    tracked::TrackedConnection,
+    own::OwnConnection,
 };
 use crate::{
     data::SessionData,
@@ -94,8 +94,8 @@ use crate::{
 enum Connection {
     Single(ConnectionManager),
     /// A standalone server with the client cache: its pushes are applied
-    /// in order with its replies ([`tracked`]).
-    Tracked(TrackedConnection),
+    /// in order with its replies ([`own`]).
+    Tracked(OwnConnection),
     Cluster(ClusterConnection),
 }
 

@@ -9,8 +9,8 @@ use redis::{
 };
 
 use super::{
-    Connection, RedisStore, WaitForReplicas, cache::ClientCache, group::Groups,
-    tracked::TrackedConnection, unavailable,
+    Connection, RedisStore, WaitForReplicas, cache::ClientCache, group::Groups, own::OwnConnection,
+    unavailable,
 };
 use crate::{data::SessionData, error::StoreError, events::SessionEvents};
 
@@ -257,15 +257,17 @@ impl<T: SessionData> RedisStoreBuilder<T> {
                 .map_err(failed)?;
                 Connection::Single(connection)
             }
-            Some(cache) => Connection::Tracked(
-                TrackedConnection::connect(
+            Some(cache) => {
+                let connection = OwnConnection::new(
                     client.get_connection_info().clone(),
-                    cache.clone(),
+                    Some(cache.clone()),
                     self.timeout,
-                )
-                .await
-                .map_err(failed)?,
-            ),
+                );
+                // Connected now: a server that cannot be reached is an
+                // error here, as it is without a cache.
+                connection.get().await.map_err(failed)?;
+                Connection::Tracked(connection)
+            }
         };
         let groups = Arc::new(Groups::new(connection, self.timeout, self.wait, cache));
         // Bounded by the store's timeout, as every call.

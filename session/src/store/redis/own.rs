@@ -1,19 +1,19 @@
-//! The connection of a standalone store with a client cache: one
-//! multiplexed connection whose pushes reach the cache on the task that
-//! reads the socket, in the order they arrive, before any reply that
-//! follows them; made again when it breaks.
+//! A multiplexed connection of the store's own, made when it is first
+//! used and again after it broke: each Cluster master's lane has one
+//! ([`super::group`]), and so has a standalone store with a client cache.
 //!
-//! The cache's sync point rests on that order ([`super::cache`]): an
+//! With a client cache, its pushes reach the cache on the task that reads
+//! the socket, in the order they arrive, before any reply that follows
+//! them. The cache's sync point rests on that order ([`super::cache`]): an
 //! invalidation Redis sent before a group's reply must have been applied
 //! when the group's requests look at the cache. redis-rs's
 //! `ConnectionManager` hands pushes to a task of its own through a
 //! channel, so a reply could overtake an invalidation read in the same
 //! poll of the socket (the runtime ran the reply's task first: 168 of 300
 //! times in this module's test), and a read then answered the stale
-//! session. A plain `MultiplexedConnection`
-//! calls its push sender inline, which is the order the cache needs; what
-//! the manager added (a new connection after the old one broke) is done
-//! here.
+//! session. A plain `MultiplexedConnection` calls its push sender inline,
+//! which is the order the cache needs; what the manager added (a new
+//! connection after the old one broke) is done here.
 
 use std::{
     convert::Infallible,
@@ -34,14 +34,15 @@ use crate::sync::lock;
 
 /// Cloning shares the connection.
 #[derive(Clone)]
-pub(crate) struct TrackedConnection {
+pub(crate) struct OwnConnection {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    client: redis::Client,
+    info: ConnectionInfo,
     config: AsyncConnectionConfig,
-    cache: Arc<ClientCache>,
+    /// Where its pushes go, if anywhere (the connection then speaks RESP3).
+    cache: Option<Arc<ClientCache>>,
     timeout: Duration,
     current: Mutex<Option<Current>>,
     /// One new connection at a time: requests that find the old one
@@ -53,42 +54,56 @@ struct Inner {
 struct Current {
     connection: MultiplexedConnection,
     /// Cleared when the connection reports that it broke (its
-    /// `Disconnection` push) or a call on it failed for good.
+    /// `Disconnection` push), a call on it failed for good, or its owner
+    /// retired it.
     alive: Arc<AtomicBool>,
 }
 
-impl TrackedConnection {
-    /// Connects now to the server `info` names, in RESP3 (invalidations
-    /// are pushes): a server that cannot be reached is an error here, as
-    /// it is for a store without a cache.
-    pub(crate) async fn connect(
+impl OwnConnection {
+    /// To the server `info` names, connected on first use; with a `cache`,
+    /// in RESP3 (invalidations are pushes), its pushes going there.
+    pub(crate) fn new(
         info: ConnectionInfo,
-        cache: Arc<ClientCache>,
+        cache: Option<Arc<ClientCache>>,
         timeout: Duration,
-    ) -> RedisResult<Self> {
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+    ) -> Self {
+        let info = if cache.is_some() {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            info.set_redis_settings(settings)
+        } else {
+            info
+        };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let tracked = Self {
+        Self {
             inner: Arc::new(Inner {
-                client,
+                info,
                 config,
                 cache,
                 timeout,
                 current: Mutex::new(None),
                 opening: tokio::sync::Mutex::new(()),
             }),
-        };
-        tracked.current().await?;
-        Ok(tracked)
+        }
     }
 
     /// The live connection, made now if there is none.
+    pub(crate) async fn get(&self) -> RedisResult<MultiplexedConnection> {
+        self.current().await.map(|current| current.connection)
+    }
+
+    /// The connection in use failed in a way its caller saw (a group sent
+    /// on it had no answer): the next call makes a new one.
+    pub(crate) fn retire(&self) {
+        if let Some(current) = lock(&self.inner.current).as_ref() {
+            current.alive.store(false, Ordering::SeqCst);
+        }
+    }
+
     async fn current(&self) -> RedisResult<Current> {
         if let Some(current) = self.live() {
             return Ok(current);
@@ -111,26 +126,27 @@ impl TrackedConnection {
             return Ok(current);
         }
         let alive = Arc::new(AtomicBool::new(true));
-        let config = {
-            let cache = self.inner.cache.clone();
-            let alive = alive.clone();
-            self.inner
-                .config
-                .clone()
-                .set_push_sender(move |push: PushInfo| {
-                    if push.kind == PushKind::Disconnection {
-                        alive.store(false, Ordering::SeqCst);
-                    }
-                    cache.on_push(&push);
-                    Ok::<(), Infallible>(())
-                })
+        let config = match &self.inner.cache {
+            None => self.inner.config.clone(),
+            Some(cache) => {
+                let (cache, alive) = (cache.clone(), alive.clone());
+                self.inner
+                    .config
+                    .clone()
+                    .set_push_sender(move |push: PushInfo| {
+                        if push.kind == PushKind::Disconnection {
+                            alive.store(false, Ordering::SeqCst);
+                        }
+                        cache.on_push(&push);
+                        Ok::<(), Infallible>(())
+                    })
+            }
         };
-        let connection = tokio::time::timeout(
-            self.inner.timeout,
-            self.inner
-                .client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
+        let connection = tokio::time::timeout(self.inner.timeout, async {
+            redis::Client::open(self.inner.info.clone())?
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+        })
         .await
         .map_err(|_| {
             redis::RedisError::from((
@@ -156,7 +172,7 @@ impl TrackedConnection {
 
 // The connection's own `send_packed_*` rather than its trait methods,
 // which box their future: a call is boxed once, here.
-impl ConnectionLike for TrackedConnection {
+impl ConnectionLike for OwnConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, redis::Value> {
         Box::pin(async move {
             let mut current = self.current().await?;
@@ -184,11 +200,7 @@ impl ConnectionLike for TrackedConnection {
     }
 
     fn get_db(&self) -> i64 {
-        self.inner
-            .client
-            .get_connection_info()
-            .redis_settings()
-            .db()
+        self.inner.info.redis_settings().db()
     }
 }
 
@@ -214,14 +226,9 @@ mod tests {
             std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
         let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).expect("a URL");
         let cache = Arc::new(ClientCache::new(100));
-        let connection = match TrackedConnection::connect(
-            info,
-            cache.clone(),
-            Duration::from_secs(2),
-        )
-        .await
-        {
-            Ok(connection) => connection,
+        let connection = OwnConnection::new(info, Some(cache.clone()), Duration::from_secs(2));
+        match connection.get().await {
+            Ok(_) => {}
             Err(error) if std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1") => {
                 panic!("Redis at {url} is unreachable and CI=true requires it: {error}")
             }
