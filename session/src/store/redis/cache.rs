@@ -316,11 +316,11 @@ pub(super) mod tests {
     use crate::token::SessionToken;
 
     #[derive(crate::Session, Default)]
-    pub(crate) struct Data {
+    struct Data {
         count: i64,
     }
 
-    pub(crate) fn record(count: i64) -> Record<Data> {
+    fn record(count: i64) -> Record<Data> {
         let now = Utc::now();
         Record {
             id: SessionToken::generate().id(),
@@ -340,8 +340,13 @@ pub(super) mod tests {
 
     /// A load of `count` at `k` that ran where tracking was on.
     fn fill(cache: &ClientCache, count: i64) {
-        let ticket = cache.begin(b"k");
-        cache.finish(b"k", ticket, Some(cache.generation()), |_| {
+        fill_at(cache, b"k", count);
+    }
+
+    /// A load of `count` at `key` that ran where tracking was on.
+    pub(crate) fn fill_at(cache: &ClientCache, key: &[u8], count: i64) {
+        let ticket = cache.begin(key);
+        cache.finish(key, ticket, Some(cache.generation()), |_| {
             Some(record(count))
         });
     }

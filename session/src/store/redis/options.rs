@@ -264,8 +264,11 @@ impl<T: SessionData> RedisStoreBuilder<T> {
                     self.timeout,
                 );
                 // Connected now: a server that cannot be reached is an
-                // error here, as it is without a cache.
-                connection.get().await.map_err(failed)?;
+                // error here, worded as without a cache.
+                tokio::time::timeout(self.timeout, connection.get())
+                    .await
+                    .map_err(|_| failed(no_answer()))?
+                    .map_err(failed)?;
                 Connection::Tracked(connection)
             }
         };

@@ -43,7 +43,6 @@ struct Inner {
     config: AsyncConnectionConfig,
     /// Where its pushes go, if anywhere (the connection then speaks RESP3).
     cache: Option<Arc<ClientCache>>,
-    timeout: Duration,
     current: Mutex<Option<Current>>,
     /// One new connection at a time: requests that find the old one
     /// broken wait for the one being made instead of each making theirs.
@@ -84,7 +83,6 @@ impl OwnConnection {
                 info,
                 config,
                 cache,
-                timeout,
                 current: Mutex::new(None),
                 opening: tokio::sync::Mutex::new(()),
             }),
@@ -142,18 +140,10 @@ impl OwnConnection {
                     })
             }
         };
-        let connection = tokio::time::timeout(self.inner.timeout, async {
-            redis::Client::open(self.inner.info.clone())?
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-        })
-        .await
-        .map_err(|_| {
-            redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "no connection within the store's timeout",
-            ))
-        })??;
+        // Bounded by the config's connection timeout, handshake included.
+        let connection = redis::Client::open(self.inner.info.clone())?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         let current = Current { connection, alive };
         *lock(&self.inner.current) = Some(current.clone());
         Ok(current)
@@ -209,7 +199,7 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::store::redis::cache::tests::{Data, record};
+    use crate::store::redis::cache::tests::fill_at;
 
     /// The cache's sync point needs this order: a push that Redis sent
     /// before a reply has reached the cache when the reply's caller
@@ -252,10 +242,7 @@ mod tests {
         );
         let mut stale = 0;
         for round in 0..300 {
-            let ticket = cache.begin(key.as_bytes());
-            cache.finish::<Data>(key.as_bytes(), ticket, Some(cache.generation()), |_| {
-                Some(record(round))
-            });
+            fill_at(&cache, key.as_bytes(), round);
             assert!(cache.has(key.as_bytes(), Utc::now()), "filled");
             let (mut connection, cache, key) = (connection.clone(), cache.clone(), key.clone());
             let seen_after = tokio::spawn(async move {
