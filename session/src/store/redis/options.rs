@@ -242,36 +242,32 @@ impl<T: SessionData> RedisStoreBuilder<T> {
         let cache = self
             .cache
             .map(|capacity| Arc::new(ClientCache::new(capacity)));
-        let connection = match &cache {
-            None => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(1);
-                let connection = tokio::time::timeout(
-                    self.timeout,
-                    ConnectionManager::new_with_config(client, config),
-                )
-                .await
-                .map_err(|_| failed(no_answer()))?
-                .map_err(failed)?;
-                Connection::Single(connection)
-            }
-            Some(cache) => {
-                let connection = OwnConnection::new(
-                    client.get_connection_info().clone(),
-                    Some(cache.clone()),
-                    self.timeout,
-                );
-                // Connected now: a server that cannot be reached is an
-                // error here, worded as without a cache.
-                tokio::time::timeout(self.timeout, connection.get())
-                    .await
-                    .map_err(|_| failed(no_answer()))?
-                    .map_err(failed)?;
-                Connection::Tracked(connection)
-            }
+        // Connected now, with or without a cache: a server that cannot be
+        // reached is the same error here.
+        let connect = async {
+            Ok::<_, redis::RedisError>(match &cache {
+                None => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(1);
+                    Connection::Single(ConnectionManager::new_with_config(client, config).await?)
+                }
+                Some(cache) => {
+                    let connection = OwnConnection::new(
+                        client.get_connection_info().clone(),
+                        Some(cache.clone()),
+                        self.timeout,
+                    );
+                    connection.get().await?;
+                    Connection::Tracked(connection)
+                }
+            })
         };
+        let connection = tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| failed(no_answer()))?
+            .map_err(failed)?;
         let groups = Arc::new(Groups::new(connection, self.timeout, self.wait, cache));
         // Bounded by the store's timeout, as every call.
         groups.start_tracking().await?;
